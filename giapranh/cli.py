@@ -1,0 +1,60 @@
+"""The `giapranh` command: run the system locally and administer a deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="giapranh: real-time alert sharing between neighbouring police units.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where the embedded stack keeps its data.",
+                                           envvar="GIAPRANH_DEV_DATA_DIR")] = Path(".giapranh"),
+    host: Annotated[str, typer.Option(help="Address every service binds to.")] = "127.0.0.1",
+    ingest_port: Annotated[int, typer.Option(envvar="GIAPRANH_DEV_INGEST_PORT")] = 8000,
+    notifier_port: Annotated[int, typer.Option(envvar="GIAPRANH_DEV_NOTIFIER_PORT")] = 8001,
+    matcher_port: Annotated[int, typer.Option(envvar="GIAPRANH_DEV_MATCHER_PORT")] = 8002,
+    broker_port: Annotated[int, typer.Option(envvar="GIAPRANH_DEV_BROKER_PORT")] = 9092,
+    log_level: Annotated[str, typer.Option(help="Log level of the services.")] = "INFO",
+    demo: Annotated[bool, typer.Option(help="Seed the demo units, agreements and entries.")] = True,
+) -> None:
+    """Start the whole system on the embedded stack (Tansu + PostgreSQL) with demo data."""
+    from giapranh.dev import DevOptions, DevStack
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = DevOptions(data_dir=data_dir, host=host, ingest_port=ingest_port,
+                         notifier_port=notifier_port, matcher_port=matcher_port,
+                         broker_port=broker_port, log_level=log_level.upper(), demo=demo)
+    raise typer.Exit(DevStack(options).run())
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending schema migrations to GIAPRANH_DATABASE_URL."""
+    import asyncpg
+
+    from shared.db import apply_migrations
+    from shared.settings import CommonSettings
+
+    settings = CommonSettings()
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    typer.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,163 @@
+"""The ingest API (`/v1`): units publish sightings, incidents and watchlist changes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Path, status
+from pydantic import AwareDatetime, BaseModel, Field
+
+from services.ingest.deps import CurrentUnit, Settings, Store
+from services.ingest.store import Accepted, request_hash
+from shared import metrics
+from shared.events import (
+    Contract,
+    EntryId,
+    Event,
+    IncidentReported,
+    LongText,
+    Place,
+    ShortText,
+    SightingReported,
+    Subject,
+    Vehicle,
+    WatchlistEntry,
+    WatchlistEntryFields,
+    utcnow,
+)
+from shared.http import Unprocessable
+from shared.topics import INCIDENTS, SIGHTINGS
+
+router = APIRouter(prefix="/v1")
+
+ClientEventId = Annotated[
+    UUID | None,
+    Field(description="Your own id for this event. Retrying with the same id and body is safe."),
+]
+
+
+class SightingIn(Contract):
+    event_id: ClientEventId = None
+    occurred_at: AwareDatetime = Field(description="When the subject was seen (with offset).")
+    subject: Subject
+    place: Place
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{
+                "event_id": "5b0e6a52-3d0c-4a8e-9d43-0f6f7f6c2a11",
+                "occurred_at": "2026-11-20T21:14:00+07:00",
+                "subject": {"name": "NGUYEN VAN HUNG", "national_id": "089 091 004 217"},
+                "place": {"unit_code": "CA-31212", "address": "bến phà Thốt Nốt"},
+            }]
+        }
+    }
+
+
+class IncidentIn(Contract):
+    event_id: ClientEventId = None
+    occurred_at: AwareDatetime
+    incident_type: ShortText
+    summary: LongText | None = None
+    place: Place
+    suspects: tuple[Subject, ...] = Field((), max_length=100)
+    vehicles: tuple[Vehicle, ...] = Field((), max_length=100)
+
+
+class CancelIn(Contract):
+    reason: ShortText = Field(examples=["arrested"])
+
+
+class EventAccepted(BaseModel):
+    event_id: UUID
+    type: str
+    status: str = "accepted"
+    duplicate: bool = Field(description="True when this request repeated an accepted event.")
+
+
+class EntryStored(BaseModel):
+    entry: WatchlistEntry
+    event_id: UUID | None = Field(description="The change event; null if nothing changed.")
+
+
+def _accepted(result: Accepted) -> EventAccepted:
+    if not result.duplicate:
+        metrics.EVENTS_ACCEPTED.labels(type=result.type).inc()
+    return EventAccepted(event_id=result.event_id, type=result.type, duplicate=result.duplicate)
+
+
+async def _check_report(body: SightingIn | IncidentIn, store: Store, settings: Settings) -> None:
+    limit = utcnow() + timedelta(seconds=settings.max_future_skew_seconds)
+    if body.occurred_at > limit:
+        raise Unprocessable("occurred_at is in the future", field="occurred_at")
+    if not await store.unit_exists(body.place.unit_code):
+        raise Unprocessable(f"unknown unit code {body.place.unit_code}", field="place.unit_code")
+
+
+def _fingerprint(body: Contract) -> bytes:
+    return request_hash(body.model_dump_json(exclude={"event_id"}))
+
+
+async def _publish(event: Event, body: Contract, store: Store, topic: str) -> EventAccepted:
+    result = await store.record(event, topic=topic, key=event.producer_unit or "",
+                                fingerprint=_fingerprint(body))
+    return _accepted(result)
+
+
+@router.post("/sightings", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
+async def report_sighting(
+    body: SightingIn, unit: CurrentUnit, store: Store, settings: Settings
+) -> EventAccepted:
+    """Report a person or vehicle seen at a place and time."""
+    await _check_report(body, store, settings)
+    event = SightingReported(
+        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
+        producer_unit=unit.unit_code, subject=body.subject, place=body.place,
+    )
+    return await _publish(event, body, store, SIGHTINGS.name)
+
+
+@router.post("/incidents", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
+async def report_incident(
+    body: IncidentIn, unit: CurrentUnit, store: Store, settings: Settings
+) -> EventAccepted:
+    """Report a crime or disorder event with its suspects and vehicles."""
+    await _check_report(body, store, settings)
+    event = IncidentReported(
+        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
+        producer_unit=unit.unit_code, incident_type=body.incident_type, summary=body.summary,
+        place=body.place, suspects=body.suspects, vehicles=body.vehicles,
+    )
+    return await _publish(event, body, store, INCIDENTS.name)
+
+
+@router.put("/watchlist/{entry_id}", response_model=EntryStored)
+async def upsert_watchlist_entry(
+    entry_id: Annotated[EntryId, Path()], body: WatchlistEntryFields, unit: CurrentUnit,
+    store: Store,
+) -> EntryStored:
+    """Create or update one of the calling unit's watchlist entries."""
+    entry = WatchlistEntry(**body.model_dump(), entry_id=entry_id, owner_unit=unit.unit_code)
+    stored, accepted = await store.upsert_watchlist_entry(entry, unit_code=unit.unit_code)
+    if accepted is not None:
+        _accepted(accepted)
+    return EntryStored(entry=stored, event_id=accepted.event_id if accepted else None)
+
+
+@router.post("/watchlist/{entry_id}/cancel", response_model=EventAccepted)
+async def cancel_watchlist_entry(
+    entry_id: Annotated[EntryId, Path()], body: CancelIn, unit: CurrentUnit, store: Store
+) -> EventAccepted:
+    """Cancel an entry (e.g. the subject was arrested): it stops raising alerts at once."""
+    result = await store.cancel_watchlist_entry(
+        entry_id, unit_code=unit.unit_code, reason=body.reason
+    )
+    return _accepted(result)
+
+
+@router.get("/events/{event_id}")
+async def event_status(event_id: UUID, unit: CurrentUnit, store: Store) -> dict[str, object]:
+    """Where one of the calling unit's events is: accepted, or relayed to the broker."""
+    return await store.event_status(event_id, unit.unit_code)

@@ -1,0 +1,130 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, in order, at least once.
+
+Ordering: one relay is active at a time across all ingest instances (a transaction-level
+advisory lock), and it sends rows in id order, so events with the same key reach their
+partition in the order they were accepted.
+
+Delivery: a round sends a batch, awaits every acknowledgement, then marks the rows
+dispatched in the same transaction that locked them. A crash between the two re-sends the
+batch; consumers drop the repeats by event id. While the broker is unreachable the relay
+backs off and retries; requests keep being accepted into the outbox meanwhile.
+
+Wake-up: `NOTIFY giapranh_outbox` from the writer wakes the relay at once; it also polls
+every `relay_idle_seconds` in case a notification was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.ingest.settings import IngestSettings
+from services.ingest.store import OUTBOX_CHANNEL
+from shared import metrics
+from shared.kafka import create_producer, ensure_topics
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK_ID = 0x6A1A_0002
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, settings: IngestSettings):
+        self._pool = pool
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        backoff = 0.1
+        try:
+            await self._listen()
+            while True:
+                self._wake.clear()
+                try:
+                    producer = await self._ensure_producer()
+                    sent = await self.relay_once(producer)
+                    backoff = 0.1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure is retried
+                    metrics.OUTBOX_RELAY_ERRORS.inc()
+                    log.warning("outbox relay round failed, retrying in %.1f s: %r", backoff, exc)
+                    await self._drop_producer()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    continue
+                if sent < self._settings.relay_batch_size:
+                    await self._idle()
+        finally:
+            await self._drop_producer()
+            if self._listener is not None:
+                await self._listener.close()
+
+    async def relay_once(self, producer: AIOKafkaProducer) -> int:
+        """Publish one batch of pending rows; returns how many were published."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_ID):
+                return 0  # another ingest instance is relaying
+            rows = await conn.fetch(
+                """SELECT id, topic, key, payload FROM outbox
+                    WHERE dispatched_at IS NULL ORDER BY id LIMIT $1""",
+                self._settings.relay_batch_size,
+            )
+            if not rows:
+                metrics.OUTBOX_BACKLOG.set(0)
+                return 0
+            futures = [
+                await producer.send(
+                    row["topic"], row["payload"], key=row["key"].encode() if row["key"] else None
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(
+                "UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
+            backlog = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL"
+            )
+        metrics.OUTBOX_RELAYED.inc(len(rows))
+        metrics.OUTBOX_BACKLOG.set(backlog)
+        return len(rows)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            # A restarted broker (Tansu keeps topics in memory) may have lost the topics.
+            await ensure_topics(self._settings)
+            producer = create_producer(self._settings, client_id="giapranh-ingest-relay")
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception as exc:  # noqa: BLE001 - closing a broken client
+                log.debug("closing the relay producer failed: %r", exc)
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self._settings.database_url)
+        await self._listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+
+    async def _idle(self) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), self._settings.relay_idle_seconds)
+        except TimeoutError:
+            pass

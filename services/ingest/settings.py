@@ -1,0 +1,17 @@
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    ingest_host: str = Field("127.0.0.1", description="Address the ingest API binds to.")
+    ingest_port: int = Field(8000, ge=1, le=65535, description="Port of the ingest API.")
+    relay_batch_size: int = Field(
+        1000, ge=1, le=50_000, description="Outbox rows published per relay round."
+    )
+    relay_idle_seconds: float = Field(
+        1.0, gt=0, le=60, description="Relay poll interval when no NOTIFY wakes it."
+    )
+    max_future_skew_seconds: float = Field(
+        300, ge=0, description="How far in the future an event's occurred_at may be."
+    )

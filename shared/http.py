@@ -1,0 +1,193 @@
+"""HTTP plumbing shared by the ingest and notifier APIs.
+
+- One error hierarchy carrying its HTTP status, rendered as `{"error": {...}}`.
+- Unit authentication by API key (`Authorization: Bearer <key>` or `X-API-Key`). The unit
+  identity always comes from the key, never from a request body.
+- Request counting and the Prometheus `/metrics` endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared import metrics
+
+API_KEY_PREFIX = "gpk_"
+
+
+class ApiError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(ApiError):
+    status_code = 422
+    code = "invalid"
+
+
+def _field_path(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Drop pydantic's union/function markers such as "function-after[...]".
+    return ".".join(p for p in parts if "[" not in p) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+        body = {
+            "code": "invalid",
+            "message": f"{first['field']}: {first['message']}",
+            "field": first["field"],
+            "errors": errors,
+        }
+        return JSONResponse({"error": body}, status_code=422)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body: dict[str, object] = {"code": exc.code, "message": exc.message}
+        if exc.field:
+            body["field"] = exc.field
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse({"error": body}, status_code=exc.status_code, headers=headers)
+
+
+def install_metrics(app: FastAPI, service: str) -> None:
+    """Count requests by route template and status; serve the registry on /metrics."""
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.HTTP_REQUESTS.labels(
+            service=service,
+            route=getattr(route, "path", "unmatched"),
+            method=request.method,
+            status=str(response.status_code),
+        ).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ------------------------------------------------------------------------- API keys
+
+
+@dataclass(frozen=True)
+class Principal:
+    unit_code: str
+    role: str
+    key_id: int
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def hash_api_key(key: str, pepper: str) -> bytes:
+    return hmac.new(pepper.encode(), key.encode(), hashlib.sha256).digest()
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+async def issue_api_key(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    unit_code: str,
+    pepper: str,
+    *,
+    role: str = "unit",
+    label: str | None = None,
+) -> str:
+    """Create a key for a unit and return it; only its hash is stored."""
+    key = new_api_key()
+    await conn.execute(
+        """INSERT INTO api_keys (unit_code, key_prefix, key_hash, role, label)
+           VALUES ($1, $2, $3, $4, $5)""",
+        unit_code, key[:12], hash_api_key(key, pepper), role, label,
+    )
+    return key
+
+
+async def principal_for_key(pool: asyncpg.Pool, key: str, pepper: str) -> Principal | None:
+    row = await pool.fetchrow(
+        """SELECT k.id, k.unit_code, k.role
+             FROM api_keys k JOIN units u ON u.code = k.unit_code
+            WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+              AND (u.active_to IS NULL OR u.active_to > now())""",
+        hash_api_key(key, pepper),
+    )
+    if row is None:
+        return None
+    return Principal(unit_code=row["unit_code"], role=row["role"], key_id=row["id"])
+
+
+def _key_from_headers(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def authenticate(request: Request) -> Principal:
+    key = _key_from_headers(request)
+    if key is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    state = request.app.state
+    principal = await principal_for_key(
+        state.pool, key, state.settings.api_key_pepper.get_secret_value()
+    )
+    if principal is None:
+        raise Unauthorized("unknown or revoked API key")
+    return principal
+
+
+CurrentUnit = Annotated[Principal, Depends(authenticate)]

@@ -1,0 +1,155 @@
+"""Kafka plumbing: clients built from settings, topic creation, the dead-letter sink.
+
+Delivery guarantees come from the outbox, event ids and idempotent consumers, not from
+Kafka transactions: producers use acks=all, and the idempotent producer only where the
+broker supports it (`kafka_idempotent_producer`: on for Apache Kafka, off on Tansu).
+Consumers never auto-commit; they commit after a batch's effects are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared import metrics
+from shared.events import DeadLetter
+from shared.settings import CommonSettings
+from shared.topics import ALL_TOPICS, DEAD_LETTER, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def producer_options(settings: CommonSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 15_000,
+    }
+    if settings.kafka_idempotent_producer:
+        options["enable_idempotence"] = True
+    return options
+
+
+def create_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(client_id=client_id, **producer_options(settings))
+
+
+def consumer_options(settings: CommonSettings) -> dict[str, Any]:
+    session_ms = int(settings.kafka_session_timeout_seconds * 1000)
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(100, session_ms // 4),
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 1000,
+    }
+
+
+def create_consumer(
+    settings: CommonSettings, *topics: str, group_id: str | None, client_id: str
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics, group_id=group_id, client_id=client_id, **consumer_options(settings)
+    )
+
+
+async def ensure_topics(
+    settings: CommonSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
+) -> list[str]:
+    """Create the registry's topics under the settings' prefix; returns those created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="giapranh-admin"
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                settings.topic(spec.name),
+                settings.topic_partitions,
+                settings.topic_replication,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in specs
+            if settings.topic(spec.name) not in existing
+        ]
+        if not wanted:
+            return []
+        try:
+            await admin.create_topics(wanted)
+        except TopicAlreadyExistsError:
+            pass  # another service created them first
+        return [topic.name for topic in wanted]
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(settings: CommonSettings, timeout: float = 30.0) -> None:
+    """Wait until the brokers answer a metadata request, or raise TimeoutError."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last_error: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000
+        )
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_error = exc
+            await asyncio.sleep(0.25)
+        finally:
+            await admin.close()
+    raise TimeoutError(
+        f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f} s: "
+        f"{last_error!r}"
+    )
+
+
+class DeadLetterSink:
+    """Parks messages a consumer cannot process on the dead-letter topic and counts them.
+
+    `park` only enqueues the send; the caller awaits `flush` with the rest of its batch,
+    so a poison message never costs a round trip of its own.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, settings: CommonSettings, service: str):
+        self._producer = producer
+        self._topic = settings.topic(DEAD_LETTER.name)
+        self._service = service
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def park(self, record: ConsumerRecord, error: BaseException | str) -> None:
+        letter = DeadLetter(
+            service=self._service,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key else None,
+            payload=(record.value or b"").decode(errors="replace"),
+            error=str(error)[:4000],
+        )
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s",
+            record.topic, record.partition, record.offset, letter.error.splitlines()[0],
+        )
+        metrics.DEAD_LETTERS.labels(service=self._service, topic=record.topic).inc()
+        future = await self._producer.send(
+            self._topic, letter.model_dump_json().encode(), key=record.topic.encode()
+        )
+        self._pending.append(future)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)

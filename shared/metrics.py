@@ -1,0 +1,57 @@
+"""Every Prometheus metric of giapranh, declared once. Base units: seconds, `_total` counters.
+
+Dashboards and alert rules must use exactly these names. Each process exposes the default
+registry on its `/metrics` endpoint.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# --- ingest
+HTTP_REQUESTS = Counter(
+    "giapranh_http_requests_total", "HTTP requests served, by service, route and status.",
+    ["service", "route", "method", "status"],
+)
+EVENTS_ACCEPTED = Counter(
+    "giapranh_ingest_events_accepted_total", "Events accepted into the outbox, by type.", ["type"]
+)
+OUTBOX_RELAYED = Counter(
+    "giapranh_outbox_relayed_total", "Outbox rows published to Kafka by the relay."
+)
+OUTBOX_RELAY_ERRORS = Counter(
+    "giapranh_outbox_relay_errors_total", "Relay rounds that failed and will be retried."
+)
+OUTBOX_BACKLOG = Gauge(
+    "giapranh_outbox_backlog", "Outbox rows not yet published to Kafka (last relay round)."
+)
+
+# --- matcher
+MATCHER_EVENTS = Counter(
+    "giapranh_matcher_events_total", "Sightings and incidents matched, by event type.", ["type"]
+)
+HITS = Counter(
+    "giapranh_hits_total", "Hits emitted, by watchlist category and live/late.",
+    ["category", "mode"],
+)
+WATCHLIST_SIZE = Gauge(
+    "giapranh_watchlist_entries", "Active watchlist entries held by this matcher, by category.",
+    ["category"],
+)
+
+# --- notifier
+ALERTS_RAISED = Counter("giapranh_alerts_raised_total", "Alerts created from new hits.")
+DELIVERIES = Counter(
+    "giapranh_deliveries_total", "Alert deliveries recorded, by channel.", ["channel"]
+)
+SIGHTING_TO_ALERT = Histogram(
+    "giapranh_sighting_to_alert_seconds",
+    "Time from a sighting's recording at ingest to its alert being stored.",
+    buckets=LATENCY_BUCKETS,
+)
+
+# --- every consumer
+DEAD_LETTERS = Counter(
+    "giapranh_dead_letters_total", "Messages parked on the dead-letter topic.",
+    ["service", "topic"],
+)

@@ -1,0 +1,83 @@
+"""Settings shared by every service: one env prefix (`GIAPRANH_`), one class per service.
+
+Each service subclasses `CommonSettings` with its own fields. Settings are read and
+validated once, at start-up, by the service's wiring function; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GIAPRANH_"
+DEV_PEPPER = "dev-only-api-key-pepper"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: Environment = Field(
+        Environment.DEVELOPMENT,
+        description="development, test or production; production refuses development secrets.",
+    )
+    database_url: str = Field(
+        "postgresql://giapranh@localhost:5432/giapranh",
+        description="PostgreSQL DSN (asyncpg). The system of record.",
+    )
+    db_pool_max_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", description="Comma-separated host:port list of the Kafka brokers."
+    )
+    kafka_idempotent_producer: bool = Field(
+        True,
+        description="Idempotent producer (enable.idempotence). On for Apache Kafka; "
+        "must be off on the embedded Tansu broker, which lacks InitProducerId.",
+    )
+    kafka_session_timeout_seconds: float = Field(
+        10.0,
+        ge=1.0,
+        le=300.0,
+        description="Consumer group session timeout. Tansu delays a group's first join by "
+        "half of it, so the embedded stack uses 2 s.",
+    )
+    topic_prefix: str = Field(
+        "giapranh.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name."
+    )
+    topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of created topics.")
+    topic_replication: int = Field(1, ge=1, le=10, description="Replication of created topics.")
+    api_key_pepper: SecretStr = Field(
+        SecretStr(DEV_PEPPER),
+        description="Server-side secret mixed into API-key hashes. Required in production.",
+    )
+    log_level: str = Field("INFO", description="Python log level of the services.")
+
+    @model_validator(mode="after")
+    def _refuse_development_secrets_in_production(self) -> CommonSettings:
+        if self.environment is Environment.PRODUCTION:
+            if self.api_key_pepper.get_secret_value() == DEV_PEPPER:
+                raise ValueError(
+                    "GIAPRANH_API_KEY_PEPPER still has its development value; "
+                    "set a long random secret in production"
+                )
+            if len(self.api_key_pepper.get_secret_value()) < 16:
+                raise ValueError("GIAPRANH_API_KEY_PEPPER must be at least 16 characters")
+        return self
+
+    def topic(self, logical_name: str) -> str:
+        """The full topic name of a registry topic under this deployment's prefix."""
+        return f"{self.topic_prefix}{logical_name}"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded stack keeps its files: `.giapranh/` in the working directory."""
+    return Path(".giapranh")
