@@ -58,3 +58,7 @@ def migrate() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`giapranh dev` as a developer runs it: starts, serves the demo, refuses a twin, stops."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from giapranh.demo import EXAMPLE_SIGHTING, EXAMPLE_SIGHTING_UNIT
+from shared.embedded import free_port
+from tests.conftest import ROOT
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_dev_starts_everything_raises_the_example_alert_and_stops_on_ctrl_c(tmp_path):
+    ports = {name: free_port() for name in ("ingest", "notifier", "matcher", "broker")}
+    command = [sys.executable, "-m", "giapranh.cli", "dev", "--data-dir", str(tmp_path / "data"),
+               *[arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]]
+    output = tmp_path / "dev.out"
+    with open(output, "wb") as sink:
+        dev = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(lambda: b"giapranh is running" in output.read_bytes() or dev.poll() is not None,
+                 60, "the ready banner")
+        assert dev.poll() is None, output.read_text()
+        banner = output.read_text()
+        assert f"http://127.0.0.1:{ports['ingest']}/docs" in banner
+        keys = json.loads((tmp_path / "data" / "demo-keys.json").read_text())
+        assert keys["CA-30307"] in banner
+
+        accepted = httpx.post(f"http://127.0.0.1:{ports['ingest']}/v1/sightings",
+                              json=EXAMPLE_SIGHTING,
+                              headers={"Authorization": f"Bearer {keys[EXAMPLE_SIGHTING_UNIT]}"})
+        assert accepted.status_code == 202, accepted.text
+
+        def alert_visible():
+            response = httpx.get(f"http://127.0.0.1:{ports['notifier']}/v1/alerts",
+                                 headers={"Authorization": f"Bearer {keys['CA-30307']}"})
+            return response.status_code == 200 and len(response.json()) == 1
+
+        wait_for(alert_visible, 10, "the example alert")
+
+        twin = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert twin.returncode == 1
+        assert "already running" in twin.stderr and str(ports["ingest"]) in twin.stderr
+    finally:
+        dev.send_signal(signal.SIGINT)
+        try:
+            code = dev.wait(30)
+        except subprocess.TimeoutExpired:
+            dev.kill()
+            raise
+    assert code == 0, output.read_text()[-3000:]
+    assert "stopping giapranh dev" in output.read_text()
+    for port in ports.values():
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)

@@ -1,0 +1,71 @@
+"""The schema migration runner, against the real PostgreSQL."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from shared.db import MigrationError, apply_migrations, discover_migrations
+
+
+@pytest.fixture
+async def blank_db(pg):
+    import uuid
+
+    dsn = await pg.create_database(f"m_{uuid.uuid4().hex[:12]}")
+    conn = await asyncpg.connect(dsn)
+    yield conn
+    await conn.close()
+
+
+def write(folder, name, sql):
+    (folder / name).write_text(sql)
+
+
+async def test_migrations_apply_in_order_once(blank_db, tmp_path):
+    write(tmp_path, "0002_add_b.sql", "ALTER TABLE a ADD COLUMN b int;")
+    write(tmp_path, "0001_create_a.sql", "CREATE TABLE a (id int);")
+    assert await apply_migrations(blank_db, tmp_path) == [1, 2]
+    assert await apply_migrations(blank_db, tmp_path) == []
+    versions = await blank_db.fetch("SELECT version, name FROM schema_migrations ORDER BY 1")
+    assert [(r["version"], r["name"]) for r in versions] == [(1, "create_a"), (2, "add_b")]
+
+
+async def test_a_failing_migration_rolls_back_and_names_itself(blank_db, tmp_path):
+    write(tmp_path, "0001_create_a.sql", "CREATE TABLE a (id int);")
+    write(tmp_path, "0002_broken.sql", "CREATE TABLE c (id int); SELECT * FROM missing;")
+    with pytest.raises(MigrationError, match="0002_broken failed"):
+        await apply_migrations(blank_db, tmp_path)
+    assert await blank_db.fetchval("SELECT max(version) FROM schema_migrations") == 1
+    assert await blank_db.fetchval("SELECT to_regclass('c')") is None
+
+
+async def test_services_starting_together_apply_each_migration_once(pg, blank_db, tmp_path):
+    write(tmp_path, "0001_create_a.sql", "CREATE TABLE a (id int);")
+    dsn = pg.dsn(await blank_db.fetchval("SELECT current_database()"))
+    others = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(apply_migrations(c, tmp_path) for c in others))
+    finally:
+        for conn in others:
+            await conn.close()
+    assert sorted(results) == [[], [], [1]]
+
+
+async def test_a_database_newer_than_the_code_is_refused(blank_db, tmp_path):
+    write(tmp_path, "0001_create_a.sql", "CREATE TABLE a (id int);")
+    await apply_migrations(blank_db, tmp_path)
+    await blank_db.execute("INSERT INTO schema_migrations (version, name) VALUES (9, 'future')")
+    with pytest.raises(MigrationError, match="newer than this code"):
+        await apply_migrations(blank_db, tmp_path)
+
+
+def test_badly_named_migration_files_are_refused(tmp_path):
+    write(tmp_path, "1_create.sql", "SELECT 1;")
+    with pytest.raises(MigrationError, match="not named NNNN_name.sql"):
+        discover_migrations(tmp_path)
+
+
+def test_the_shipped_migrations_are_numbered_without_gaps():
+    versions = [m.version for m in discover_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
