@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import secrets
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -191,3 +194,49 @@ async def authenticate(request: Request) -> Principal:
 
 
 CurrentUnit = Annotated[Principal, Depends(authenticate)]
+
+
+# ------------------------------------------------------------------------- service shell
+
+
+def create_http_app(
+    *, service: str, summary: str, lifespan: Any, router: APIRouter
+) -> FastAPI:
+    """The common shell of an HTTP service: errors, metrics, its router, /healthz.
+
+    The service's `lifespan` builds its adapters and may set `app.state.health`, a callable
+    returning extra fields for /healthz.
+    """
+    app = FastAPI(title=f"giapranh {service}", summary=summary, version="1", lifespan=lifespan)
+    install_error_handlers(app)
+    install_metrics(app, service)
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz(request: Request) -> dict[str, object]:
+        extra = getattr(request.app.state, "health", None)
+        return {"status": "ok", **(extra() if extra else {})}
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run `coro` as a task for the duration of the block; cancel and await it after."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
+    """Run an HTTP service in the foreground (the `python -m services.X` entry points)."""
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)

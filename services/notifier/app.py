@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -13,7 +12,7 @@ from services.notifier.consumer import HitConsumer
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import AlertStore
 from shared.db import create_pool
-from shared.http import install_error_handlers, install_metrics
+from shared.http import background, create_http_app
 
 
 def create_app(settings: NotifierSettings) -> FastAPI:
@@ -22,32 +21,19 @@ def create_app(settings: NotifierSettings) -> FastAPI:
         pool = await create_pool(settings)
         store = AlertStore(pool)
         consumer = HitConsumer(store, settings)
-        consumer_task = asyncio.create_task(consumer.run(), name="hit-consumer")
         app.state.settings = settings
         app.state.pool = pool
         app.state.store = store
-        app.state.hit_consumer = consumer
+        app.state.health = lambda: {
+            "hit_consumer": "ready" if consumer.ready.is_set() else "starting"
+        }
         try:
-            yield
+            async with background(consumer.run(), "hit-consumer"):
+                yield
         finally:
-            consumer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer_task
             await pool.close()
 
-    app = FastAPI(
-        title="giapranh notifier",
-        summary="Alerts for the duty desks of the units a hit concerns.",
-        version="1",
-        lifespan=lifespan,
+    return create_http_app(
+        service="notifier", summary="Alerts for the duty desks of the units a hit concerns.",
+        lifespan=lifespan, router=api.router,
     )
-    install_error_handlers(app)
-    install_metrics(app, "notifier")
-    app.include_router(api.router)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        consumer: HitConsumer = app.state.hit_consumer
-        return {"status": "ok", "hit_consumer": "ready" if consumer.ready.is_set() else "starting"}
-
-    return app
