@@ -11,12 +11,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from giapranh.demo import DEMO_ENTRIES
 from services.ingest.store import IngestStore
-from shared.events import DeadLetter, HitFound, SharingScope
+from shared.events import DeadLetter, HitFound, Place, SharingScope
 from shared.settings import CommonSettings
 from shared.topics import HITS
 from tests.conftest import bearer, eventually
 
 WANTED = DEMO_ENTRIES[0]  # listed by CA-30307 (Long Xuyên, An Giang)
+WANTED_PLACE = Place(unit_code="CA-31212")
 SIGHTING = {
     "occurred_at": "2026-11-20T21:14:00+07:00",
     "subject": {"name": "NGUYEN VAN HUNG", "national_id": "089 091 004 217"},
@@ -175,3 +176,34 @@ async def test_a_unit_cannot_read_an_alert_not_addressed_to_it(
     assert ack.status_code == 200 and ack.json()["acknowledged_at"] is not None
     stamp = datetime.fromisoformat(ack.json()["acknowledged_at"])
     assert stamp <= datetime.now(UTC)
+
+
+async def test_the_notifier_dead_letters_a_malformed_hit_and_keeps_consuming(
+    env, pool, directory, notifier
+):
+    settings = env.settings(CommonSettings)
+    good = HitFound.model_validate(HITS.example()).model_copy(
+        update={"entry": WANTED, "place": WANTED_PLACE}
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
+    await producer.start()
+    try:
+        for value in (b'{"type": "HitFound", "score": 7}', good.model_dump_json().encode()):
+            await producer.send_and_wait(settings.topic(HITS.name), value, partition=0)
+    finally:
+        await producer.stop()
+    [alert] = await eventually(lambda: alerts(notifier, directory["CA-30307"]),
+                               what="the alert of the good hit after the bad one")
+    assert alert["hit_id"] == str(good.hit_id)
+
+    consumer = AIOKafkaConsumer(settings.topic("dead-letter"), bootstrap_servers=env.bootstrap_servers,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batch = await eventually(lambda: consumer.getmany(timeout_ms=200), what="the dead letter")
+        [letter] = [DeadLetter.model_validate_json(r.value) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    assert letter.service == "notifier"
+    assert letter.payload == '{"type": "HitFound", "score": 7}'
+    assert "validation error" in letter.error
