@@ -8,9 +8,7 @@ collides with a server already on the machine's ports.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -176,17 +174,3 @@ class EmbeddedDatabase:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def run_sync(coro):  # type: ignore[no-untyped-def]
-    """Run a coroutine from synchronous start-up code (no loop is running there)."""
-    return asyncio.run(coro)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

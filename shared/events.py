@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -280,15 +280,13 @@ class AlertAcknowledged(Event):
 
 
 AnyEvent = Annotated[
-    Union[
-        SightingReported,
-        IncidentReported,
-        WatchlistEntryUpserted,
-        WatchlistEntryCancelled,
-        HitFound,
-        AlertRaised,
-        AlertAcknowledged,
-    ],
+    SightingReported
+    | IncidentReported
+    | WatchlistEntryUpserted
+    | WatchlistEntryCancelled
+    | HitFound
+    | AlertRaised
+    | AlertAcknowledged,
     Field(discriminator="type"),
 ]
 _any_event = TypeAdapter(AnyEvent)

@@ -9,6 +9,7 @@ Consumers never auto-commit; they commit after a batch's effects are durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -84,10 +85,8 @@ async def ensure_topics(
         ]
         if not wanted:
             return []
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another service was first
             await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            pass  # another service created them first
         return [topic.name for topic in wanted]
     finally:
         await admin.close()

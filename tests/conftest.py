@@ -45,7 +45,6 @@ import pytest
 from giapranh.demo import demo_keys, seed_directory
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
-from services.matcher.settings import MatcherSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
 from shared.db import apply_migrations, create_pool

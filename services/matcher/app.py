@@ -225,5 +225,4 @@ def create_app(settings: MatcherSettings) -> faust.App:
                 "watchlist_entries": len(runtime.engine)}
 
     serve_asgi(app, web, host=settings.matcher_host, port=settings.matcher_port)
-    app.runtime = runtime  # type: ignore[attr-defined]
     return app
