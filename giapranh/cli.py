@@ -9,8 +9,12 @@ from typing import Annotated
 
 import typer
 
+from giapranh.admin import keys_app, units_app
+
 app = typer.Typer(help="giapranh: real-time alert sharing between neighbouring police units.",
                   no_args_is_help=True, add_completion=False)
+app.add_typer(units_app, name="units")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -74,9 +74,10 @@ def _field_path(loc: tuple[object, ...]) -> str:
     return ".".join(p for p in parts if "[" not in p) or "body"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, service: str) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.HTTP_REJECTIONS.labels(service=service, reason="invalid").inc()
         errors = [
             {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
@@ -92,6 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.HTTP_REJECTIONS.labels(service=service, reason=exc.code).inc()
         body: dict[str, object] = {"code": exc.code, "message": exc.message}
         if exc.field:
             body["field"] = exc.field
@@ -199,8 +201,52 @@ CurrentUnit = Annotated[Principal, Depends(authenticate)]
 # ------------------------------------------------------------------------- service shell
 
 
+class BodySizeLimit:
+    """Refuses request bodies over `max_bytes` with 413, counted as they stream in."""
+
+    def __init__(self, app: Any, max_bytes: int, service: str):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        metrics.HTTP_REJECTIONS.labels(service=self.service, reason="payload_too_large").inc()
+        response = JSONResponse(
+            {"error": {"code": PayloadTooLarge.code, "field": "body",
+                       "message": f"request body larger than {self.max_bytes} bytes"}},
+            status_code=413,
+        )
+        await response({"type": "http"}, None, send)  # type: ignore[arg-type]
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def create_http_app(
-    *, service: str, summary: str, lifespan: Any, router: APIRouter
+    *, service: str, summary: str, lifespan: Any, routers: Sequence[APIRouter],
+    max_body_bytes: int = 2_000_000,
 ) -> FastAPI:
     """The common shell of an HTTP service: errors, metrics, its router, /healthz.
 
@@ -208,9 +254,11 @@ def create_http_app(
     returning extra fields for /healthz.
     """
     app = FastAPI(title=f"giapranh {service}", summary=summary, version="1", lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, service)
     install_metrics(app, service)
-    app.include_router(router)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, service=service)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, object]:

@@ -32,7 +32,7 @@ def producer_options(settings: CommonSettings) -> dict[str, Any]:
         "acks": "all",
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
-        "request_timeout_ms": 15_000,
+        "request_timeout_ms": int(settings.kafka_request_timeout_seconds * 1000),
     }
     if settings.kafka_idempotent_producer:
         options["enable_idempotence"] = True

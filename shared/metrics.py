@@ -13,6 +13,10 @@ HTTP_REQUESTS = Counter(
     "giapranh_http_requests_total", "HTTP requests served, by service, route and status.",
     ["service", "route", "method", "status"],
 )
+HTTP_REJECTIONS = Counter(
+    "giapranh_http_rejections_total", "Requests refused, by service and reason (error code).",
+    ["service", "reason"],
+)
 EVENTS_ACCEPTED = Counter(
     "giapranh_ingest_events_accepted_total", "Events accepted into the outbox, by type.", ["type"]
 )
@@ -24,6 +28,10 @@ OUTBOX_RELAY_ERRORS = Counter(
 )
 OUTBOX_BACKLOG = Gauge(
     "giapranh_outbox_backlog", "Outbox rows not yet published to Kafka (last relay round)."
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "giapranh_outbox_oldest_age_seconds",
+    "Age of the oldest outbox row not yet published (0 when none; last relay round).",
 )
 
 # --- matcher

@@ -50,6 +50,13 @@ class CommonSettings(BaseSettings):
         description="Consumer group session timeout. Tansu delays a group's first join by "
         "half of it, so the embedded stack uses 2 s.",
     )
+    kafka_request_timeout_seconds: float = Field(
+        15.0,
+        ge=1.0,
+        le=300.0,
+        description="How long a produce may wait for the broker before it fails and the "
+        "sender rebuilds its producer (the relay then retries from the outbox).",
+    )
     topic_prefix: str = Field(
         "giapranh.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name."
     )

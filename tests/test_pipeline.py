@@ -57,6 +57,11 @@ async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_t
         "coordination agreement with CA-31212, where the subject was seen",
     ]
 
+    status = await ingest.get(f"/v1/events/{accepted.json()['event_id']}",
+                              headers=bearer(directory["CA-31212"]))
+    assert status.json()["status"] == "matched"
+    assert status.json()["alerts"] == [alert["alert_id"]]
+
     [seen_here] = await alerts(notifier, directory["CA-31212"])
     assert seen_here["why_you"] == ["subject seen on this unit's territory"]
     [partner] = await alerts(notifier, directory["CA-31237"])  # Vĩnh Trinh, same agreement

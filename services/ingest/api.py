@@ -6,11 +6,13 @@ from datetime import timedelta
 from typing import Annotated
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Path, status
-from pydantic import AwareDatetime, BaseModel, Field
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Path, Query, status
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from services.ingest.deps import CurrentUnit, Settings, Store
-from services.ingest.store import Accepted, request_hash
+from services.ingest.store import Accepted, EventStatus, Report, WatchlistEntryView, request_hash
 from shared import metrics
 from shared.events import (
     Contract,
@@ -27,7 +29,7 @@ from shared.events import (
     WatchlistEntryFields,
     utcnow,
 )
-from shared.http import Unprocessable
+from shared.http import Conflict, Unprocessable
 from shared.topics import INCIDENTS, SIGHTINGS
 
 router = APIRouter(prefix="/v1")
@@ -66,6 +68,23 @@ class IncidentIn(Contract):
     vehicles: tuple[Vehicle, ...] = Field((), max_length=100)
 
 
+MAX_BATCH = 1000
+
+
+class SightingBatchIn(Contract):
+    sightings: tuple[SightingIn, ...] = Field(min_length=1, max_length=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _event_ids_unique_in_batch(self) -> SightingBatchIn:
+        seen: set[UUID] = set()
+        for sighting in self.sightings:
+            if sighting.event_id is not None:
+                if sighting.event_id in seen:
+                    raise ValueError(f"event id {sighting.event_id} appears twice in the batch")
+                seen.add(sighting.event_id)
+        return self
+
+
 class CancelIn(Contract):
     reason: ShortText = Field(examples=["arrested"])
 
@@ -75,6 +94,12 @@ class EventAccepted(BaseModel):
     type: str
     status: str = "accepted"
     duplicate: bool = Field(description="True when this request repeated an accepted event.")
+
+
+class BatchAccepted(BaseModel):
+    accepted: int = Field(description="New events in this batch.")
+    duplicates: int = Field(description="Events this batch repeated (already accepted).")
+    results: list[EventAccepted] = Field(description="One per sighting, in request order.")
 
 
 class EntryStored(BaseModel):
@@ -88,12 +113,20 @@ def _accepted(result: Accepted) -> EventAccepted:
     return EventAccepted(event_id=result.event_id, type=result.type, duplicate=result.duplicate)
 
 
-async def _check_report(body: SightingIn | IncidentIn, store: Store, settings: Settings) -> None:
+async def _check_reports(
+    bodies: Sequence[SightingIn | IncidentIn], store: Store, settings: Settings, prefix: str = ""
+) -> None:
     limit = utcnow() + timedelta(seconds=settings.max_future_skew_seconds)
-    if body.occurred_at > limit:
-        raise Unprocessable("occurred_at is in the future", field="occurred_at")
-    if not await store.unit_exists(body.place.unit_code):
-        raise Unprocessable(f"unknown unit code {body.place.unit_code}", field="place.unit_code")
+    for index, body in enumerate(bodies):
+        where = f"{prefix}{index}." if prefix else ""
+        if body.occurred_at > limit:
+            raise Unprocessable("occurred_at is in the future", field=f"{where}occurred_at")
+    unknown = await store.unknown_units({body.place.unit_code for body in bodies})
+    for index, body in enumerate(bodies):
+        if body.place.unit_code in unknown:
+            where = f"{prefix}{index}." if prefix else ""
+            raise Unprocessable(f"unknown unit code {body.place.unit_code}",
+                                field=f"{where}place.unit_code")
 
 
 def _fingerprint(body: Contract) -> bytes:
@@ -106,17 +139,41 @@ async def _publish(event: Event, body: Contract, store: Store, topic: str) -> Ev
     return _accepted(result)
 
 
+def _sighting(body: SightingIn, unit_code: str) -> SightingReported:
+    return SightingReported(
+        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
+        producer_unit=unit_code, subject=body.subject, place=body.place,
+    )
+
+
 @router.post("/sightings", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
 async def report_sighting(
     body: SightingIn, unit: CurrentUnit, store: Store, settings: Settings
 ) -> EventAccepted:
     """Report a person or vehicle seen at a place and time."""
-    await _check_report(body, store, settings)
-    event = SightingReported(
-        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
-        producer_unit=unit.unit_code, subject=body.subject, place=body.place,
-    )
-    return await _publish(event, body, store, SIGHTINGS.name)
+    await _check_reports([body], store, settings)
+    return await _publish(_sighting(body, unit.unit_code), body, store, SIGHTINGS.name)
+
+
+@router.post("/sightings/batch", status_code=status.HTTP_202_ACCEPTED,
+             response_model=BatchAccepted)
+async def report_sightings(
+    body: SightingBatchIn, unit: CurrentUnit, store: Store, settings: Settings
+) -> BatchAccepted:
+    """Report up to 1,000 sightings at once: all are accepted, or none (the error names
+    the index at fault, e.g. `sightings.17.subject.national_id`). Safe to retry."""
+    await _check_reports(body.sightings, store, settings, prefix="sightings.")
+    reports = [
+        Report(_sighting(item, unit.unit_code), unit.unit_code, _fingerprint(item))
+        for item in body.sightings
+    ]
+    try:
+        results = await store.record_many(reports, topic=SIGHTINGS.name)
+    except Conflict as conflict:
+        raise Conflict(conflict.message, field=f"sightings.{conflict.field}") from None
+    views = [_accepted(result) for result in results]
+    duplicates = sum(view.duplicate for view in views)
+    return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 
 @router.post("/incidents", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
@@ -124,7 +181,7 @@ async def report_incident(
     body: IncidentIn, unit: CurrentUnit, store: Store, settings: Settings
 ) -> EventAccepted:
     """Report a crime or disorder event with its suspects and vehicles."""
-    await _check_report(body, store, settings)
+    await _check_reports([body], store, settings)
     event = IncidentReported(
         event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
         producer_unit=unit.unit_code, incident_type=body.incident_type, summary=body.summary,
@@ -146,6 +203,25 @@ async def upsert_watchlist_entry(
     return EntryStored(entry=stored, event_id=accepted.event_id if accepted else None)
 
 
+@router.get("/watchlist", response_model=list[WatchlistEntryView])
+async def list_watchlist_entries(
+    unit: CurrentUnit, store: Store,
+    include_cancelled: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[WatchlistEntryView]:
+    """The calling unit's own entries, most recently changed first."""
+    return await store.own_entries(unit.unit_code, include_cancelled=include_cancelled,
+                                   limit=limit, offset=offset)
+
+
+@router.get("/watchlist/{entry_id}", response_model=WatchlistEntryView)
+async def get_watchlist_entry(
+    entry_id: Annotated[EntryId, Path()], unit: CurrentUnit, store: Store
+) -> WatchlistEntryView:
+    return await store.own_entry(entry_id, unit.unit_code)
+
+
 @router.post("/watchlist/{entry_id}/cancel", response_model=EventAccepted)
 async def cancel_watchlist_entry(
     entry_id: Annotated[EntryId, Path()], body: CancelIn, unit: CurrentUnit, store: Store
@@ -157,7 +233,9 @@ async def cancel_watchlist_entry(
     return _accepted(result)
 
 
-@router.get("/events/{event_id}")
-async def event_status(event_id: UUID, unit: CurrentUnit, store: Store) -> dict[str, object]:
-    """Where one of the calling unit's events is: accepted, or relayed to the broker."""
+@router.get("/events/{event_id}", response_model=EventStatus)
+async def event_status(event_id: UUID, unit: CurrentUnit, store: Store) -> EventStatus:
+    """Where one of the calling unit's events is: `accepted` (stored, waiting for the
+    broker), `relayed` (on the broker, matched or being matched), `matched` (it raised
+    at least one alert, listed in `alerts`)."""
     return await store.event_status(event_id, unit.unit_code)

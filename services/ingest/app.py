@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from services.ingest import api
+from services.ingest import admin, api
 from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
@@ -30,5 +30,6 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     return create_http_app(
         service="ingest", summary="Units publish sightings, incidents and watchlist changes.",
-        lifespan=lifespan, router=api.router,
+        lifespan=lifespan, routers=[api.router, admin.router],
+        max_body_bytes=settings.max_body_bytes,
     )

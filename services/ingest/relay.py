@@ -79,6 +79,7 @@ class OutboxRelay:
             )
             if not rows:
                 metrics.OUTBOX_BACKLOG.set(0)
+                metrics.OUTBOX_OLDEST_AGE.set(0)
                 return 0
             futures = [
                 await producer.send(
@@ -91,11 +92,14 @@ class OutboxRelay:
                 "UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1::bigint[])",
                 [row["id"] for row in rows],
             )
-            backlog = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL"
+            backlog = await conn.fetchrow(
+                """SELECT count(*) AS rows,
+                          coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
+                     FROM outbox WHERE dispatched_at IS NULL"""
             )
         metrics.OUTBOX_RELAYED.inc(len(rows))
-        metrics.OUTBOX_BACKLOG.set(backlog)
+        metrics.OUTBOX_BACKLOG.set(backlog["rows"])
+        metrics.OUTBOX_OLDEST_AGE.set(float(backlog["age"]))
         return len(rows)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:

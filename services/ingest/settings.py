@@ -12,6 +12,9 @@ class IngestSettings(CommonSettings):
     relay_idle_seconds: float = Field(
         1.0, gt=0, le=60, description="Relay poll interval when no NOTIFY wakes it."
     )
+    max_body_bytes: int = Field(
+        2_000_000, ge=1024, description="Largest request body accepted (413 above)."
+    )
     max_future_skew_seconds: float = Field(
         300, ge=0, description="How far in the future an event's occurred_at may be."
     )

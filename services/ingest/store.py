@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 import asyncpg
+from pydantic import BaseModel, Field
 
 from shared.events import (
     Event,
@@ -33,6 +35,15 @@ class Accepted:
     """True when this was a retry of an event already accepted (nothing new was written)."""
 
 
+@dataclass(frozen=True)
+class Report:
+    """One event to accept: its outbox key and the fingerprint of the request body."""
+
+    event: Event
+    key: str
+    fingerprint: bytes
+
+
 def request_hash(canonical_body: str) -> bytes:
     return hashlib.sha256(canonical_body.encode()).digest()
 
@@ -42,8 +53,11 @@ class IngestStore:
         self._pool = pool
         self._settings = settings
 
-    async def unit_exists(self, code: str) -> bool:
-        return bool(await self._pool.fetchval("SELECT 1 FROM units WHERE code = $1", code))
+    async def unknown_units(self, codes: set[str]) -> set[str]:
+        known = await self._pool.fetch(
+            "SELECT code FROM units WHERE code = ANY($1::text[])", list(codes)
+        )
+        return codes - {row["code"] for row in known}
 
     async def record(
         self, event: Event, *, topic: str, key: str, fingerprint: bytes
@@ -53,49 +67,73 @@ class IngestStore:
         A retry (same event id, same unit, same body fingerprint) returns the original
         acceptance and writes nothing; the same id with another body is a 409.
         """
+        [accepted] = await self.record_many([Report(event, key, fingerprint)], topic=topic)
+        return accepted
+
+    async def record_many(self, reports: list[Report], *, topic: str) -> list[Accepted]:
+        """Store a batch of events and their outbox rows in one transaction, all or none."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await self._record(conn, event, topic=topic, key=key, fingerprint=fingerprint)
+            return await self._record(conn, reports, topic=topic)
 
     async def _record(
-        self, conn: asyncpg.Connection, event: Event, *, topic: str, key: str, fingerprint: bytes
-    ) -> Accepted:
-        assert event.producer_unit is not None
-        recorded_at = await conn.fetchval(
-            """INSERT INTO events (event_id, type, unit_code, request_hash, occurred_at,
-                                   recorded_at, payload)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
-               ON CONFLICT (event_id) DO NOTHING
-               RETURNING recorded_at""",
-            event.event_id, event.type, event.producer_unit, fingerprint,
-            event.occurred_at, event.recorded_at, event.model_dump(mode="json"),
-        )
-        if recorded_at is None:
-            return await self._original(conn, event, fingerprint)
-        await conn.execute(
-            "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)",
-            event.event_id, self._settings.topic(topic), key, encode_event(event),
-        )
-        await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-        return Accepted(event.event_id, event.type, recorded_at, duplicate=False)
-
-    async def _original(
-        self, conn: asyncpg.Connection, event: Event, fingerprint: bytes
-    ) -> Accepted:
-        row = await conn.fetchrow(
-            "SELECT type, unit_code, request_hash, recorded_at FROM events WHERE event_id = $1",
-            event.event_id,
-        )
-        same = (
-            row["unit_code"] == event.producer_unit
-            and row["type"] == event.type
-            and row["request_hash"] == fingerprint
-        )
-        if not same:
-            raise Conflict(
-                f"event id {event.event_id} was already used for a different request",
-                field="event_id",
+        self, conn: asyncpg.Connection, reports: list[Report], *, topic: str
+    ) -> list[Accepted]:
+        events = [r.event for r in reports]
+        inserted = {
+            row["event_id"]: row["recorded_at"]
+            for row in await conn.fetch(
+                """INSERT INTO events (event_id, type, unit_code, request_hash, occurred_at,
+                                       recorded_at, payload)
+                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[],
+                                        $5::timestamptz[], $6::timestamptz[], $7::jsonb[])
+                   ON CONFLICT (event_id) DO NOTHING
+                   RETURNING event_id, recorded_at""",
+                [e.event_id for e in events], [e.type for e in events],
+                [e.producer_unit for e in events], [r.fingerprint for r in reports],
+                [e.occurred_at for e in events], [e.recorded_at for e in events],
+                [e.model_dump(mode="json") for e in events],
             )
-        return Accepted(event.event_id, row["type"], row["recorded_at"], duplicate=True)
+        }
+        fresh = [r for r in reports if r.event.event_id in inserted]
+        if fresh:
+            await conn.execute(
+                """INSERT INTO outbox (event_id, topic, key, payload)
+                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])""",
+                [r.event.event_id for r in fresh], [self._settings.topic(topic)] * len(fresh),
+                [r.key for r in fresh], [encode_event(r.event) for r in fresh],
+            )
+            await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        repeated = {
+            row["event_id"]: row
+            for row in await conn.fetch(
+                "SELECT event_id, type, unit_code, request_hash, recorded_at FROM events "
+                "WHERE event_id = ANY($1::uuid[])",
+                [r.event.event_id for r in reports if r.event.event_id not in inserted],
+            )
+        } if len(fresh) < len(reports) else {}
+        results = []
+        for index, report in enumerate(reports):
+            event = report.event
+            if event.event_id in inserted:
+                results.append(Accepted(event.event_id, event.type, inserted[event.event_id],
+                                        duplicate=False))
+                continue
+            row = repeated.get(event.event_id)
+            same = row is not None and (
+                row["unit_code"] == event.producer_unit
+                and row["type"] == event.type
+                and row["request_hash"] == report.fingerprint
+            )
+            if not same:
+                # Also a repeated id inside one batch with different bodies.
+                where = f"{index}.event_id" if len(reports) > 1 else "event_id"
+                raise Conflict(
+                    f"event id {event.event_id} was already used for a different request",
+                    field=where,
+                )
+            results.append(Accepted(event.event_id, row["type"], row["recorded_at"],
+                                    duplicate=True))
+        return results
 
     async def upsert_watchlist_entry(
         self, entry: WatchlistEntry, *, unit_code: str
@@ -135,9 +173,9 @@ class IngestStore:
             event = WatchlistEntryUpserted(
                 occurred_at=utcnow(), producer_unit=unit_code, entry=stored
             )
-            accepted = await self._record(
-                conn, event, topic=WATCHLIST.name, key=stored.entry_id,
-                fingerprint=request_hash(event.model_dump_json()),
+            [accepted] = await self._record(
+                conn, [Report(event, stored.entry_id, request_hash(event.model_dump_json()))],
+                topic=WATCHLIST.name,
             )
             return stored, accepted
 
@@ -171,26 +209,74 @@ class IngestStore:
                 occurred_at=utcnow(), producer_unit=unit_code, entry_id=entry_id,
                 owner_unit=unit_code, version=version, reason=reason,
             )
-            return await self._record(
-                conn, event, topic=WATCHLIST.name, key=entry_id,
-                fingerprint=request_hash(event.model_dump_json()),
+            [accepted] = await self._record(
+                conn, [Report(event, entry_id, request_hash(event.model_dump_json()))],
+                topic=WATCHLIST.name,
             )
+            return accepted
 
-    async def event_status(self, event_id: UUID, unit_code: str) -> dict[str, object]:
+    async def event_status(self, event_id: UUID, unit_code: str) -> EventStatus:
         row = await self._pool.fetchrow(
-            """SELECT e.type, e.recorded_at, max(o.dispatched_at) AS dispatched_at,
-                      bool_and(o.dispatched_at IS NOT NULL) AS relayed
+            """SELECT e.type, e.recorded_at, o.dispatched_at,
+                      coalesce((SELECT array_agg(a.alert_id ORDER BY a.raised_at)
+                                  FROM alerts a WHERE a.source_event_id = e.event_id),
+                               '{}') AS alerts
                  FROM events e LEFT JOIN outbox o USING (event_id)
-                WHERE e.event_id = $1 AND e.unit_code = $2
-                GROUP BY e.type, e.recorded_at""",
+                WHERE e.event_id = $1 AND e.unit_code = $2""",
             event_id, unit_code,
         )
         if row is None:
             raise NotFound(f"no event {event_id} from unit {unit_code}", field="event_id")
-        return {
-            "event_id": str(event_id),
-            "type": row["type"],
-            "status": "relayed" if row["relayed"] else "accepted",
-            "recorded_at": row["recorded_at"],
-            "relayed_at": row["dispatched_at"],
-        }
+        state = "matched" if row["alerts"] else "relayed" if row["dispatched_at"] else "accepted"
+        return EventStatus(
+            event_id=event_id, type=row["type"], status=state, recorded_at=row["recorded_at"],
+            relayed_at=row["dispatched_at"], alerts=row["alerts"],
+        )
+
+    async def own_entries(
+        self, unit_code: str, *, include_cancelled: bool, limit: int, offset: int
+    ) -> list[WatchlistEntryView]:
+        rows = await self._pool.fetch(
+            f"""SELECT {_ENTRY_COLUMNS} FROM watchlist_entries
+                 WHERE owner_unit = $1 AND ($2 OR cancelled_at IS NULL)
+                 ORDER BY updated_at DESC, entry_id LIMIT $3 OFFSET $4""",
+            unit_code, include_cancelled, limit, offset,
+        )
+        return [WatchlistEntryView.from_row(row) for row in rows]
+
+    async def own_entry(self, entry_id: str, unit_code: str) -> WatchlistEntryView:
+        row = await self._pool.fetchrow(
+            f"SELECT {_ENTRY_COLUMNS} FROM watchlist_entries "
+            "WHERE entry_id = $1 AND owner_unit = $2",
+            entry_id, unit_code,
+        )
+        if row is None:
+            raise NotFound(f"unit {unit_code} has no watchlist entry {entry_id}", field="entry_id")
+        return WatchlistEntryView.from_row(row)
+
+
+_ENTRY_COLUMNS = "entry::text AS entry, cancelled_at, cancel_reason, updated_at"
+
+
+class EventStatus(BaseModel):
+    event_id: UUID
+    type: str
+    status: Literal["accepted", "relayed", "matched"]
+    recorded_at: datetime
+    relayed_at: datetime | None
+    alerts: list[UUID] = Field(description="Alerts this event raised (empty: none yet).")
+
+
+class WatchlistEntryView(BaseModel):
+    entry: WatchlistEntry
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> WatchlistEntryView:
+        return cls(
+            entry=WatchlistEntry.model_validate_json(row["entry"]),
+            cancelled_at=row["cancelled_at"], cancel_reason=row["cancel_reason"],
+            updated_at=row["updated_at"],
+        )

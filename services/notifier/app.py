@@ -35,5 +35,5 @@ def create_app(settings: NotifierSettings) -> FastAPI:
 
     return create_http_app(
         service="notifier", summary="Alerts for the duty desks of the units a hit concerns.",
-        lifespan=lifespan, router=api.router,
+        lifespan=lifespan, routers=[api.router],
     )

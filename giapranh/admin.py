@@ -1,0 +1,130 @@
+"""`giapranh units ...` and `giapranh keys ...`: directory and credentials administration.
+
+They talk to PostgreSQL directly (GIAPRANH_DATABASE_URL or --database-url), so the first
+admin key of a new deployment can be issued before any API key exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.directory import UnitIn, UnitKind, create_unit, list_units
+from shared.http import ApiError, issue_api_key
+from shared.settings import CommonSettings
+
+T = TypeVar("T")
+units_app = typer.Typer(help="List and add units of the directory.", no_args_is_help=True)
+keys_app = typer.Typer(help="Issue, list and revoke units' API keys.", no_args_is_help=True)
+console = Console()
+
+DatabaseUrl = Annotated[str | None, typer.Option(
+    "--database-url", envvar="GIAPRANH_DATABASE_URL",
+    help="PostgreSQL DSN (giapranh dev prints it).")]
+
+
+def _run(database_url: str | None, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    settings = CommonSettings(**({"database_url": database_url} if database_url else {}))
+
+    async def go() -> T:
+        try:
+            conn = await asyncpg.connect(settings.database_url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise typer.BadParameter(f"cannot connect to {settings.database_url}: {exc}",
+                                     param_hint="--database-url") from None
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(go())
+    except ApiError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _pepper() -> str:
+    return CommonSettings().api_key_pepper.get_secret_value()
+
+
+@units_app.command("list")
+def units_list(database_url: DatabaseUrl = None) -> None:
+    """Every unit of the directory."""
+    units = _run(database_url, list_units)
+    table = Table("code", "name", "kind", "parent")
+    for unit in units:
+        table.add_row(unit.code, unit.name, unit.kind, unit.parent_code or "")
+    console.print(table)
+
+
+@units_app.command("add")
+def units_add(
+    code: str, name: str,
+    kind: Annotated[str, typer.Option(help="commune_police, province_police, border_guard, "
+                                           "military or ministry")] = "commune_police",
+    parent: Annotated[str | None, typer.Option(help="Code of the parent unit.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Add a unit, e.g. `giapranh units add CA-30292 "Công an phường Bình Đức" --parent CAT-91`."""
+    try:
+        unit = UnitIn(code=code, name=name, kind=kind, parent_code=parent)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    created = _run(database_url, lambda conn: create_unit(conn, unit))
+    console.print(f"added unit {created.code} ({created.name})")
+
+
+@keys_app.command("issue")
+def keys_issue(
+    unit: str,
+    admin: Annotated[bool, typer.Option("--admin", help="The key may manage the directory.")] = False,
+    label: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Issue a new API key for UNIT and print it once (only its hash is stored)."""
+
+    async def work(conn: asyncpg.Connection) -> str:
+        if not await conn.fetchval("SELECT 1 FROM units WHERE code = $1", unit):
+            raise typer.BadParameter(f"no unit {unit}", param_hint="UNIT")
+        return await issue_api_key(conn, unit, _pepper(), role="admin" if admin else "unit",
+                                   label=label)
+
+    key = _run(database_url, work)
+    console.print(f"API key for {unit}{' (admin)' if admin else ''}; store it now, it is "
+                  "not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    unit: Annotated[str | None, typer.Argument(help="Only this unit's keys.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Keys by id and prefix (never the key itself)."""
+    rows = _run(database_url, lambda conn: conn.fetch(
+        """SELECT id, unit_code, key_prefix, role, label, created_at, revoked_at FROM api_keys
+            WHERE $1::text IS NULL OR unit_code = $1 ORDER BY id""", unit))
+    table = Table("id", "unit", "prefix", "role", "label", "created", "revoked")
+    for row in rows:
+        table.add_row(str(row["id"]), row["unit_code"], row["key_prefix"] + "…", row["role"],
+                      row["label"] or "", f"{row['created_at']:%Y-%m-%d %H:%M}",
+                      f"{row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int, database_url: DatabaseUrl = None) -> None:
+    """Revoke key KEY_ID (see `giapranh keys list`): it stops working at once."""
+    status = _run(database_url, lambda conn: conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id))
+    if status == "UPDATE 0":
+        console.print(f"[red]error:[/red] no active key with id {key_id}")
+        raise typer.Exit(1)
+    console.print(f"revoked key {key_id}")

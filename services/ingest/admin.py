@@ -1,0 +1,38 @@
+"""Directory administration (`/v1/admin`): only keys with the admin role."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+
+from shared.directory import Agreement, AgreementIn, Unit, UnitIn, create_agreement, create_unit, list_units
+from shared.http import CurrentUnit, Forbidden, Principal
+
+router = APIRouter(prefix="/v1")
+
+
+async def _admin(unit: CurrentUnit) -> Principal:
+    if not unit.is_admin:
+        raise Forbidden(f"unit {unit.unit_code}'s key has no admin role")
+    return unit
+
+
+Admin = Annotated[Principal, Depends(_admin)]
+
+
+@router.get("/units", response_model=list[Unit])
+async def units(request: Request, unit: CurrentUnit) -> list[Unit]:
+    """The unit directory, for choosing place and party codes."""
+    return await list_units(request.app.state.pool)
+
+
+@router.post("/admin/units", status_code=status.HTTP_201_CREATED, response_model=Unit)
+async def add_unit(body: UnitIn, request: Request, admin: Admin) -> Unit:
+    return await create_unit(request.app.state.pool, body)
+
+
+@router.post("/admin/agreements", status_code=status.HTTP_201_CREATED, response_model=Agreement)
+async def add_agreement(body: AgreementIn, request: Request, admin: Admin) -> Agreement:
+    async with request.app.state.pool.acquire() as conn:
+        return await create_agreement(conn, body)
