@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -288,3 +289,27 @@ def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
 
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+
+
+def json_body(model: type[Any]) -> Any:
+    """A dependency validating the raw body with `model.model_validate_json`.
+
+    pydantic's own JSON parser is several times faster than FastAPI's json.loads plus
+    validation, which matters for bulk endpoints. Errors render like any other 422. Pair it
+    with `openapi_extra=json_body_openapi(model)` so the API docs still show the schema.
+    """
+
+    async def parse(request: Request) -> Any:
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+            ) from None
+
+    return Depends(parse)
+
+
+def json_body_openapi(model: type[Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}

@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared import metrics
 from shared.events import DeadLetter
@@ -61,6 +62,37 @@ def create_consumer(
     return AIOKafkaConsumer(
         *topics, group_id=group_id, client_id=client_id, **consumer_options(settings)
     )
+
+
+async def publish_all(
+    producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes]]
+) -> int:
+    """Send (topic, key, value) records and wait until the broker acknowledged all of them.
+
+    Records are grouped into as few producer batches as fit, per partition, in the given
+    order, so per-key order holds; the partition of a key is the one Kafka's default
+    partitioner picks (murmur2), as for any other producer. One future per batch instead
+    of one per message keeps bulk publishing cheap.
+    """
+    partitioner = DefaultPartitioner()
+    partitions: dict[str, list[int]] = {}
+    grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+    for topic, key, value in records:
+        if topic not in partitions:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        partition = partitioner(key, partitions[topic], partitions[topic])
+        grouped.setdefault((topic, partition), []).append((key, value))
+    pending = []
+    for (topic, partition), messages in grouped.items():
+        batch = producer.create_batch()
+        for key, value in messages:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        pending.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*pending)
+    return sum(len(messages) for messages in grouped.values())
 
 
 async def ensure_topics(

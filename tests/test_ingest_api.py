@@ -126,3 +126,10 @@ async def test_a_unit_cannot_read_another_units_event_status(ingest, directory):
     other = await ingest.get(f"/v1/events/{accepted.json()['event_id']}",
                              headers=bearer(directory["CA-30307"]))
     assert other.status_code == 404
+
+
+async def test_a_sighting_without_name_id_or_plate_is_422_not_500(ingest, directory):
+    body = {**SIGHTING, "subject": {"description": "áo khoác đen"}}
+    response = await ingest.post("/v1/sightings", json=body, headers=bearer(directory["CA-31212"]))
+    assert response.status_code == 422
+    assert "at least a name, a national_id or a plate" in response.json()["error"]["message"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 from uuid import UUID, uuid4
 
@@ -29,7 +29,7 @@ from shared.events import (
     WatchlistEntryFields,
     utcnow,
 )
-from shared.http import Conflict, Unprocessable
+from shared.http import Conflict, Unprocessable, json_body, json_body_openapi
 from shared.topics import INCIDENTS, SIGHTINGS
 
 router = APIRouter(prefix="/v1")
@@ -45,6 +45,12 @@ class SightingIn(Contract):
     occurred_at: AwareDatetime = Field(description="When the subject was seen (with offset).")
     subject: Subject
     place: Place
+
+    @model_validator(mode="after")
+    def _subject_is_identifiable(self) -> SightingIn:
+        if self.subject.is_empty():
+            raise ValueError("a sighting needs at least a name, a national_id or a plate")
+        return self
 
     model_config = {
         "json_schema_extra": {
@@ -110,6 +116,10 @@ class EntryStored(BaseModel):
 def _accepted(result: Accepted) -> EventAccepted:
     if not result.duplicate:
         metrics.EVENTS_ACCEPTED.labels(type=result.type).inc()
+    return _view(result)
+
+
+def _view(result: Accepted) -> EventAccepted:
     return EventAccepted(event_id=result.event_id, type=result.type, duplicate=result.duplicate)
 
 
@@ -139,9 +149,9 @@ async def _publish(event: Event, body: Contract, store: Store, topic: str) -> Ev
     return _accepted(result)
 
 
-def _sighting(body: SightingIn, unit_code: str) -> SightingReported:
+def _sighting(body: SightingIn, unit_code: str, recorded_at: datetime) -> SightingReported:
     return SightingReported(
-        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
+        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at, recorded_at=recorded_at,
         producer_unit=unit_code, subject=body.subject, place=body.place,
     )
 
@@ -152,27 +162,31 @@ async def report_sighting(
 ) -> EventAccepted:
     """Report a person or vehicle seen at a place and time."""
     await _check_reports([body], store, settings)
-    return await _publish(_sighting(body, unit.unit_code), body, store, SIGHTINGS.name)
+    return await _publish(_sighting(body, unit.unit_code, utcnow()), body, store,
+                          SIGHTINGS.name)
 
 
 @router.post("/sightings/batch", status_code=status.HTTP_202_ACCEPTED,
-             response_model=BatchAccepted)
+             response_model=BatchAccepted, openapi_extra=json_body_openapi(SightingBatchIn))
 async def report_sightings(
-    body: SightingBatchIn, unit: CurrentUnit, store: Store, settings: Settings
+    unit: CurrentUnit, store: Store, settings: Settings,
+    body: SightingBatchIn = json_body(SightingBatchIn),
 ) -> BatchAccepted:
     """Report up to 1,000 sightings at once: all are accepted, or none (the error names
     the index at fault, e.g. `sightings.17.subject.national_id`). Safe to retry."""
     await _check_reports(body.sightings, store, settings, prefix="sightings.")
+    now = utcnow()
     reports = [
-        Report(_sighting(item, unit.unit_code), unit.unit_code, _fingerprint(item))
+        Report(_sighting(item, unit.unit_code, now), unit.unit_code, _fingerprint(item))
         for item in body.sightings
     ]
     try:
         results = await store.record_many(reports, topic=SIGHTINGS.name)
     except Conflict as conflict:
         raise Conflict(conflict.message, field=f"sightings.{conflict.field}") from None
-    views = [_accepted(result) for result in results]
+    views = [_view(result) for result in results]
     duplicates = sum(view.duplicate for view in views)
+    metrics.EVENTS_ACCEPTED.labels(type=SightingReported.__name__).inc(len(views) - duplicates)
     return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -24,12 +25,13 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
-from shared.kafka import create_producer, ensure_topics
+from shared.kafka import create_producer, ensure_topics, publish_all
 
 log = logging.getLogger(__name__)
 
 RELAY_LOCK_ID = 0x6A1A_0002
 MAX_BACKOFF_SECONDS = 5.0
+BACKLOG_READING_SECONDS = 2.0
 
 
 class OutboxRelay:
@@ -39,6 +41,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._listener: asyncpg.Connection | None = None
+        self._next_backlog_reading = 0.0
 
     async def run(self) -> None:
         """Relay until cancelled."""
@@ -81,25 +84,25 @@ class OutboxRelay:
                 metrics.OUTBOX_BACKLOG.set(0)
                 metrics.OUTBOX_OLDEST_AGE.set(0)
                 return 0
-            futures = [
-                await producer.send(
-                    row["topic"], row["payload"], key=row["key"].encode() if row["key"] else None
-                )
+            await publish_all(producer, (
+                (row["topic"], row["key"].encode() if row["key"] else None, row["payload"])
                 for row in rows
-            ]
-            await asyncio.gather(*futures)
+            ))
             await conn.execute(
                 "UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1::bigint[])",
                 [row["id"] for row in rows],
             )
-            backlog = await conn.fetchrow(
-                """SELECT count(*) AS rows,
-                          coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
-                     FROM outbox WHERE dispatched_at IS NULL"""
-            )
+            if time.monotonic() >= self._next_backlog_reading:
+                # Counting a large backlog costs a scan: measure it every few seconds only.
+                self._next_backlog_reading = time.monotonic() + BACKLOG_READING_SECONDS
+                backlog = await conn.fetchrow(
+                    """SELECT count(*) AS rows,
+                              coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
+                         FROM outbox WHERE dispatched_at IS NULL"""
+                )
+                metrics.OUTBOX_BACKLOG.set(backlog["rows"])
+                metrics.OUTBOX_OLDEST_AGE.set(float(backlog["age"]))
         metrics.OUTBOX_RELAYED.inc(len(rows))
-        metrics.OUTBOX_BACKLOG.set(backlog["rows"])
-        metrics.OUTBOX_OLDEST_AGE.set(float(backlog["age"]))
         return len(rows)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:

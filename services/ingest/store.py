@@ -79,28 +79,31 @@ class IngestStore:
         self, conn: asyncpg.Connection, reports: list[Report], *, topic: str
     ) -> list[Accepted]:
         events = [r.event for r in reports]
+        encoded = [encode_event(e) for e in events]
         inserted = {
             row["event_id"]: row["recorded_at"]
             for row in await conn.fetch(
                 """INSERT INTO events (event_id, type, unit_code, request_hash, occurred_at,
                                        recorded_at, payload)
-                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[],
-                                        $5::timestamptz[], $6::timestamptz[], $7::jsonb[])
+                   SELECT i, t, u, h, o, r, convert_from(p, 'UTF8')::jsonb
+                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[],
+                                 $5::timestamptz[], $6::timestamptz[], $7::bytea[])
+                          AS input (i, t, u, h, o, r, p)
                    ON CONFLICT (event_id) DO NOTHING
                    RETURNING event_id, recorded_at""",
                 [e.event_id for e in events], [e.type for e in events],
                 [e.producer_unit for e in events], [r.fingerprint for r in reports],
-                [e.occurred_at for e in events], [e.recorded_at for e in events],
-                [e.model_dump(mode="json") for e in events],
+                [e.occurred_at for e in events], [e.recorded_at for e in events], encoded,
             )
         }
-        fresh = [r for r in reports if r.event.event_id in inserted]
+        fresh = [(r, payload) for r, payload in zip(reports, encoded, strict=True)
+                 if r.event.event_id in inserted]
         if fresh:
             await conn.execute(
                 """INSERT INTO outbox (event_id, topic, key, payload)
                    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])""",
-                [r.event.event_id for r in fresh], [self._settings.topic(topic)] * len(fresh),
-                [r.key for r in fresh], [encode_event(r.event) for r in fresh],
+                [r.event.event_id for r, _ in fresh], [self._settings.topic(topic)] * len(fresh),
+                [r.key for r, _ in fresh], [payload for _, payload in fresh],
             )
             await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
         repeated = {
