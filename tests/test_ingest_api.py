@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.events import decode_event
@@ -133,3 +134,19 @@ async def test_a_sighting_without_name_id_or_plate_is_422_not_500(ingest, direct
     response = await ingest.post("/v1/sightings", json=body, headers=bearer(directory["CA-31212"]))
     assert response.status_code == 422
     assert "at least a name, a national_id or a plate" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"subject": {"name": "A", "birth_date": "1990-02-30"}}, "subject.birth_date"),
+    ({"occurred_at": "2026-13-01T10:00:00+07:00"}, "occurred_at"),
+    ({"occurred_at": "2026-11-20T21:14:00"}, "occurred_at"),
+    ({"place": {"unit_code": "CA-31212", "lat": 95.0, "lon": 105.5}}, "place.lat"),
+    ({"place": {"unit_code": "CA-31212", "lat": 10.2, "lon": 181.0}}, "place.lon"),
+    ({"place": {"unit_code": "ca 31212"}}, "place.unit_code"),
+    ({"subject": {"name": "A", "birth_year": 1850}}, "subject.birth_year"),
+])
+async def test_impossible_values_are_422_naming_the_field(ingest, directory, change, field):
+    response = await ingest.post("/v1/sightings", json={**SIGHTING, **change},
+                                 headers=bearer(directory["CA-31212"]))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == field
