@@ -1,24 +1,66 @@
 """The matching engine: pure, in memory, no Kafka or database inside.
 
-It holds every unit's active watchlist entries in exact-key indexes and answers "which
-entries does this reported subject match, how strongly and why". Changes are incremental:
-`upsert` and `cancel` touch only the entry's own index keys, and both are idempotent under
-replays thanks to entry versions (an older version never overwrites a newer one, and a
-cancelled entry is remembered so a replayed upsert cannot revive it).
+It holds every unit's active watchlist entries and answers "which entries does this
+reported subject match, how strongly and why". The same engine serves the stream matcher,
+the evaluation harness (`python -m services.matcher.evaluate`) and the benchmarks.
 
-The same engine serves the stream matcher, the evaluation harness and the benchmarks.
+Retrieval: exact-key hash indexes, never a scan. An entry is filed under its national id
+digits, each plate (compact, and in OCR-class form so `30K2A2570` finds `30-K2 425.70`),
+its folded given name with birth year, the one-letter deletions of that given name with
+birth year (symmetric delete: finds one typo), surname + given + year, the full folded
+name, and each alias with birth year. A query probes the same keys for its own values,
+its birth year +-1, both name orders, and the one-letter deletions of its given name.
+Buckets larger than `MAX_BUCKET` are skipped: a more specific key must find those.
+
+Scoring: points per feature, like a Fellegi-Sunter model; each feature that speaks adds
+a human-readable reason. Strong identifiers decide (id or plate exact); a name needs the
+birth year to agree; a contradicting id or birth year, or a name whose marks differ (Hùng
+vs Hưng) pulls the score down. `score = 1 - 2 ** (-points / 4)`; an alert needs
+`PRODUCTION_THRESHOLD`.
+
+Changes are incremental and idempotent under replays: `upsert` and `cancel` touch only the
+entry's own keys, an older version never overwrites a newer one, and a cancelled entry is
+remembered so a replayed upsert cannot revive it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
-from shared.events import MatchReason, Subject, WatchlistEntry, national_id_digits
+from services.matcher.normalize import (
+    Syllable,
+    cccd_birth_year,
+    compact_plate,
+    deletions,
+    hamming_one,
+    id_digits,
+    name_tokens,
+    ocr_class,
+    one_edit_apart,
+    same_syllable,
+)
+from shared.events import MatchReason, Subject, WatchlistEntry
 
-PRODUCTION_THRESHOLD = 0.8
+PRODUCTION_THRESHOLD = 0.75  # = 8 points
+MAX_BUCKET = 300
+MIN_DELETION_LENGTH = 3
+
+# Points of evidence (log-odds flavoured; 8 make an alert).
+ID_EXACT, ID_ONE_DIGIT, ID_DIFFERENT = 12.0, 4.0, -8.0
+PLATE_EXACT, PLATE_OCR_ONE, PLATE_OCR_MORE = 12.0, 9.0, 5.0
+NAME_FULL, NAME_REORDERED, NAME_DROPPED_MIDDLE, NAME_GIVEN_ONLY = 7.0, 7.0, 6.0, 1.0
+NAME_TYPO, NAME_MARKS_DIFFER, NAME_UNRELATED = -1.0, -4.0, -3.0
+NAME_OTHER_SYLLABLE = -3.0  # surname/given one letter off, but the query's is a name of its own
+ALIAS = 4.0
+BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT, BIRTH_YEAR_ONE_OFF, BIRTH_YEAR_DIFFERENT = 4.0, 3.0, 2.0, -6.0
+BIRTH_DATE_DIFFERENT = -2.0  # both full dates known, a year or less apart, not equal
+
+
+def score_of(points: float) -> float:
+    return 0.0 if points <= 0 else round(1 - 2 ** (-points / 4), 4)
 
 
 @dataclass(frozen=True)
@@ -28,50 +70,191 @@ class Match:
     reasons: tuple[MatchReason, ...]
 
 
-def _id_keys(entry: WatchlistEntry) -> Iterator[str]:
-    if entry.national_id:
-        yield "id:" + national_id_digits(entry.national_id)
+@dataclass(slots=True)
+class _Name:
+    tokens: tuple[Syllable, ...]
+    folded: str
+
+
+@dataclass(slots=True)
+class _Record:
+    entry_id: str
+    version: int
+    category: str
+    name: _Name | None
+    aliases: tuple[_Name, ...]
+    birth_year: int | None
+    birth_date: date | None
+    id_digits: str | None
+    plates: tuple[str, ...]
+    valid_until: datetime | None
+    raw: bytes
+
+
+def _name(text: str | None) -> _Name | None:
+    if not text:
+        return None
+    tokens = name_tokens(text)
+    return _Name(tokens, " ".join(t.fold for t in tokens)) if tokens else None
+
+
+def _prepare(entry: WatchlistEntry) -> _Record:
+    digits = id_digits(entry.national_id) if entry.national_id else None
+    year = entry.birth_year or (entry.birth_date.year if entry.birth_date else None)
+    return _Record(
+        entry_id=entry.entry_id,
+        version=entry.version,
+        category=entry.category.value,
+        name=_name(entry.full_name),
+        aliases=tuple(n for n in (_name(a) for a in entry.aliases) if n is not None),
+        birth_year=year or (cccd_birth_year(digits) if digits else None),
+        birth_date=entry.birth_date,
+        id_digits=digits or None,
+        plates=tuple(p for p in (compact_plate(p) for p in entry.plates) if p),
+        valid_until=entry.valid_until,
+        raw=entry.model_dump_json().encode(),
+    )
+
+
+def _syllables(r: _Record) -> Iterator[str]:
+    for name in (r.name, *r.aliases):
+        if name is not None:
+            yield from (t.fold for t in name.tokens)
+
+
+def _entry_keys(r: _Record) -> Iterator[str]:
+    year = "" if r.birth_year is None else str(r.birth_year)
+    if r.id_digits:
+        yield "i" + r.id_digits
+    for plate in r.plates:
+        yield "p" + plate
+        yield "o" + ocr_class(plate)
+    if r.name is not None:
+        folds = [t.fold for t in r.name.tokens]
+        given = folds[-1]
+        yield f"g{given}|{year}"
+        if len(given) >= MIN_DELETION_LENGTH:
+            for variant in deletions(given):
+                yield f"d{variant}|{year}"
+        if len(folds) > 1:
+            yield f"s{folds[0]}|{given}|{year}"
+        yield "f" + r.name.folded
+    for alias in r.aliases:
+        yield f"a{alias.folded}|{year}"
+
+
+class _Query:
+    __slots__ = ("subject", "name", "years", "year", "birth_date", "id_digits", "plate")
+
+    def __init__(self, subject: Subject):
+        self.subject = subject
+        self.name = _name(subject.name)
+        self.id_digits = id_digits(subject.national_id) if subject.national_id else None
+        self.birth_date = subject.birth_date
+        year = subject.birth_year or (subject.birth_date.year if subject.birth_date else None)
+        if year is None and self.id_digits:
+            year = cccd_birth_year(self.id_digits)
+        self.year = year
+        self.plate = compact_plate(subject.plate) if subject.plate else None
+
+    def keys(self) -> Iterator[str]:
+        if self.id_digits:
+            yield "i" + self.id_digits
+        if self.plate:
+            yield "p" + self.plate
+            yield "o" + ocr_class(self.plate)
+        if self.name is None:
+            return
+        years = [""] if self.year is None else [str(self.year - 1), str(self.year),
+                                                str(self.year + 1), ""]
+        folds = [t.fold for t in self.name.tokens]
+        yield "f" + self.name.folded
+        orders = [(folds[0], folds[-1])]
+        if len(folds) > 1:
+            orders.append((folds[-1], folds[0]))  # given name typed first
+        for surname, given in orders:
+            variants = deletions(given) if len(given) >= MIN_DELETION_LENGTH else set()
+            for year in years:
+                yield f"g{given}|{year}"
+                yield f"d{given}|{year}"
+                if len(folds) > 1:
+                    yield f"s{surname}|{given}|{year}"
+                for variant in variants:
+                    yield f"g{variant}|{year}"
+                    yield f"d{variant}|{year}"
+        for year in years:
+            yield f"a{self.name.folded}|{year}"
 
 
 class MatchingEngine:
-    def __init__(self, threshold: float = PRODUCTION_THRESHOLD):
+    def __init__(self, threshold: float = PRODUCTION_THRESHOLD, max_bucket: int = MAX_BUCKET):
         self.threshold = threshold
-        self._entries: dict[str, WatchlistEntry] = {}
+        self.max_bucket = max_bucket
+        self._records: list[_Record | None] = []
+        self._free: list[int] = []
+        self._slot_of: dict[str, int] = {}
         self._tombstones: dict[str, int] = {}
-        self._index: dict[str, set[str]] = defaultdict(set)
+        self._index: dict[str, int | list[int]] = {}
+        self._categories: Counter[str] = Counter()
+        self._vocabulary: Counter[str] = Counter()
+        """Folded name syllables of the listed names and aliases, with their counts."""
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slot_of)
 
     def get(self, entry_id: str) -> WatchlistEntry | None:
-        return self._entries.get(entry_id)
+        slot = self._slot_of.get(entry_id)
+        if slot is None:
+            return None
+        record = self._records[slot]
+        assert record is not None
+        return WatchlistEntry.model_validate_json(record.raw)
+
+    def size_by_category(self) -> dict[str, int]:
+        return {category: n for category, n in self._categories.items() if n}
+
+    # ------------------------------------------------------------------ changes
 
     def upsert(self, entry: WatchlistEntry) -> bool:
         """Add or replace an entry; False if a same-or-newer version is already known."""
-        current = self._entries.get(entry.entry_id)
-        newest_known = max(
-            current.version if current else 0, self._tombstones.get(entry.entry_id, 0)
-        )
-        if entry.version <= newest_known:
+        slot = self._slot_of.get(entry.entry_id)
+        current = self._records[slot] if slot is not None else None
+        newest = max(current.version if current else 0, self._tombstones.get(entry.entry_id, 0))
+        if entry.version <= newest:
             return False
         if current is not None:
-            self._unindex(current)
+            self._remove(entry.entry_id)
         self._tombstones.pop(entry.entry_id, None)
-        self._entries[entry.entry_id] = entry
-        for key in _id_keys(entry):
-            self._index[key].add(entry.entry_id)
+        record = _prepare(entry)
+        slot = self._free.pop() if self._free else len(self._records)
+        if slot == len(self._records):
+            self._records.append(record)
+        else:
+            self._records[slot] = record
+        self._slot_of[entry.entry_id] = slot
+        self._categories[record.category] += 1
+        self._vocabulary.update(_syllables(record))
+        index = self._index
+        for key in set(_entry_keys(record)):
+            bucket = index.get(key)
+            if bucket is None:
+                index[key] = slot
+            elif type(bucket) is int:
+                index[key] = [bucket, slot]
+            else:
+                bucket.append(slot)
         return True
 
     def cancel(self, entry_id: str, version: int) -> bool:
         """Stop matching an entry at once; False if a newer version is already known."""
-        current = self._entries.get(entry_id)
+        slot = self._slot_of.get(entry_id)
+        current = self._records[slot] if slot is not None else None
         if current is not None and current.version >= version:
             return False
         if version <= self._tombstones.get(entry_id, 0):
             return False
         if current is not None:
-            self._unindex(current)
-            del self._entries[entry_id]
+            self._remove(entry_id)
         self._tombstones[entry_id] = version
         return True
 
@@ -79,36 +262,213 @@ class MatchingEngine:
         for entry in entries:
             self.upsert(entry)
 
-    def size_by_category(self) -> dict[str, int]:
-        sizes: dict[str, int] = defaultdict(int)
-        for entry in self._entries.values():
-            sizes[entry.category.value] += 1
-        return dict(sizes)
+    def _remove(self, entry_id: str) -> None:
+        slot = self._slot_of.pop(entry_id)
+        record = self._records[slot]
+        assert record is not None
+        for key in set(_entry_keys(record)):
+            bucket = self._index.get(key)
+            if bucket == slot:
+                del self._index[key]
+            elif isinstance(bucket, list):
+                bucket.remove(slot)
+                if len(bucket) == 1:
+                    self._index[key] = bucket[0]
+        self._records[slot] = None
+        self._free.append(slot)
+        self._categories[record.category] -= 1
+        self._vocabulary.subtract(_syllables(record))
+
+    # ------------------------------------------------------------------ matching
+
+    def candidates(self, subject: Subject) -> set[int]:
+        """Slots retrieved by the query's keys (an inspection aid and a benchmark figure)."""
+        return self._candidates(_Query(subject))
+
+    def _candidates(self, query: _Query) -> set[int]:
+        found: set[int] = set()
+        index, cap = self._index, self.max_bucket
+        for key in query.keys():
+            bucket = index.get(key)
+            if bucket is None:
+                continue
+            if type(bucket) is int:
+                found.add(bucket)
+            elif len(bucket) <= cap:
+                found.update(bucket)
+        return found
 
     def match(self, subject: Subject, *, at: datetime) -> list[Match]:
         """Entries matching `subject` at or above the threshold, best first.
 
         Entries whose `valid_until` is before `at` no longer match.
         """
-        matches: list[Match] = []
-        if subject.national_id:
-            digits = national_id_digits(subject.national_id)
-            for entry_id in self._index.get("id:" + digits, ()):
-                entry = self._entries[entry_id]
-                if entry.valid_until is not None and entry.valid_until < at:
-                    continue
-                reason = MatchReason(
-                    feature="national_id", detail=f"national id {digits} exact"
-                )
-                matches.append(Match(entry, 1.0, (reason,)))
-        matches = [m for m in matches if m.score >= self.threshold]
+        query = _Query(subject)
+        matches = []
+        for slot in self._candidates(query):
+            record = self._records[slot]
+            if record is None or (record.valid_until is not None and record.valid_until < at):
+                continue
+            points, reasons = _evaluate(query, record, self._vocabulary)
+            score = score_of(points)
+            if score >= self.threshold:
+                entry = WatchlistEntry.model_validate_json(record.raw)
+                matches.append(Match(entry, score, tuple(reasons)))
         matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
         return matches
 
-    def _unindex(self, entry: WatchlistEntry) -> None:
-        for key in _id_keys(entry):
-            bucket = self._index.get(key)
-            if bucket is not None:
-                bucket.discard(entry.entry_id)
-                if not bucket:
-                    del self._index[key]
+
+# ------------------------------------------------------------------------- scoring
+
+
+def _evaluate(q: _Query, r: _Record, vocabulary: Counter[str]) -> tuple[float, list[MatchReason]]:
+    points = 0.0
+    reasons: list[MatchReason] = []
+
+    def add(value: float, feature: str, detail: str) -> None:
+        nonlocal points
+        points += value
+        reasons.append(MatchReason(feature=feature, detail=detail))
+
+    if q.id_digits and r.id_digits:
+        if q.id_digits == r.id_digits:
+            add(ID_EXACT, "national_id", f"national id {r.id_digits} exact")
+        elif hamming_one(q.id_digits, r.id_digits):
+            add(ID_ONE_DIGIT, "national_id",
+                f"national id {q.id_digits} one digit off {r.id_digits}")
+        elif len(q.id_digits) == len(r.id_digits):
+            add(ID_DIFFERENT, "national_id",
+                f"national id {q.id_digits} differs from {r.id_digits}")
+
+    if q.plate and r.plates:
+        _score_plate(q.plate, r.plates, add)
+
+    if q.name is not None:
+        _score_name(q.name, r, vocabulary, add)
+
+    _score_birth(q, r, add)
+    return points, reasons
+
+
+def _score_plate(plate: str, plates: tuple[str, ...], add) -> None:  # type: ignore[no-untyped-def]
+    if plate in plates:
+        add(PLATE_EXACT, "plate", f"plate {plate} exact")
+        return
+    cls = ocr_class(plate)
+    for listed in plates:
+        if len(listed) == len(plate) and ocr_class(listed) == cls:
+            differing = [f"{a}/{b}" for a, b in zip(plate, listed, strict=True) if a != b]
+            value = PLATE_OCR_ONE if len(differing) == 1 else PLATE_OCR_MORE
+            add(value, "plate", f"plate {plate} ≈ {listed} (camera confusion "
+                f"{', '.join(differing)})")
+            return
+
+
+def _align(
+    query: _Name, listed: _Name, vocabulary: Counter[str]
+) -> tuple[list[int | None], int, int, int] | None:
+    """Match each query syllable to a distinct listed one: exact first, then one letter off.
+
+    Returns (listed position per query syllable, typos, syllables whose marks differ,
+    one-letter differences where the query's syllable is itself a name syllable of the
+    watchlist, on the listed surname or given name: `Đảo` for `Đạt` or `Phan` for `Phạm`
+    is another name, `Thnah` for `Thanh` a typo), or None if some query syllable matches
+    nothing.
+    """
+    telling = {0, len(listed.tokens) - 1}
+    free = list(range(len(listed.tokens)))
+    positions: list[int | None] = [None] * len(query.tokens)
+    conflicts = 0
+    for qi, qt in enumerate(query.tokens):
+        for li in free:
+            verdict = same_syllable(qt, listed.tokens[li])
+            if verdict is not None:
+                positions[qi] = li
+                conflicts += not verdict
+                free.remove(li)
+                break
+    typos = other_names = 0
+    for qi, qt in enumerate(query.tokens):
+        if positions[qi] is not None:
+            continue
+        for li in free:
+            if one_edit_apart(qt.fold, listed.tokens[li].fold):
+                positions[qi] = li
+                if li in telling and vocabulary[qt.fold]:
+                    other_names += 1
+                else:
+                    typos += 1
+                free.remove(li)
+                break
+        else:
+            return None
+    return positions, typos, conflicts, other_names
+
+
+def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str], add) -> None:  # type: ignore[no-untyped-def]
+    best: tuple[float, str, str] | None = None
+    if r.name is not None:
+        aligned = _align(qname, r.name, vocabulary)
+        if aligned is not None:
+            positions, typos, conflicts, other_names = aligned
+            last = len(r.name.tokens) - 1
+            if last in positions:
+                if len(qname.tokens) == len(r.name.tokens):
+                    ordered = positions == sorted(positions)  # type: ignore[type-var]
+                    value = NAME_FULL if ordered else NAME_REORDERED
+                    how = "full name" if ordered else "full name, given name first"
+                elif 0 in positions and len(qname.tokens) > 1:
+                    value, how = NAME_DROPPED_MIDDLE, "surname and given name, middle dropped"
+                else:
+                    value, how = NAME_GIVEN_ONLY, "given name only"
+                value += (NAME_TYPO * typos + NAME_MARKS_DIFFER * conflicts
+                          + NAME_OTHER_SYLLABLE * other_names)
+                notes = []
+                if typos:
+                    notes.append(f"{typos} typo")
+                if other_names:
+                    notes.append(f"{other_names} syllable(s) one letter off another name")
+                if conflicts:
+                    notes.append(f"{conflicts} syllable(s) with other marks")
+                if not any(t.marked for t in qname.tokens):
+                    notes.append("no diacritics on query")
+                suffix = f" ({', '.join(notes)})" if notes else ""
+                best = (value, "name", f"{how} {qname.folded.upper()} ≈ "
+                        f"{' '.join(_display(r.name))}{suffix}")
+    for alias in r.aliases:
+        aligned = _align(qname, alias, vocabulary)
+        if (aligned is not None and aligned[1] == aligned[2] == aligned[3] == 0
+                and len(qname.tokens) == len(alias.tokens)):
+            if best is None or ALIAS > best[0]:
+                best = (ALIAS, "alias", f"alias {qname.folded.upper()} = "
+                        f"{' '.join(_display(alias))}")
+    if best is not None:
+        add(*best)
+    elif r.name is not None and not r.aliases:
+        add(NAME_UNRELATED, "name", f"name {qname.folded.upper()} unlike "
+            f"{' '.join(_display(r.name))}")
+
+
+def _display(name: _Name) -> list[str]:
+    return [t.fold.capitalize() if not t.marked else t.shape for t in name.tokens]
+
+
+def _score_birth(q: _Query, r: _Record, add) -> None:  # type: ignore[no-untyped-def]
+    if q.birth_date and r.birth_date:
+        # Full dates are written down, not worked out from an age: no off-by-one leniency.
+        if q.birth_date == r.birth_date:
+            add(BIRTH_DATE_EXACT, "birth", f"birth date {r.birth_date} exact")
+        elif abs(q.birth_date.year - r.birth_date.year) <= 1:
+            add(BIRTH_DATE_DIFFERENT, "birth", f"birth date {q.birth_date} vs {r.birth_date}")
+        else:
+            add(BIRTH_YEAR_DIFFERENT, "birth", f"birth date {q.birth_date} vs {r.birth_date}")
+        return
+    if q.year is None or r.birth_year is None:
+        return
+    gap = abs(q.year - r.birth_year)
+    if gap == 0:
+        add(BIRTH_YEAR_EXACT, "birth", f"birth year {r.birth_year}")
+    elif gap == 1:
+        add(BIRTH_YEAR_ONE_OFF, "birth", f"birth year {q.year} vs {r.birth_year} (age off by one?)")
+    else:
+        add(BIRTH_YEAR_DIFFERENT, "birth", f"birth year {q.year} vs {r.birth_year}")
