@@ -1,6 +1,9 @@
 """The pure matching engine: exact-key retrieval, versions, cancellation, validity."""
 
+import unicodedata
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from services.matcher.engine import MatchingEngine
 from shared.events import Subject, WatchlistEntry
@@ -60,3 +63,120 @@ def test_an_expired_entry_no_longer_matches():
     engine.upsert(entry(valid_until=NOW - timedelta(minutes=1)))
     assert engine.match(Subject(national_id="089091004217"), at=NOW) == []
     assert len(engine.match(Subject(national_id="089091004217"), at=NOW - timedelta(hours=1))) == 1
+
+
+# --- names, as officers type them -------------------------------------------------------
+
+HUNG = dict(entry_id="E-HUNG", owner_unit="CA-30307", category="wanted_person",
+            full_name="Nguyễn Văn Hùng", aliases=("Hùng Đen",), birth_date="1991-04-02",
+            birth_year=1991)
+
+
+def one_entry(**fields):
+    engine = MatchingEngine()
+    engine.upsert(WatchlistEntry(**{**HUNG, **fields}))
+    return engine
+
+
+def hits(engine, **subject):
+    return [m.entry.entry_id for m in engine.match(Subject(**subject), at=NOW)]
+
+
+@pytest.mark.parametrize("name", [
+    "Nguyễn Văn Hùng", "NGUYEN VAN HUNG", "nguyen  van   hung", "Hùng Văn Nguyễn",
+    "Nguyễn Hùng", "Nguyen Van Hnug", "Nguyễn Văn Hùngg",
+    unicodedata.normalize("NFD", "Nguyễn Văn Hùng"),
+])
+def test_a_listed_name_matches_however_it_is_typed(name):
+    assert hits(one_entry(), name=name, birth_year=1991) == ["E-HUNG"]
+
+
+def test_eth_and_old_tone_placement_are_the_same_letters():
+    engine = one_entry(full_name="Đặng Thị Thu Thủy", birth_year=1990, birth_date=None,
+                       aliases=())
+    assert hits(engine, name="Ðặng Thị Thu Thuỷ", birth_year=1990) == ["E-HUNG"]
+
+
+def test_other_marks_on_the_same_letters_are_another_name():
+    # Hưng is not Hùng: both typed with diacritics, they disagree.
+    assert hits(one_entry(), name="Nguyễn Văn Hưng", birth_year=1991) == []
+
+
+def test_one_letter_off_onto_another_real_name_is_not_a_typo():
+    engine = one_entry()
+    engine.upsert(WatchlistEntry(entry_id="E-2", owner_unit="CA-1", category="wanted_person",
+                                 full_name="Trần Văn Dũng", birth_year=1960))
+    # "Dung" is a name syllable the watchlist uses; "Hunh" is not.
+    assert hits(engine, name="Nguyen Van Hunh", birth_year=1991) == ["E-HUNG"]
+    assert hits(engine, name="Nguyen Van Dung", birth_year=1991) == []
+
+
+def test_a_namesake_born_years_apart_is_not_an_alert():
+    assert hits(one_entry(), name="Nguyễn Văn Hùng", birth_year=1975) == []
+
+
+def test_an_age_given_birth_year_may_be_off_by_one():
+    assert hits(one_entry(), name="Nguyen Van Hung", birth_year=1992) == ["E-HUNG"]
+
+
+def test_a_namesake_with_another_national_id_is_not_an_alert():
+    engine = one_entry(national_id="089091004217")
+    assert hits(engine, name="Nguyễn Văn Hùng", birth_year=1991,
+                national_id="001091999999") == []
+
+
+def test_an_alias_needs_the_exact_birth_date():
+    engine = one_entry()
+    assert hits(engine, name="Hùng Đen", birth_date="1991-04-02") == ["E-HUNG"]
+    assert hits(engine, name="Hùng Đen", birth_year=1991) == []
+
+
+def test_one_mistyped_id_digit_with_the_name_is_an_alert_alone_it_is_not():
+    engine = one_entry(national_id="089091004217")
+    assert hits(engine, name="Nguyen Van Hung", national_id="089091004210") == ["E-HUNG"]
+    assert hits(engine, national_id="089091004210") == []
+
+
+# --- plates -------------------------------------------------------------------------------
+
+CAR = dict(entry_id="E-CAR", owner_unit="CA-31212", category="stolen_vehicle",
+           plates=("51F-123.45",))
+
+
+@pytest.mark.parametrize("plate", ["51F12345", "51f-123.45", "51 F1 23 45", "51F-I23.45",
+                                   "5IF12345", "S1F12345"])
+def test_a_plate_matches_in_any_format_and_with_one_camera_confusion(plate):
+    engine = MatchingEngine()
+    engine.upsert(WatchlistEntry(**CAR))
+    assert hits(engine, plate=plate) == ["E-CAR"]
+
+
+@pytest.mark.parametrize("plate", ["51F12346", "51F12354", "52F12345"])
+def test_a_plate_one_ordinary_character_off_is_not_an_alert(plate):
+    engine = MatchingEngine()
+    engine.upsert(WatchlistEntry(**CAR))
+    assert hits(engine, plate=plate) == []
+
+
+def test_every_match_says_why():
+    engine = one_entry(national_id="089091004217")
+    [match] = engine.match(Subject(name="NGUYEN VAN HUNG", national_id="089 091 004 217"), at=NOW)
+    assert [r.detail for r in match.reasons] == [
+        "national id 089091004217 exact",
+        "full name: NGUYEN VAN HUNG ≈ Nguyễn Văn Hùng (no diacritics on query)",
+        "birth year 1991",
+    ]
+
+
+GIVEN = ["An", "Bình", "Cường", "Dũng", "Giang", "Hải", "Khánh", "Lâm", "Minh", "Nam",
+         "Phúc", "Quang", "Sơn", "Tâm", "Uy", "Vinh", "Xuân", "Yến"]
+
+
+def test_retrieval_is_by_keys_not_a_scan():
+    engine = MatchingEngine()
+    for i in range(3000):
+        engine.upsert(WatchlistEntry(entry_id=f"E{i}", owner_unit="CA-1", category="wanted_person",
+                                     full_name=f"Trần Văn {GIVEN[i % len(GIVEN)]}",
+                                     birth_year=1950 + i % 50))
+    found = engine.candidates(Subject(name="Trần Văn Minh", birth_year=1957))
+    assert 0 < len(found) < 60  # same or near given name, birth year +-1: not 3000

@@ -50,8 +50,12 @@ async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_t
     assert alert["entry"]["entry_id"] == WANTED.entry_id
     assert alert["seen_unit"] == "CA-31212"
     assert alert["correlation_id"] == accepted.json()["event_id"]
-    assert alert["match_reasons"] == [{"feature": "national_id",
-                                       "detail": "national id 089091004217 exact"}]
+    assert alert["match_reasons"] == [
+        {"feature": "national_id", "detail": "national id 089091004217 exact"},
+        {"feature": "name",
+         "detail": "full name: NGUYEN VAN HUNG ≈ Nguyễn Văn Hùng (no diacritics on query)"},
+        {"feature": "birth", "detail": "birth year 1991"},  # read from the CCCD digits
+    ]
     assert alert["why_you"] == [
         "this unit listed the subject",
         "coordination agreement with CA-31212, where the subject was seen",

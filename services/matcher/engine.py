@@ -25,6 +25,7 @@ remembered so a replayed upsert cannot revive it.
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class Match:
 
 @dataclass(slots=True)
 class _Name:
+    text: str
     tokens: tuple[Syllable, ...]
     folded: str
 
@@ -95,7 +97,8 @@ def _name(text: str | None) -> _Name | None:
     if not text:
         return None
     tokens = name_tokens(text)
-    return _Name(tokens, " ".join(t.fold for t in tokens)) if tokens else None
+    shown = " ".join(unicodedata.normalize("NFC", text).split())
+    return _Name(shown, tokens, " ".join(t.fold for t in tokens)) if tokens else None
 
 
 def _prepare(entry: WatchlistEntry) -> _Record:
@@ -168,7 +171,8 @@ class _Query:
         years = [""] if self.year is None else [str(self.year - 1), str(self.year),
                                                 str(self.year + 1), ""]
         folds = [t.fold for t in self.name.tokens]
-        yield "f" + self.name.folded
+        if self.year is None:
+            yield "f" + self.name.folded  # no year to narrow by: every namesake is a candidate
         orders = [(folds[0], folds[-1])]
         if len(folds) > 1:
             orders.append((folds[-1], folds[0]))  # given name typed first
@@ -433,24 +437,17 @@ def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str], add) -> None
                 if not any(t.marked for t in qname.tokens):
                     notes.append("no diacritics on query")
                 suffix = f" ({', '.join(notes)})" if notes else ""
-                best = (value, "name", f"{how} {qname.folded.upper()} ≈ "
-                        f"{' '.join(_display(r.name))}{suffix}")
+                best = (value, "name", f"{how}: {qname.text} ≈ {r.name.text}{suffix}")
     for alias in r.aliases:
         aligned = _align(qname, alias, vocabulary)
         if (aligned is not None and aligned[1] == aligned[2] == aligned[3] == 0
                 and len(qname.tokens) == len(alias.tokens)):
             if best is None or ALIAS > best[0]:
-                best = (ALIAS, "alias", f"alias {qname.folded.upper()} = "
-                        f"{' '.join(_display(alias))}")
+                best = (ALIAS, "alias", f"alias: {qname.text} = {alias.text}")
     if best is not None:
         add(*best)
     elif r.name is not None and not r.aliases:
-        add(NAME_UNRELATED, "name", f"name {qname.folded.upper()} unlike "
-            f"{' '.join(_display(r.name))}")
-
-
-def _display(name: _Name) -> list[str]:
-    return [t.fold.capitalize() if not t.marked else t.shape for t in name.tokens]
+        add(NAME_UNRELATED, "name", f"name {qname.text} unlike {r.name.text}")
 
 
 def _score_birth(q: _Query, r: _Record, add) -> None:  # type: ignore[no-untyped-def]
