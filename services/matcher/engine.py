@@ -25,6 +25,7 @@ remembered so a replayed upsert cannot revive it.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,7 @@ from shared.events import MatchReason, Subject, WatchlistEntry
 PRODUCTION_THRESHOLD = 0.75  # = 8 points
 MAX_BUCKET = 300
 MIN_DELETION_LENGTH = 3
+MAX_NAME_EDITS = 2  # syllables one letter off that a name may still align with
 
 # Points of evidence (log-odds flavoured; 8 make an alert).
 ID_EXACT, ID_ONE_DIGIT, ID_DIFFERENT = 12.0, 4.0, -8.0
@@ -58,6 +60,14 @@ NAME_OTHER_SYLLABLE = -3.0  # surname/given one letter off, but the query's is a
 ALIAS = 4.0
 BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT, BIRTH_YEAR_ONE_OFF, BIRTH_YEAR_DIFFERENT = 4.0, 3.0, 2.0, -6.0
 BIRTH_DATE_DIFFERENT = -2.0  # both full dates known, a year or less apart, not equal
+
+
+BEST_NAME = max(NAME_FULL, NAME_REORDERED, ALIAS)
+
+
+def points_for(score: float) -> float:
+    """The points a score needs (inverse of `score_of`)."""
+    return -4 * math.log2(1 - score) if score < 1 else math.inf
 
 
 def score_of(points: float) -> float:
@@ -76,6 +86,7 @@ class _Name:
     text: str
     tokens: tuple[Syllable, ...]
     folded: str
+    folds: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -98,7 +109,9 @@ def _name(text: str | None) -> _Name | None:
         return None
     tokens = name_tokens(text)
     shown = " ".join(unicodedata.normalize("NFC", text).split())
-    return _Name(shown, tokens, " ".join(t.fold for t in tokens)) if tokens else None
+    if not tokens:
+        return None
+    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens))
 
 
 def _prepare(entry: WatchlistEntry) -> _Record:
@@ -125,6 +138,11 @@ def _syllables(r: _Record) -> Iterator[str]:
             yield from (t.fold for t in name.tokens)
 
 
+def _variants(word: str) -> set[str]:
+    """The word and its one-letter deletions (symmetric delete: one edit apart meet)."""
+    return {word} | deletions(word) if len(word) >= MIN_DELETION_LENGTH else {word}
+
+
 def _entry_keys(r: _Record) -> Iterator[str]:
     year = "" if r.birth_year is None else str(r.birth_year)
     if r.id_digits:
@@ -134,20 +152,20 @@ def _entry_keys(r: _Record) -> Iterator[str]:
         yield "o" + ocr_class(plate)
     if r.name is not None:
         folds = [t.fold for t in r.name.tokens]
-        given = folds[-1]
-        yield f"g{given}|{year}"
-        if len(given) >= MIN_DELETION_LENGTH:
-            for variant in deletions(given):
-                yield f"d{variant}|{year}"
+        surname, given = folds[0], folds[-1]
         if len(folds) > 1:
-            yield f"s{folds[0]}|{given}|{year}"
+            # Surname and given name together, one of them possibly one letter off.
+            for variant in _variants(given):
+                yield f"t{surname}|{variant}|{year}"
+            for variant in _variants(surname):
+                yield f"h{variant}|{given}|{year}"
         yield "f" + r.name.folded
     for alias in r.aliases:
         yield f"a{alias.folded}|{year}"
 
 
 class _Query:
-    __slots__ = ("subject", "name", "years", "year", "birth_date", "id_digits", "plate")
+    __slots__ = ("subject", "name", "year", "birth_date", "id_digits", "plate")
 
     def __init__(self, subject: Subject):
         self.subject = subject
@@ -160,7 +178,7 @@ class _Query:
         self.year = year
         self.plate = compact_plate(subject.plate) if subject.plate else None
 
-    def keys(self) -> Iterator[str]:
+    def keys(self, surnames: Counter[str], vocabulary: Counter[str]) -> Iterator[str]:
         if self.id_digits:
             yield "i" + self.id_digits
         if self.plate:
@@ -173,21 +191,34 @@ class _Query:
         folds = [t.fold for t in self.name.tokens]
         if self.year is None:
             yield "f" + self.name.folded  # no year to narrow by: every namesake is a candidate
-        orders = [(folds[0], folds[-1])]
-        if len(folds) > 1:
-            orders.append((folds[-1], folds[0]))  # given name typed first
-        for surname, given in orders:
-            variants = deletions(given) if len(given) >= MIN_DELETION_LENGTH else set()
-            for year in years:
-                yield f"g{given}|{year}"
-                yield f"d{given}|{year}"
-                if len(folds) > 1:
-                    yield f"s{surname}|{given}|{year}"
-                for variant in variants:
-                    yield f"g{variant}|{year}"
-                    yield f"d{variant}|{year}"
         for year in years:
             yield f"a{self.name.folded}|{year}"
+        if len(folds) < 2:
+            return
+        # A syllable one letter off a real name syllable is another name, which only an
+        # exact birth date can lift to an alert: without one, probe such variants not at all.
+        typo_reach = self.birth_date is not None
+        for surname, given in _orders(folds[0], folds[-1], surnames):
+            given_variants = (_variants(given) if typo_reach or not vocabulary[given]
+                              else {given})
+            surname_variants = (_variants(surname) if typo_reach or not vocabulary[surname]
+                                else {surname})
+            for year in years:
+                for variant in given_variants:
+                    yield f"t{surname}|{variant}|{year}"
+                for variant in surname_variants:
+                    yield f"h{variant}|{given}|{year}"
+
+
+def _orders(first: str, last: str, surnames: Counter[str]) -> list[tuple[str, str]]:
+    """(surname, given) readings of a name: as typed, given name first, or both when the
+    watchlist's surnames cannot tell (e.g. a typo in the surname)."""
+    first_is_surname, last_is_surname = surnames[first] > 0, surnames[last] > 0
+    if first_is_surname and not last_is_surname:
+        return [(first, last)]
+    if last_is_surname and not first_is_surname:
+        return [(last, first)]
+    return [(first, last), (last, first)]
 
 
 class MatchingEngine:
@@ -202,6 +233,7 @@ class MatchingEngine:
         self._categories: Counter[str] = Counter()
         self._vocabulary: Counter[str] = Counter()
         """Folded name syllables of the listed names and aliases, with their counts."""
+        self._surnames: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -238,6 +270,8 @@ class MatchingEngine:
         self._slot_of[entry.entry_id] = slot
         self._categories[record.category] += 1
         self._vocabulary.update(_syllables(record))
+        if record.name is not None:
+            self._surnames[record.name.tokens[0].fold] += 1
         index = self._index
         for key in set(_entry_keys(record)):
             bucket = index.get(key)
@@ -282,6 +316,8 @@ class MatchingEngine:
         self._free.append(slot)
         self._categories[record.category] -= 1
         self._vocabulary.subtract(_syllables(record))
+        if record.name is not None:
+            self._surnames[record.name.tokens[0].fold] -= 1
 
     # ------------------------------------------------------------------ matching
 
@@ -292,7 +328,7 @@ class MatchingEngine:
     def _candidates(self, query: _Query) -> set[int]:
         found: set[int] = set()
         index, cap = self._index, self.max_bucket
-        for key in query.keys():
+        for key in query.keys(self._surnames, self._vocabulary):
             bucket = index.get(key)
             if bucket is None:
                 continue
@@ -309,15 +345,22 @@ class MatchingEngine:
         """
         query = _Query(subject)
         matches = []
+        needed = points_for(self.threshold)
+        aligned: dict[str, Alignment] = {}
         for slot in self._candidates(query):
             record = self._records[slot]
             if record is None or (record.valid_until is not None and record.valid_until < at):
                 continue
-            points, reasons = _evaluate(query, record, self._vocabulary)
+            evaluated = _evaluate(query, record, self._vocabulary, needed, aligned)
+            if evaluated is None:
+                continue
+            points, reasons = evaluated
             score = score_of(points)
             if score >= self.threshold:
                 entry = WatchlistEntry.model_validate_json(record.raw)
-                matches.append(Match(entry, score, tuple(reasons)))
+                explained = tuple(MatchReason(feature=feature, detail=template.format(*args))
+                                  for feature, template, args in reasons)
+                matches.append(Match(entry, score, explained))
         matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
         return matches
 
@@ -325,52 +368,66 @@ class MatchingEngine:
 # ------------------------------------------------------------------------- scoring
 
 
-def _evaluate(q: _Query, r: _Record, vocabulary: Counter[str]) -> tuple[float, list[MatchReason]]:
-    points = 0.0
-    reasons: list[MatchReason] = []
+Reason = tuple[str, str, tuple[object, ...]]
+"""(feature, detail template, arguments): formatted into a MatchReason only for alerts."""
 
-    def add(value: float, feature: str, detail: str) -> None:
+
+Alignment = tuple[list[int | None], int, int, int] | None
+
+
+def _evaluate(
+    q: _Query, r: _Record, vocabulary: Counter[str], needed: float,
+    aligned: dict[str, Alignment],
+) -> tuple[float, list[Reason]] | None:
+    """Points and reasons of `r` for `q`, or None as soon as `needed` is out of reach."""
+    points = 0.0
+    reasons: list[Reason] = []
+
+    def add(value: float, feature: str, template: str, *args: object) -> None:
         nonlocal points
         points += value
-        reasons.append(MatchReason(feature=feature, detail=detail))
+        reasons.append((feature, template, args))
 
     if q.id_digits and r.id_digits:
         if q.id_digits == r.id_digits:
-            add(ID_EXACT, "national_id", f"national id {r.id_digits} exact")
+            add(ID_EXACT, "national_id", "national id {} exact", r.id_digits)
         elif hamming_one(q.id_digits, r.id_digits):
-            add(ID_ONE_DIGIT, "national_id",
-                f"national id {q.id_digits} one digit off {r.id_digits}")
+            add(ID_ONE_DIGIT, "national_id", "national id {} one digit off {}",
+                q.id_digits, r.id_digits)
         elif len(q.id_digits) == len(r.id_digits):
-            add(ID_DIFFERENT, "national_id",
-                f"national id {q.id_digits} differs from {r.id_digits}")
+            add(ID_DIFFERENT, "national_id", "national id {} differs from {}",
+                q.id_digits, r.id_digits)
 
     if q.plate and r.plates:
         _score_plate(q.plate, r.plates, add)
 
+    birth = _birth_evidence(q, r)
+    if birth is not None:
+        points += birth[0]
     if q.name is not None:
-        _score_name(q.name, r, vocabulary, add)
-
-    _score_birth(q, r, add)
+        if points + BEST_NAME < needed:
+            return None  # no name could lift it to an alert: skip the alignment
+        _score_name(q.name, r, vocabulary, add, aligned)
+    if birth is not None:
+        reasons.append(("birth", birth[1], birth[2]))
     return points, reasons
 
 
 def _score_plate(plate: str, plates: tuple[str, ...], add) -> None:  # type: ignore[no-untyped-def]
     if plate in plates:
-        add(PLATE_EXACT, "plate", f"plate {plate} exact")
+        add(PLATE_EXACT, "plate", "plate {} exact", plate)
         return
     cls = ocr_class(plate)
     for listed in plates:
         if len(listed) == len(plate) and ocr_class(listed) == cls:
             differing = [f"{a}/{b}" for a, b in zip(plate, listed, strict=True) if a != b]
             value = PLATE_OCR_ONE if len(differing) == 1 else PLATE_OCR_MORE
-            add(value, "plate", f"plate {plate} ≈ {listed} (camera confusion "
-                f"{', '.join(differing)})")
+            add(value, "plate", "plate {} ≈ {} (camera confusion {})", plate, listed,
+                ", ".join(differing))
             return
 
 
-def _align(
-    query: _Name, listed: _Name, vocabulary: Counter[str]
-) -> tuple[list[int | None], int, int, int] | None:
+def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
     """Match each query syllable to a distinct listed one: exact first, then one letter off.
 
     Returns (listed position per query syllable, typos, syllables whose marks differ,
@@ -379,6 +436,12 @@ def _align(
     is another name, `Thnah` for `Thanh` a typo), or None if some query syllable matches
     nothing.
     """
+    if len(query.folds - listed.folds) > MAX_NAME_EDITS:
+        return None  # cheap rejection before aligning
+    if query.folded == listed.folded:  # same letters in the same order: marks decide
+        conflicts = sum(same_syllable(a, b) is False
+                        for a, b in zip(query.tokens, listed.tokens, strict=True))
+        return list(range(len(query.tokens))), 0, conflicts, 0
     telling = {0, len(listed.tokens) - 1}
     free = list(range(len(listed.tokens)))
     positions: list[int | None] = [None] * len(query.tokens)
@@ -409,10 +472,20 @@ def _align(
     return positions, typos, conflicts, other_names
 
 
-def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str], add) -> None:  # type: ignore[no-untyped-def]
-    best: tuple[float, str, str] | None = None
+def _cached_align(
+    qname: _Name, listed: _Name, vocabulary: Counter[str], cache: dict[str, Alignment]
+) -> Alignment:
+    """`_align`, once per written name within a query: namesakes share the result."""
+    if listed.text not in cache:
+        cache[listed.text] = _align(qname, listed, vocabulary)
+    return cache[listed.text]
+
+
+def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str], add,  # type: ignore[no-untyped-def]
+                cache: dict[str, Alignment]) -> None:
+    best: tuple[float, str, str, tuple[object, ...]] | None = None
     if r.name is not None:
-        aligned = _align(qname, r.name, vocabulary)
+        aligned = _cached_align(qname, r.name, vocabulary, cache)
         if aligned is not None:
             positions, typos, conflicts, other_names = aligned
             last = len(r.name.tokens) - 1
@@ -427,45 +500,56 @@ def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str], add) -> None
                     value, how = NAME_GIVEN_ONLY, "given name only"
                 value += (NAME_TYPO * typos + NAME_MARKS_DIFFER * conflicts
                           + NAME_OTHER_SYLLABLE * other_names)
-                notes = []
-                if typos:
-                    notes.append(f"{typos} typo")
-                if other_names:
-                    notes.append(f"{other_names} syllable(s) one letter off another name")
-                if conflicts:
-                    notes.append(f"{conflicts} syllable(s) with other marks")
-                if not any(t.marked for t in qname.tokens):
-                    notes.append("no diacritics on query")
-                suffix = f" ({', '.join(notes)})" if notes else ""
-                best = (value, "name", f"{how}: {qname.text} ≈ {r.name.text}{suffix}")
+                best = (value, "name", "{}: {} ≈ {}{}",
+                        (how, qname.text, r.name.text, _NameNotes(qname, typos, other_names,
+                                                                   conflicts)))
     for alias in r.aliases:
-        aligned = _align(qname, alias, vocabulary)
+        aligned = _cached_align(qname, alias, vocabulary, cache)
         if (aligned is not None and aligned[1] == aligned[2] == aligned[3] == 0
                 and len(qname.tokens) == len(alias.tokens)):
             if best is None or ALIAS > best[0]:
-                best = (ALIAS, "alias", f"alias: {qname.text} = {alias.text}")
+                best = (ALIAS, "alias", "alias: {} = {}", (qname.text, alias.text))
     if best is not None:
-        add(*best)
+        add(best[0], best[1], best[2], *best[3])
     elif r.name is not None and not r.aliases:
-        add(NAME_UNRELATED, "name", f"name {qname.text} unlike {r.name.text}")
+        add(NAME_UNRELATED, "name", "name {} unlike {}", qname.text, r.name.text)
 
 
-def _score_birth(q: _Query, r: _Record, add) -> None:  # type: ignore[no-untyped-def]
+@dataclass(frozen=True, slots=True)
+class _NameNotes:
+    """The parenthesis after a name reason, formatted only when the reason is shown."""
+
+    query: _Name
+    typos: int
+    other_names: int
+    conflicts: int
+
+    def __format__(self, spec: str) -> str:
+        notes = []
+        if self.typos:
+            notes.append(f"{self.typos} typo")
+        if self.other_names:
+            notes.append(f"{self.other_names} syllable(s) one letter off another name")
+        if self.conflicts:
+            notes.append(f"{self.conflicts} syllable(s) with other marks")
+        if not any(t.marked for t in self.query.tokens):
+            notes.append("no diacritics on query")
+        return f" ({', '.join(notes)})" if notes else ""
+
+
+def _birth_evidence(q: _Query, r: _Record) -> tuple[float, str, tuple[object, ...]] | None:
     if q.birth_date and r.birth_date:
         # Full dates are written down, not worked out from an age: no off-by-one leniency.
         if q.birth_date == r.birth_date:
-            add(BIRTH_DATE_EXACT, "birth", f"birth date {r.birth_date} exact")
-        elif abs(q.birth_date.year - r.birth_date.year) <= 1:
-            add(BIRTH_DATE_DIFFERENT, "birth", f"birth date {q.birth_date} vs {r.birth_date}")
-        else:
-            add(BIRTH_YEAR_DIFFERENT, "birth", f"birth date {q.birth_date} vs {r.birth_date}")
-        return
+            return BIRTH_DATE_EXACT, "birth date {} exact", (r.birth_date,)
+        if abs(q.birth_date.year - r.birth_date.year) <= 1:
+            return BIRTH_DATE_DIFFERENT, "birth date {} vs {}", (q.birth_date, r.birth_date)
+        return BIRTH_YEAR_DIFFERENT, "birth date {} vs {}", (q.birth_date, r.birth_date)
     if q.year is None or r.birth_year is None:
-        return
+        return None
     gap = abs(q.year - r.birth_year)
     if gap == 0:
-        add(BIRTH_YEAR_EXACT, "birth", f"birth year {r.birth_year}")
-    elif gap == 1:
-        add(BIRTH_YEAR_ONE_OFF, "birth", f"birth year {q.year} vs {r.birth_year} (age off by one?)")
-    else:
-        add(BIRTH_YEAR_DIFFERENT, "birth", f"birth year {q.year} vs {r.birth_year}")
+        return BIRTH_YEAR_EXACT, "birth year {}", (r.birth_year,)
+    if gap == 1:
+        return BIRTH_YEAR_ONE_OFF, "birth year {} vs {} (age off by one?)", (q.year, r.birth_year)
+    return BIRTH_YEAR_DIFFERENT, "birth year {} vs {}", (q.year, r.birth_year)

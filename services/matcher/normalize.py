@@ -134,7 +134,11 @@ def cccd_birth_year(digits: str) -> int | None:
 
 
 def hamming_one(a: str, b: str) -> bool:
-    return len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    """Same length, exactly one position differs."""
+    if len(a) != len(b) or a == b:
+        return False
+    first = next(i for i in range(len(a)) if a[i] != b[i])
+    return a[first + 1:] == b[first + 1:]
 
 
 # ----------------------------------------------------------------------------- plates
