@@ -211,7 +211,8 @@ class DevStack:
                     body = httpx.get(pending[name] + "/healthz", timeout=1.0).json()
                 except (httpx.HTTPError, ValueError):
                     continue
-                if body.get("status") == "ok" and body.get("hit_consumer", "ready") == "ready":
+                if (body.get("status") == "ok" and body.get("hit_consumer", "ready") == "ready"
+                        and body.get("reports", "consuming") == "consuming"):
                     del pending[name]
             if time.monotonic() > deadline:
                 raise EmbeddedStackError(f"not ready after {READY_TIMEOUT_SECONDS:.0f} s: "

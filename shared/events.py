@@ -263,6 +263,16 @@ class HitFound(Event):
     late: bool = Field(False, description="Found by re-matching a new entry against the past.")
 
 
+class HitsWithdrawn(Event):
+    """An entry was cancelled: downstream withdraws the open alerts raised on it."""
+
+    type: Literal["HitsWithdrawn"] = "HitsWithdrawn"
+    entry_id: EntryId
+    owner_unit: UnitCode
+    version: int = Field(ge=1, description="The cancelled version of the entry.")
+    reason: ShortText
+
+
 class AlertRaised(Event):
     type: Literal["AlertRaised"] = "AlertRaised"
     alert_id: UUID
@@ -285,6 +295,7 @@ AnyEvent = Annotated[
     | WatchlistEntryUpserted
     | WatchlistEntryCancelled
     | HitFound
+    | HitsWithdrawn
     | AlertRaised
     | AlertAcknowledged,
     Field(discriminator="type"),

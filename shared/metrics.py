@@ -42,6 +42,14 @@ HITS = Counter(
     "giapranh_hits_total", "Hits emitted, by watchlist category and live/late.",
     ["category", "mode"],
 )
+MATCH_SECONDS = Histogram(
+    "giapranh_match_seconds", "Engine time to match one reported subject.",
+    buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+)
+MATCH_CANDIDATES = Histogram(
+    "giapranh_match_candidates", "Watchlist entries scored for one reported subject.",
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
 WATCHLIST_SIZE = Gauge(
     "giapranh_watchlist_entries", "Active watchlist entries held by this matcher, by category.",
     ["category"],

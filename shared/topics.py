@@ -19,6 +19,7 @@ from shared.events import (
     AlertRaised,
     DeadLetter,
     HitFound,
+    HitsWithdrawn,
     IncidentReported,
     SightingReported,
     WatchlistEntryCancelled,
@@ -82,11 +83,12 @@ WATCHLIST = TopicSpec(
 )
 HITS = TopicSpec(
     name="hits",
-    key="entry id (one entry's hits stay in order)",
-    value_types=(HitFound,),
+    key="entry id (one entry's hits, and then its withdrawal, stay in order)",
+    value_types=(HitFound, HitsWithdrawn),
     producers=("matcher",),
     consumers=("notifier",),
-    description="A reported subject matched a listed one, with score and reasons.",
+    description="A reported subject matched a listed one, with score and reasons; or an "
+    "entry was cancelled and its open alerts are withdrawn.",
 )
 ALERTS = TopicSpec(
     name="alerts",

@@ -203,8 +203,9 @@ class MatcherProcess:
                     response = await client.get(f"http://127.0.0.1:{self.port}/healthz")
             except httpx.HTTPError:
                 return False
-            # Ready once its agents hold partitions, so no report is left unread.
-            return response.json().get("status") == "ok" and "Ready" in self.log()
+            # Ready once its report consumer holds partitions, so no report is left unread.
+            health = response.json()
+            return health.get("status") == "ok" and health.get("reports") == "consuming"
 
         await eventually(ready, timeout=timeout, interval=0.2, what="the matcher to be ready")
 

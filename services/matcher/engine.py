@@ -234,6 +234,8 @@ class MatchingEngine:
         self._vocabulary: Counter[str] = Counter()
         """Folded name syllables of the listed names and aliases, with their counts."""
         self._surnames: Counter[str] = Counter()
+        self.last_candidates = 0
+        """How many entries the latest `match` call scored (for the candidates metric)."""
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -338,31 +340,45 @@ class MatchingEngine:
                 found.update(bucket)
         return found
 
+    def match_entry(self, subject: Subject, entry_id: str, *, at: datetime) -> Match | None:
+        """Score one listed entry against `subject` without retrieval (late matching)."""
+        slot = self._slot_of.get(entry_id)
+        if slot is None:
+            return None
+        return self._judge(_Query(subject), slot, at, {})
+
     def match(self, subject: Subject, *, at: datetime) -> list[Match]:
         """Entries matching `subject` at or above the threshold, best first.
 
         Entries whose `valid_until` is before `at` no longer match.
         """
         query = _Query(subject)
-        matches = []
-        needed = points_for(self.threshold)
         aligned: dict[str, Alignment] = {}
-        for slot in self._candidates(query):
-            record = self._records[slot]
-            if record is None or (record.valid_until is not None and record.valid_until < at):
-                continue
-            evaluated = _evaluate(query, record, self._vocabulary, needed, aligned)
-            if evaluated is None:
-                continue
-            points, reasons = evaluated
-            score = score_of(points)
-            if score >= self.threshold:
-                entry = WatchlistEntry.model_validate_json(record.raw)
-                explained = tuple(MatchReason(feature=feature, detail=template.format(*args))
-                                  for feature, template, args in reasons)
-                matches.append(Match(entry, score, explained))
+        candidates = self._candidates(query)
+        self.last_candidates = len(candidates)
+        matches = [match for slot in candidates
+                   if (match := self._judge(query, slot, at, aligned)) is not None]
         matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
         return matches
+
+
+    def _judge(
+        self, query: _Query, slot: int, at: datetime, aligned: dict[str, Alignment]
+    ) -> Match | None:
+        record = self._records[slot]
+        if record is None or (record.valid_until is not None and record.valid_until < at):
+            return None
+        evaluated = _evaluate(query, record, self._vocabulary, points_for(self.threshold),
+                              aligned)
+        if evaluated is None:
+            return None
+        points, reasons = evaluated
+        score = score_of(points)
+        if score < self.threshold:
+            return None
+        explained = tuple(MatchReason(feature=feature, detail=template.format(*args))
+                          for feature, template, args in reasons)
+        return Match(WatchlistEntry.model_validate_json(record.raw), score, explained)
 
 
 # ------------------------------------------------------------------------- scoring

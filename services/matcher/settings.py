@@ -11,9 +11,14 @@ class MatcherSettings(CommonSettings):
     )
     matcher_host: str = Field("127.0.0.1", description="Address of the matcher's HTTP endpoints.")
     matcher_port: int = Field(8002, ge=1, le=65535, description="Port of /healthz and /metrics.")
-    matcher_batch_size: int = Field(500, ge=1, le=10_000, description="Events per batch.")
-    matcher_batch_window_seconds: float = Field(
-        0.02, gt=0, le=5, description="Longest wait to fill a batch."
+    matcher_batch_size: int = Field(
+        2000, ge=1, le=50_000, description="Most reports fetched and matched per batch."
+    )
+    late_match_window_days: float = Field(
+        5, gt=0, le=60, description="New entries are checked against reports this recent."
+    )
+    late_match_max_reports: int = Field(
+        100_000, ge=0, description="Most recent reports kept in memory for late matching."
     )
     matcher_data_dir: Path = Field(
         Path(".giapranh/matcher"), description="faust's working directory for this worker."

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import AlertStore, NewAlert
 from shared import metrics
-from shared.events import AlertRaised, HitFound, encode_event, utcnow
+from shared.events import AlertRaised, HitFound, HitsWithdrawn, encode_event, utcnow
 from shared.kafka import DeadLetterSink, create_consumer, create_producer, ensure_topics
 from shared.topics import ALERTS, HITS
 
@@ -80,7 +80,7 @@ class HitConsumer:
             records = [record for records in batch.values() for record in records]
             if not records:
                 continue
-            decoded: list[tuple[HitFound, ConsumerRecord]] = []
+            decoded: list[tuple[HitFound | HitsWithdrawn, ConsumerRecord]] = []
             for record in records:
                 try:
                     decoded.append((HITS.decode(record.value), record))
@@ -92,13 +92,14 @@ class HitConsumer:
             await consumer.commit()
 
     async def _store_with_retry(
-        self, decoded: list[tuple[HitFound, ConsumerRecord]], dead_letters: DeadLetterSink
+        self, decoded: list[tuple[HitFound | HitsWithdrawn, ConsumerRecord]],
+        dead_letters: DeadLetterSink,
     ) -> list[NewAlert]:
-        hits = [hit for hit, _ in decoded]
+        events = [event for event, _ in decoded]
         backoff = 0.1
         while True:
             try:
-                return await self._store.store_hits(hits)
+                return await self._store.store_hits(events)
             except _TRANSIENT as exc:
                 log.warning("database unavailable, retrying batch in %.1f s: %r", backoff, exc)
                 await asyncio.sleep(backoff)

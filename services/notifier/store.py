@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from services.notifier.targeting import choose_recipients
-from shared.events import HitFound, Recipient
+from shared.events import HitFound, HitsWithdrawn, Recipient
 from shared.http import NotFound
 
 _PARTNERS = """
@@ -38,12 +38,23 @@ class AlertStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
 
-    async def store_hits(self, hits: list[HitFound]) -> list[NewAlert]:
-        """Create an alert and its deliveries for each hit not seen before (by hit id)."""
+    async def store_hits(self, events: list[HitFound | HitsWithdrawn]) -> list[NewAlert]:
+        """Apply hits and withdrawals in their order, in one transaction.
+
+        A hit makes an alert with its deliveries unless its hit id was seen before; a
+        withdrawal closes the entry's open alerts (status `withdrawn`).
+        """
         created: list[NewAlert] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            for hit in hits:
-                alert = await self._store_hit(conn, hit)
+            for event in events:
+                if isinstance(event, HitsWithdrawn):
+                    await conn.execute(
+                        "UPDATE alerts SET status = 'withdrawn' "
+                        "WHERE entry_id = $1 AND status = 'raised'",
+                        event.entry_id,
+                    )
+                    continue
+                alert = await self._store_hit(conn, event)
                 if alert is not None:
                     created.append(alert)
         return created
