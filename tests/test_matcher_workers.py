@@ -1,22 +1,11 @@
 """Two matcher workers share the report partitions; each holds the whole watchlist."""
 
-import httpx
-
 from shared.embedded import free_port
 from tests.conftest import MatcherProcess, bearer, eventually
 from tests.test_matcher_stream import list_via_api
-from tests.test_pipeline import SIGHTING, alerts
+from tests.test_pipeline import SIGHTING, alerts, matcher_knows
 
 REPORTERS = ["CA-31212", "CA-31237", "CA-31207", "CA-30301", "CA-30682", "QS-30307"]
-
-
-async def knows(worker, n):
-    async def loaded():
-        async with httpx.AsyncClient() as client:
-            health = (await client.get(f"http://127.0.0.1:{worker.port}/healthz")).json()
-        return health["watchlist_entries"] >= n
-
-    await eventually(loaded, what=f"worker {worker.port} to hold {n} entries")
 
 
 async def test_two_workers_and_a_restart_match_every_sighting_once(
@@ -29,8 +18,8 @@ async def test_two_workers_and_a_restart_match_every_sighting_once(
         owner = directory["CA-30307"]
         await list_via_api(ingest, owner, "LX-90", {"category": "wanted_person",
                            "full_name": "Nguyễn Văn Hùng", "national_id": "089091004217"})
-        await knows(first, 1)
-        await knows(second, 1)
+        await matcher_knows(first, 1)
+        await matcher_knows(second, 1)
         for unit in REPORTERS:  # keyed by unit: spread over both workers' partitions
             body = {**SIGHTING, "place": {"unit_code": unit}}
             assert (await ingest.post("/v1/sightings", json=body,
