@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.directory import UnitIn, UnitKind, create_unit, list_units
+from shared.directory import UnitIn, create_unit, list_units
 from shared.http import ApiError, issue_api_key
 from shared.settings import CommonSettings
 

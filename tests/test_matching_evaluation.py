@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT
 
 DEV = ROOT.parent / "shared" / "data" / "matching-dev"
@@ -38,8 +36,8 @@ def test_the_harness_prints_only_alert_lines_on_stdout(tmp_path):
     assert all(0 < line["score"] <= 1 and line["reasons"] for line in lines)
 
 
-@pytest.mark.skipif(not DEV.exists(), reason="../shared/data/matching-dev is not beside the repo")
 def test_the_development_set_meets_the_quality_targets(tmp_path):
+    assert DEV.exists(), f"the development set is missing: expected {DEV} beside the repo"
     run = evaluate(DEV / "watchlist.jsonl", DEV / "queries.jsonl")
     assert run.returncode == 0, run.stderr
     (tmp_path / "results.jsonl").write_text(run.stdout)

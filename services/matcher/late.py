@@ -10,13 +10,14 @@ report, so a window of 100,000 reports costs well under a second per entry chang
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from services.matcher.engine import MatchingEngine
+from services.matcher.engine import Match, MatchingEngine
 from shared.events import HitFound, IncidentReported, SightingReported, Subject
 
 Report = SightingReported | IncidentReported
+HitBuilder = Callable[[Report, Subject, Match, bool], HitFound]
 
 
 def report_subjects(report: Report) -> list[Subject]:
@@ -48,13 +49,13 @@ class RecentReports:
 
 
 def late_hits(engine: MatchingEngine, entry_id: str, reports: Iterable[Report],
-              build: object) -> list[HitFound]:
+              build: HitBuilder) -> list[HitFound]:
     """Hits of `entry_id` among `reports`, built by `build(report, subject, match, late)`."""
     found = []
     for report in reports:
         for subject in report_subjects(report):
             match = engine.match_entry(subject, entry_id, at=report.occurred_at)
             if match is not None:
-                found.append(build(report, subject, match, True))  # type: ignore[operator]
+                found.append(build(report, subject, match, True))
                 break
     return found
