@@ -263,10 +263,28 @@ def create_http_app(
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, object]:
+        """The process is up (liveness)."""
         extra = getattr(request.app.state, "health", None)
         return {"status": "ok", **(extra() if extra else {})}
 
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        """The database answers and the service's broker client is connected (readiness)."""
+        checks: dict[str, bool] = {"database": await _database_answers(request.app.state.pool)}
+        broker = getattr(request.app.state, "broker_ready", None)
+        if broker is not None:
+            checks["broker"] = broker()
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
     return app
+
+
+async def _database_answers(pool: asyncpg.Pool) -> bool:
+    try:
+        return await pool.fetchval("SELECT 1", timeout=2) == 1
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
 
 
 @contextlib.asynccontextmanager

@@ -95,6 +95,16 @@ async def publish_all(
     return sum(len(messages) for messages in grouped.values())
 
 
+async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
+    """Set `giapranh_consumer_lag` from the last fetch's high-water marks."""
+    lag = 0
+    for partition in consumer.assignment():
+        high = consumer.highwater(partition)
+        if high is not None:
+            lag += max(0, high - await consumer.position(partition))
+    metrics.CONSUMER_LAG.labels(service=service).set(lag)
+
+
 async def ensure_topics(
     settings: CommonSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[str]:

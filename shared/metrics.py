@@ -58,7 +58,8 @@ WATCHLIST_SIZE = Gauge(
 # --- notifier
 ALERTS_RAISED = Counter("giapranh_alerts_raised_total", "Alerts created from new hits.")
 DELIVERIES = Counter(
-    "giapranh_deliveries_total", "Alert deliveries recorded, by channel.", ["channel"]
+    "giapranh_deliveries_total", "Alert deliveries recorded, by channel and recipient unit.",
+    ["channel", "unit"],
 )
 SIGHTING_TO_ALERT = Histogram(
     "giapranh_sighting_to_alert_seconds",
@@ -67,6 +68,11 @@ SIGHTING_TO_ALERT = Histogram(
 )
 
 # --- every consumer
+CONSUMER_LAG = Gauge(
+    "giapranh_consumer_lag",
+    "Messages between this consumer's position and the end of the partitions it holds.",
+    ["service"],
+)
 DEAD_LETTERS = Counter(
     "giapranh_dead_letters_total", "Messages parked on the dead-letter topic.",
     ["service", "topic"],

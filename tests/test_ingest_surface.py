@@ -149,3 +149,16 @@ async def test_metrics_count_accepted_events_and_rejections_by_reason(ingest, di
     assert 'giapranh_http_rejections_total{reason="invalid",service="ingest"}' in text
     assert 'giapranh_http_requests_total{method="POST",route="/v1/sightings",service="ingest",status="202"}' in text
     assert "giapranh_outbox_oldest_age_seconds" in text
+
+
+async def test_readiness_reports_the_database_and_the_broker(ingest, notifier, env):
+    from tests.conftest import eventually
+
+    async def ready(client):
+        response = await client.get("/readyz")
+        return response.status_code == 200 and response.json()["checks"] == {
+            "database": True, "broker": True}
+
+    await eventually(lambda: ready(ingest), what="ingest ready")
+    await eventually(lambda: ready(notifier), what="notifier ready")
+    assert (await ingest.get("/healthz")).json()["status"] == "ok"

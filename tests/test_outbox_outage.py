@@ -45,6 +45,12 @@ async def test_events_accepted_during_a_broker_outage_are_relayed_exactly_once_a
             assert response.status_code == 202
             during.append(response.json()["event_id"])
         assert await status(during[-1]) == "accepted"
+
+        async def not_ready():
+            response = await ingest.get("/readyz")
+            return response.status_code == 503 and response.json()["checks"]["broker"] is False
+
+        await eventually(not_ready, what="ingest to report the broker unreachable")
         # Stay down longer than the produce timeout, so the relay's in-flight batch fails
         # and is re-sent by a new producer. (Tansu, unlike Kafka, acknowledges but drops a
         # batch that a producer retries across its restart; see the closing note.)

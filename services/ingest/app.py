@@ -22,8 +22,10 @@ def create_app(settings: IngestSettings) -> FastAPI:
         app.state.settings = settings
         app.state.pool = pool
         app.state.store = IngestStore(pool, settings)
+        relay = OutboxRelay(pool, settings)
+        app.state.broker_ready = lambda: relay.connected
         try:
-            async with background(OutboxRelay(pool, settings).run(), "outbox-relay"):
+            async with background(relay.run(), "outbox-relay"):
                 yield
         finally:
             await pool.close()

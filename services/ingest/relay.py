@@ -43,6 +43,11 @@ class OutboxRelay:
         self._listener: asyncpg.Connection | None = None
         self._next_backlog_reading = 0.0
 
+    @property
+    def connected(self) -> bool:
+        """True while the relay holds a started producer (the broker answered)."""
+        return self._producer is not None
+
     async def run(self) -> None:
         """Relay until cancelled."""
         backoff = 0.1

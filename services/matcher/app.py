@@ -29,6 +29,7 @@ import asyncpg
 import faust
 from aiokafka import AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from faust.contrib.asgi import serve_asgi
 from mode import Service
 
@@ -47,7 +48,13 @@ from shared.events import (
     utcnow,
 )
 from shared.http import install_metrics
-from shared.kafka import DeadLetterSink, create_consumer, create_producer, publish_all
+from shared.kafka import (
+    DeadLetterSink,
+    create_consumer,
+    create_producer,
+    publish_all,
+    record_lag,
+)
 from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST
 
 log = logging.getLogger(__name__)
@@ -250,6 +257,7 @@ class MatcherRuntime(Service):
                     await self.process_reports(records, specs[partition.topic])
                 if batch:
                     await consumer.commit()
+                    await record_lag(consumer, "matcher")
         finally:
             self.consuming.clear()
             await consumer.stop()
@@ -307,6 +315,13 @@ def create_app(settings: MatcherSettings) -> faust.App:
         return {"status": "ok" if runtime.ready.is_set() else "starting",
                 "reports": "consuming" if runtime.consuming.is_set() else "waiting",
                 "watchlist_entries": len(runtime.engine)}
+
+    @web.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = runtime.ready.is_set() and runtime.consuming.is_set()
+        return JSONResponse({"ready": ready, "checks": {"watchlist_loaded": runtime.ready.is_set(),
+                                                        "broker": runtime.consuming.is_set()}},
+                            status_code=200 if ready else 503)
 
     serve_asgi(app, web, host=settings.matcher_host, port=settings.matcher_port)
     return app

@@ -21,7 +21,13 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.store import AlertStore, NewAlert
 from shared import metrics
 from shared.events import AlertRaised, HitFound, HitsWithdrawn, encode_event, utcnow
-from shared.kafka import DeadLetterSink, create_consumer, create_producer, ensure_topics
+from shared.kafka import (
+    DeadLetterSink,
+    create_consumer,
+    create_producer,
+    ensure_topics,
+    record_lag,
+)
 from shared.topics import ALERTS, HITS
 
 log = logging.getLogger(__name__)
@@ -90,6 +96,7 @@ class HitConsumer:
             await self._announce(producer, created)
             await dead_letters.flush()
             await consumer.commit()
+            await record_lag(consumer, "notifier")
 
     async def _store_with_retry(
         self, decoded: list[tuple[HitFound | HitsWithdrawn, ConsumerRecord]],
@@ -120,7 +127,8 @@ class HitConsumer:
         pending = []
         for alert in created:
             metrics.ALERTS_RAISED.inc()
-            metrics.DELIVERIES.labels(channel="store").inc(len(alert.recipients))
+            for recipient in alert.recipients:
+                metrics.DELIVERIES.labels(channel="store", unit=recipient.unit_code).inc()
             metrics.SIGHTING_TO_ALERT.observe(
                 max(0.0, (now - alert.hit.reported_at).total_seconds())
             )
