@@ -160,6 +160,7 @@ class DevStack:
             "GIAPRANH_KAFKA_SESSION_TIMEOUT_SECONDS": "2",
             "GIAPRANH_TOPIC_PARTITIONS": "4",
             "GIAPRANH_LOG_LEVEL": o.log_level,
+            "GIAPRANH_LOG_FORMAT": os.environ.get("GIAPRANH_LOG_FORMAT", "text"),
             "GIAPRANH_INGEST_HOST": o.host, "GIAPRANH_INGEST_PORT": str(o.ingest_port),
             "GIAPRANH_NOTIFIER_HOST": o.host, "GIAPRANH_NOTIFIER_PORT": str(o.notifier_port),
             "GIAPRANH_MATCHER_HOST": o.host, "GIAPRANH_MATCHER_PORT": str(o.matcher_port),

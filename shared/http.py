@@ -299,14 +299,15 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
             await task
 
 
-def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
+def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) -> None:
     """Run an HTTP service in the foreground (the `python -m services.X` entry points)."""
-    import logging
-
     import uvicorn
 
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    from shared.logs import logging_config
+
+    config = logging_config(service, settings.log_level, settings.log_format)
+    uvicorn.run(app, host=host, port=port, log_config=config,
+                log_level=settings.log_level.lower(), access_log=False)
 
 
 def json_body(model: type[Any]) -> Any:

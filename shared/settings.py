@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,9 @@ class CommonSettings(BaseSettings):
         description="Server-side secret mixed into API-key hashes. Required in production.",
     )
     log_level: str = Field("INFO", description="Python log level of the services.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line with event and correlation ids; text."
+    )
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> CommonSettings:

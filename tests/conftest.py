@@ -9,8 +9,8 @@ Session-wide (started once, shared by every test):
 - `pg`: the PostgreSQL server; each test gets its own database in it.
 
 Per test (isolation):
-- `env`: a `TestEnv` with a fresh database (migrations applied) and a unique topic
-  prefix, so no test sees another's rows or messages. `env.settings(SomeSettings)` builds
+- `env`: a `TestEnv` with a fresh database (migrations applied), a unique topic prefix
+  and unique consumer groups, so no test sees another's rows, messages or group members. `env.settings(SomeSettings)` builds
   any service's settings for it; settings are passed explicitly, never through os.environ.
 - `pool`: an asyncpg pool on the test's database.
 - `directory`: the demo units and agreements seeded, with one API key per unit
@@ -87,6 +87,10 @@ class TestEnv:
             "kafka_session_timeout_seconds": 2,
             "topic_prefix": self.topic_prefix,
             "topic_partitions": 2,
+            # Consumer groups are per test as well: a worker stopped in one test must not
+            # linger in the group of the next one.
+            "matcher_group_id": f"{self.topic_prefix}matcher",
+            "notifier_group_id": f"{self.topic_prefix}notifier",
             **overrides,
         }
         return cls.model_validate(values)
@@ -102,6 +106,8 @@ class TestEnv:
             "GIAPRANH_KAFKA_SESSION_TIMEOUT_SECONDS": "2",
             "GIAPRANH_TOPIC_PREFIX": self.topic_prefix,
             "GIAPRANH_TOPIC_PARTITIONS": "2",
+            "GIAPRANH_MATCHER_GROUP_ID": f"{self.topic_prefix}matcher",
+            "GIAPRANH_NOTIFIER_GROUP_ID": f"{self.topic_prefix}notifier",
             **extra,
         }
 

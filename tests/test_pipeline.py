@@ -39,8 +39,9 @@ async def alerts(notifier, key):
 
 
 async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_the_right_units(
-    env, pool, directory, ingest, notifier, matcher
+    env, pool, directory, ingest, notifier, matcher, caplog
 ):
+    caplog.set_level("INFO")
     await list_entry(env, pool)
     accepted = await ingest.post("/v1/sightings", json=SIGHTING, headers=bearer(directory["CA-31212"]))
     assert accepted.status_code == 202
@@ -68,6 +69,17 @@ async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_t
 
     [seen_here] = await alerts(notifier, directory["CA-31212"])
     assert seen_here["why_you"] == ["subject seen on this unit's territory"]
+    # One sighting followed through the three services' logs by its correlation id.
+    sighting_id = accepted.json()["event_id"]
+    traced = {(r.name.split(".")[1], r.getMessage().split()[0]) for r in caplog.records
+              if str(getattr(r, "correlation_id", "")) == sighting_id}
+    assert {("ingest", "accepted"), ("notifier", "alert")} <= traced
+    matcher_lines = [json.loads(line) for line in matcher.log().splitlines()
+                     if line.startswith("{") and sighting_id in line]
+    assert [(line["service"], line["message"].split()[0]) for line in matcher_lines] == [
+        ("matcher", "live")]
+    assert matcher_lines[0]["entry_id"] == WANTED.entry_id
+
     [partner] = await alerts(notifier, directory["CA-31237"])  # Vĩnh Trinh, same agreement
     assert partner["why_you"][0].startswith("coordination agreement with CA-31212")
     assert await alerts(notifier, directory["CA-22051"]) == []  # Sông Cầu: not concerned

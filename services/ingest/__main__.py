@@ -6,5 +6,5 @@ from shared.http import serve
 
 if __name__ == "__main__":
     settings = IngestSettings()
-    serve(create_app(settings), host=settings.ingest_host, port=settings.ingest_port,
-          log_level=settings.log_level)
+    serve(create_app(settings), service="ingest", host=settings.ingest_host,
+          port=settings.ingest_port, settings=settings)

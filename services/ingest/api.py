@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 from uuid import UUID, uuid4
 
+import logging
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Path, Query, status
@@ -33,6 +34,7 @@ from shared.http import Conflict, Unprocessable, json_body, json_body_openapi
 from shared.topics import INCIDENTS, SIGHTINGS
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger(__name__)
 
 ClientEventId = Annotated[
     UUID | None,
@@ -113,9 +115,12 @@ class EntryStored(BaseModel):
     event_id: UUID | None = Field(description="The change event; null if nothing changed.")
 
 
-def _accepted(result: Accepted) -> EventAccepted:
+def _accepted(result: Accepted, unit_code: str) -> EventAccepted:
     if not result.duplicate:
         metrics.EVENTS_ACCEPTED.labels(type=result.type).inc()
+    log.info("accepted %s%s", result.type, " (repeat)" if result.duplicate else "",
+             extra={"event_id": result.event_id, "correlation_id": result.event_id,
+                    "unit": unit_code})
     return _view(result)
 
 
@@ -146,7 +151,7 @@ def _fingerprint(body: Contract) -> bytes:
 async def _publish(event: Event, body: Contract, store: Store, topic: str) -> EventAccepted:
     result = await store.record(event, topic=topic, key=event.producer_unit or "",
                                 fingerprint=_fingerprint(body))
-    return _accepted(result)
+    return _accepted(result, event.producer_unit or "")
 
 
 def _sighting(body: SightingIn, unit_code: str, recorded_at: datetime) -> SightingReported:
@@ -187,6 +192,10 @@ async def report_sightings(
     views = [_view(result) for result in results]
     duplicates = sum(view.duplicate for view in views)
     metrics.EVENTS_ACCEPTED.labels(type=SightingReported.__name__).inc(len(views) - duplicates)
+    log.info("accepted a batch of sightings", extra={"unit": unit.unit_code, "count": len(views)})
+    for view in views:
+        log.debug("accepted SightingReported", extra={
+            "event_id": view.event_id, "correlation_id": view.event_id, "unit": unit.unit_code})
     return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 
@@ -213,7 +222,7 @@ async def upsert_watchlist_entry(
     entry = WatchlistEntry(**body.model_dump(), entry_id=entry_id, owner_unit=unit.unit_code)
     stored, accepted = await store.upsert_watchlist_entry(entry, unit_code=unit.unit_code)
     if accepted is not None:
-        _accepted(accepted)
+        _accepted(accepted, unit.unit_code)
     return EntryStored(entry=stored, event_id=accepted.event_id if accepted else None)
 
 
@@ -244,7 +253,7 @@ async def cancel_watchlist_entry(
     result = await store.cancel_watchlist_entry(
         entry_id, unit_code=unit.unit_code, reason=body.reason
     )
-    return _accepted(result)
+    return _accepted(result, unit.unit_code)
 
 
 @router.get("/events/{event_id}", response_model=EventStatus)

@@ -7,6 +7,7 @@ import faust
 from services.matcher.app import create_app
 from services.matcher.settings import MatcherSettings
 from shared.kafka import ensure_topics, wait_for_broker
+from shared.logs import logging_config
 
 
 async def _prepare_topics(settings: MatcherSettings) -> None:
@@ -20,7 +21,10 @@ def main() -> None:
     # The agents subscribe as the worker starts: their topics must exist by then.
     asyncio.run(_prepare_topics(settings))
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    worker = faust.Worker(
+        app, loglevel=settings.log_level.lower(),
+        logging_config=logging_config("matcher", settings.log_level, settings.log_format),
+    )
     worker.execute_from_commandline()
 
 

@@ -86,6 +86,13 @@ def build_hit(report: Report, subject: Subject, match: Match, late: bool) -> Hit
     )
 
 
+def _log_hit(hit: HitFound) -> None:
+    log.info("%s hit on %s (score %.2f)", "late" if hit.late else "live", hit.entry.entry_id,
+             hit.score, extra={"event_id": hit.event_id, "correlation_id": hit.correlation(),
+                               "hit_id": hit.hit_id, "entry_id": hit.entry.entry_id,
+                               "unit": hit.place.unit_code})
+
+
 def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
     hits: dict[str, HitFound] = {}
     for subject in report_subjects(report):
@@ -223,6 +230,7 @@ class MatcherRuntime(Service):
         found = await asyncio.to_thread(late_hits, self.engine, entry.entry_id, reports, build_hit)
         for hit in found:
             metrics.HITS.labels(category=hit.entry.category.value, mode="late").inc()
+            _log_hit(hit)
         await publish_all(self._producer, (
             (self.settings.topic(HITS.name), hit.entry.entry_id.encode(), encode_event(hit))
             for hit in found
@@ -279,6 +287,7 @@ class MatcherRuntime(Service):
             matched += 1
             for hit in hits:
                 metrics.HITS.labels(category=hit.entry.category.value, mode="live").inc()
+                _log_hit(hit)
                 pending.append(await self._producer.send(
                     hits_topic, encode_event(hit), key=hit.entry.entry_id.encode()
                 ))

@@ -6,5 +6,5 @@ from shared.http import serve
 
 if __name__ == "__main__":
     settings = NotifierSettings()
-    serve(create_app(settings), host=settings.notifier_host, port=settings.notifier_port,
-          log_level=settings.log_level)
+    serve(create_app(settings), service="notifier", host=settings.notifier_host,
+          port=settings.notifier_port, settings=settings)

@@ -24,6 +24,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
         app.state.settings = settings
         app.state.pool = pool
         app.state.store = store
+        app.state.hit_consumer = consumer
         app.state.broker_ready = consumer.ready.is_set
         app.state.health = lambda: {
             "hit_consumer": "ready" if consumer.ready.is_set() else "starting"

@@ -127,6 +127,10 @@ class HitConsumer:
         pending = []
         for alert in created:
             metrics.ALERTS_RAISED.inc()
+            log.info("alert raised for %s", ", ".join(r.unit_code for r in alert.recipients),
+                     extra={"alert_id": alert.alert_id, "hit_id": alert.hit.hit_id,
+                            "correlation_id": alert.hit.correlation(),
+                            "entry_id": alert.hit.entry.entry_id})
             for recipient in alert.recipients:
                 metrics.DELIVERIES.labels(channel="store", unit=recipient.unit_code).inc()
             metrics.SIGHTING_TO_ALERT.observe(
