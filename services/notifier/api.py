@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from collections.abc import AsyncIterable
 
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from services.notifier.feed import AlertFeed
 from services.notifier.store import AlertStore
+from shared import metrics
 from shared.http import CurrentUnit
 
 router = APIRouter(prefix="/v1")
@@ -26,6 +31,21 @@ async def list_alerts(
 ) -> list[dict[str, object]]:
     """The alerts addressed to the calling unit, newest first, with why it received each."""
     return await store.alerts_for_unit(unit.unit_code, limit)
+
+
+@router.get("/alerts/stream", response_class=EventSourceResponse)
+async def stream_alerts(request: Request, unit: CurrentUnit, store: Store) -> AsyncIterable[ServerSentEvent]:
+    """Server-sent events: each new alert addressed to the calling unit, as it is stored
+    (`event: alert`, `id`: the alert id, `data`: the alert as in `GET /v1/alerts/{id}`)."""
+    feed: AlertFeed = request.app.state.feed
+    with feed.subscribe(unit.unit_code) as queue:
+        while True:
+            alert_id = await queue.get()
+            if alert_id is None:
+                return  # fell too far behind: the client reconnects and reloads
+            view = await store.alert_for_unit(alert_id, unit.unit_code)
+            metrics.DELIVERIES.labels(channel="sse", unit=unit.unit_code).inc()
+            yield ServerSentEvent(data=view, event="alert", id=str(alert_id))
 
 
 @router.get("/alerts/{alert_id}")

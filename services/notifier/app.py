@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from services.notifier import api
 from services.notifier.consumer import HitConsumer
+from services.notifier.feed import AlertFeed
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import AlertStore
 from shared.db import create_pool
@@ -25,6 +26,9 @@ def create_app(settings: NotifierSettings) -> FastAPI:
         app.state.pool = pool
         app.state.store = store
         app.state.hit_consumer = consumer
+        feed = AlertFeed(settings.database_url)
+        await feed.start()
+        app.state.feed = feed
         app.state.broker_ready = consumer.ready.is_set
         app.state.health = lambda: {
             "hit_consumer": "ready" if consumer.ready.is_set() else "starting"
@@ -33,6 +37,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             async with background(consumer.run(), "hit-consumer"):
                 yield
         finally:
+            await feed.stop()
             await pool.close()
 
     return create_http_app(

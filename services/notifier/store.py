@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from services.notifier.feed import ALERTS_CHANNEL, notification
 from services.notifier.targeting import choose_recipients
 from shared.events import HitFound, HitsWithdrawn, Recipient
 from shared.http import NotFound
@@ -83,6 +84,9 @@ class AlertStore:
             "INSERT INTO deliveries (alert_id, unit_code, reasons) VALUES ($1, $2, $3)",
             [(alert_id, r.unit_code, list(r.reasons)) for r in recipients],
         )
+        # Delivered on commit, to every notifier instance's live feed.
+        await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL,
+                           notification(alert_id, [r.unit_code for r in recipients]))
         return NewAlert(alert_id, hit, tuple(recipients))
 
     async def alerts_for_unit(self, unit_code: str, limit: int = 100) -> list[dict[str, object]]:

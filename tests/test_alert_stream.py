@@ -1,0 +1,98 @@
+"""Duty desks receive their alerts live over server-sent events, and only theirs."""
+
+import asyncio
+import contextlib
+import json
+import uuid
+
+import httpx
+import uvicorn
+from aiokafka import AIOKafkaProducer
+
+from giapranh.demo import DEMO_ENTRIES
+from services.notifier.app import create_app
+from services.notifier.settings import NotifierSettings
+from shared.embedded import free_port
+from shared.events import HitFound, Place
+from shared.settings import CommonSettings
+from shared.topics import HITS
+from tests.conftest import bearer, eventually
+
+
+@contextlib.asynccontextmanager
+async def served(app):
+    """The app on a real socket (streaming responses need a real HTTP server)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server), what="the notifier to listen")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _started(server):
+    return server.started
+
+
+async def read_alerts(url, key, count, into):
+    async with httpx.AsyncClient(timeout=30) as client, client.stream(
+            "GET", f"{url}/v1/alerts/stream", headers=bearer(key)) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event = {}
+        async for line in response.aiter_lines():
+            if line.startswith(("event:", "id:", "data:")):
+                field, _, value = line.partition(":")
+                event[field] = value.strip()
+            elif line == "" and "data" in event:
+                into.append({**event, "data": json.loads(event["data"])})
+                event = {}
+                if len(into) == count:
+                    return
+
+
+def hit(n: int, owner: str) -> HitFound:
+    entry = DEMO_ENTRIES[0].model_copy(update={"entry_id": f"E-{n}", "owner_unit": owner})
+    return HitFound.model_validate(HITS.example()).model_copy(update={
+        "hit_id": uuid.uuid5(uuid.NAMESPACE_URL, f"stream-hit-{n}"), "entry": entry,
+        "place": Place(unit_code="CA-31212")})
+
+
+async def test_desks_receive_only_their_alerts_live(env, topics, directory):
+    async with served(create_app(env.settings(NotifierSettings))) as url:
+        async with httpx.AsyncClient() as client:
+            async def consumer_ready():
+                return (await client.get(f"{url}/healthz")).json()["hit_consumer"] == "ready"
+
+            await eventually(consumer_ready, what="the hit consumer")
+        owner_events, outsider_events = [], []
+        readers = [asyncio.create_task(read_alerts(url, directory["CA-30307"], 2, owner_events)),
+                   asyncio.create_task(read_alerts(url, directory["CA-22051"], 1, outsider_events))]
+        await asyncio.sleep(0.5)  # both streams subscribed
+        producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
+        await producer.start()
+        try:
+            topic = env.settings(CommonSettings).topic(HITS.name)
+            first, second = hit(1, "CA-30307"), hit(2, "CA-22051")
+            await producer.send_and_wait(topic, first.model_dump_json().encode(), partition=0)
+            await producer.send_and_wait(topic, second.model_dump_json().encode(), partition=0)
+        finally:
+            await producer.stop()
+        await asyncio.wait_for(asyncio.gather(*readers), timeout=20)
+
+    # The listing unit of the first hit, and seen-unit partner of both, gets both live.
+    assert [e["data"]["hit_id"] for e in owner_events] == [str(first.hit_id), str(second.hit_id)]
+    assert all(e["event"] == "alert" and e["id"] == e["data"]["alert_id"] for e in owner_events)
+    assert owner_events[0]["data"]["why_you"][0] == "this unit listed the subject"
+    # Sông Cầu is concerned by the second hit only: its first event is that one.
+    assert [e["data"]["hit_id"] for e in outsider_events] == [str(second.hit_id)]
+
+
+async def test_the_stream_needs_a_key(env, topics, directory):
+    async with served(create_app(env.settings(NotifierSettings))) as url:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{url}/v1/alerts/stream")
+    assert response.status_code == 401
