@@ -40,6 +40,20 @@ def dev(
 
 
 @app.command()
+def bench(
+    rate: Annotated[list[int], typer.Option(help="Sightings per second; repeat to ramp up.")] = [500],  # noqa: B006
+    seconds: Annotated[float, typer.Option(help="How long each rate runs.")] = 10.0,
+    max_p99_ms: Annotated[float, typer.Option(help="Slowest p99 that counts as sustained.")] = 1000,
+    data_dir: Annotated[Path, typer.Option(help="The running giapranh dev's data directory.",
+                                           envvar="GIAPRANH_DEV_DATA_DIR")] = Path(".giapranh"),
+) -> None:
+    """Sighting-to-alert latency and the highest sustained rate, against `giapranh dev`."""
+    from giapranh.bench import bench as run
+
+    raise typer.Exit(asyncio.run(run(data_dir, sorted(rate), seconds, max_p99_ms / 1000)))
+
+
+@app.command()
 def migrate() -> None:
     """Apply pending schema migrations to GIAPRANH_DATABASE_URL."""
     import asyncpg

@@ -158,6 +158,7 @@ class DevStack:
             "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
             "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false",
             "GIAPRANH_KAFKA_SESSION_TIMEOUT_SECONDS": "2",
+            "GIAPRANH_KAFKA_FETCH_MAX_WAIT_MS": "20",
             "GIAPRANH_TOPIC_PARTITIONS": "4",
             "GIAPRANH_LOG_LEVEL": o.log_level,
             "GIAPRANH_LOG_FORMAT": os.environ.get("GIAPRANH_LOG_FORMAT", "text"),

@@ -53,6 +53,7 @@ def consumer_options(settings: CommonSettings) -> dict[str, Any]:
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 1000,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
     }
 
 

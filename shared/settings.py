@@ -51,6 +51,13 @@ class CommonSettings(BaseSettings):
         description="Consumer group session timeout. Tansu delays a group's first join by "
         "half of it, so the embedded stack uses 2 s.",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Longest a consumer's fetch waits for data. Apache Kafka answers as soon "
+        "as data arrives; Tansu waits the full time, so the embedded stack uses 20 ms.",
+    )
     kafka_request_timeout_seconds: float = Field(
         15.0,
         ge=1.0,

@@ -85,6 +85,7 @@ class TestEnv:
             "kafka_bootstrap_servers": self.bootstrap_servers,
             "kafka_idempotent_producer": False,
             "kafka_session_timeout_seconds": 2,
+            "kafka_fetch_max_wait_ms": 20,
             "topic_prefix": self.topic_prefix,
             "topic_partitions": 2,
             # Consumer groups are per test as well: a worker stopped in one test must not
@@ -104,6 +105,7 @@ class TestEnv:
             "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false",
             "GIAPRANH_KAFKA_SESSION_TIMEOUT_SECONDS": "2",
+            "GIAPRANH_KAFKA_FETCH_MAX_WAIT_MS": "20",
             "GIAPRANH_TOPIC_PREFIX": self.topic_prefix,
             "GIAPRANH_TOPIC_PARTITIONS": "2",
             "GIAPRANH_MATCHER_GROUP_ID": f"{self.topic_prefix}matcher",

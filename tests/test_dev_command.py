@@ -53,6 +53,14 @@ def test_dev_starts_everything_raises_the_example_alert_and_stops_on_ctrl_c(tmp_
 
         wait_for(alert_visible, 10, "the example alert")
 
+        bench = subprocess.run(
+            [sys.executable, "-m", "giapranh.cli", "bench", "--data-dir", str(tmp_path / "data"),
+             "--rate", "20", "--seconds", "2"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        assert "20 sightings/s: 40/40 alerts" in bench.stdout
+        assert "highest sustained rate: 20 sightings/s" in bench.stdout
+
         twin = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert twin.returncode == 1
         assert "already running" in twin.stderr and str(ports["ingest"]) in twin.stderr

@@ -1,0 +1,183 @@
+"""`giapranh bench`: end-to-end latency and throughput against the running `giapranh dev`.
+
+For each rate: sightings of a listed subject (the demo's wanted man, listed by CA-30307)
+are reported by CA-31212 in batches every `TICK` seconds; the alert each one raises is
+awaited on CA-30307's live stream (server-sent events), and sighting-to-alert latency is
+the time from sending the batch to receiving that sighting's alert. Beside it, the
+broker's raw produce-to-consume round trip is measured in the same run.
+
+A rate is sustained when every alert arrived and the p99 stayed under `--max-p99`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+from rich.progress import Progress
+
+from giapranh.demo import DEMO_ENTRIES
+
+TICK = 0.05
+SEER, OWNER = "CA-31212", "CA-30307"
+console = Console()
+
+
+@dataclass(frozen=True)
+class Stack:
+    ingest: str
+    notifier: str
+    broker: str
+    keys: dict[str, str]
+
+    @classmethod
+    def running(cls, data_dir: Path) -> Stack:
+        lock, keys = data_dir / "dev.lock", data_dir / "demo-keys.json"
+        try:
+            details = json.loads(lock.read_text())
+            return cls(details["ingest"], details["notifier"], details["broker"],
+                       json.loads(keys.read_text()))
+        except (OSError, ValueError, KeyError):
+            raise SystemExit(f"no running giapranh dev found in {data_dir}: start `giapranh dev` "
+                             "first (with its demo data), or pass --data-dir") from None
+
+
+@dataclass
+class Result:
+    rate: int
+    sent: int
+    received: int
+    latencies: list[float]
+
+    def quantile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def sustained(self, max_p99: float) -> bool:
+        return self.received == self.sent and self.quantile(0.99) <= max_p99
+
+
+def percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return f"p50 {pick(0.5):7.1f} ms  p95 {pick(0.95):7.1f} ms  p99 {pick(0.99):7.1f} ms"
+
+
+async def broker_round_trip(bootstrap: str, messages: int = 300) -> list[float]:
+    topic = f"giapranh.bench-roundtrip-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=20)  # as the embedded stack's services
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    latencies = []
+    try:
+        for _ in range(messages):
+            started = time.perf_counter()
+            await producer.send_and_wait(topic, b"x")
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                if batch:
+                    break
+            latencies.append(time.perf_counter() - started)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return latencies
+
+
+async def run_rate(stack: Stack, rate: int, seconds: float, progress: Progress) -> Result:
+    subject = {"name": "NGUYEN VAN HUNG", "national_id": DEMO_ENTRIES[0].national_id}
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    total = int(rate * seconds)
+    task = progress.add_task(f"{rate:>6}/s", total=total)
+    done = asyncio.Event()
+
+    async def listen(ready: asyncio.Event) -> None:
+        headers = {"Authorization": f"Bearer {stack.keys[OWNER]}"}
+        async with httpx.AsyncClient(timeout=None) as client, client.stream(
+                "GET", f"{stack.notifier}/v1/alerts/stream", headers=headers) as response:
+            ready.set()
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                alert = json.loads(line[5:])
+                started = sent_at.get(alert["correlation_id"])
+                if started is not None:
+                    latencies.append(time.perf_counter() - started)
+                    progress.advance(task)
+                    if len(latencies) == total:
+                        done.set()
+                        return
+
+    ready = asyncio.Event()
+    listener = asyncio.create_task(listen(ready))
+    await ready.wait()
+    per_tick = max(1, round(rate * TICK))
+    headers = {"Authorization": f"Bearer {stack.keys[SEER]}"}
+    sent = 0
+    async with httpx.AsyncClient(base_url=stack.ingest, headers=headers, timeout=30) as client:
+        pending = []
+        next_tick = time.perf_counter()
+        while sent < total:
+            size = min(per_tick, total - sent)
+            now = datetime.now(UTC).isoformat()
+            batch = [{"event_id": str(uuid.uuid4()), "occurred_at": now, "subject": subject,
+                      "place": {"unit_code": SEER}} for _ in range(size)]
+            started = time.perf_counter()
+            for sighting in batch:
+                sent_at[sighting["event_id"]] = started
+            pending.append(asyncio.create_task(
+                client.post("/v1/sightings/batch", json={"sightings": batch})))
+            sent += size
+            next_tick += TICK
+            await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+        for response in await asyncio.gather(*pending):
+            if response.status_code != 202:
+                raise SystemExit(f"ingest refused a batch: {response.status_code} {response.text}")
+    try:
+        await asyncio.wait_for(done.wait(), timeout=30)
+    except TimeoutError:
+        pass
+    listener.cancel()
+    return Result(rate, sent, len(latencies), latencies)
+
+
+async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float) -> int:
+    stack = Stack.running(data_dir)
+    round_trip = await broker_round_trip(stack.broker)
+    results = []
+    with Progress(console=console, transient=True) as progress:
+        for rate in rates:
+            result = await run_rate(stack, rate, seconds, progress)
+            results.append(result)
+            if not result.sustained(max_p99):
+                break
+    console.print(f"broker round trip (produce → consume, same run): {percentiles(round_trip)}")
+    for result in results:
+        verdict = "sustained" if result.sustained(max_p99) else "NOT sustained"
+        latency = percentiles(result.latencies) if result.latencies else "no alerts"
+        console.print(f"{result.rate:>6} sightings/s: {result.received}/{result.sent} alerts, "
+                      f"{latency}  {verdict}")
+    best = max((r.rate for r in results if r.sustained(max_p99)), default=None)
+    console.print(f"highest sustained rate: {best or 'none'} sightings/s "
+                  f"(every alert delivered, p99 <= {max_p99 * 1000:.0f} ms)")
+    return 0 if best else 1
