@@ -164,19 +164,17 @@ class MatcherRuntime(Service):
         log.info("watchlist snapshot loaded: %d active entries", len(self.engine))
 
     async def _load_recent_reports(self) -> None:
+        specs = {spec.value_types[0].__name__: spec for spec in (SIGHTINGS, INCIDENTS)}
         conn = await asyncpg.connect(self.settings.database_url)
         try:
             rows = await conn.fetch(
                 """SELECT type, payload::text FROM events
                     WHERE type = ANY($1::text[]) AND occurred_at >= now() - $2::interval
                     ORDER BY occurred_at""",
-                [SIGHTINGS.value_types[0].__name__, INCIDENTS.value_types[0].__name__],
-                self.recent.window,
+                list(specs), self.recent.window,
             )
         finally:
             await conn.close()
-        specs = {SIGHTINGS.value_types[0].__name__: SIGHTINGS,
-                 INCIDENTS.value_types[0].__name__: INCIDENTS}
         self.recent.extend(specs[row["type"]].decode(row["payload"]) for row in rows)
         log.info("recent reports loaded for late matching: %d", len(self.recent))
 
@@ -209,7 +207,6 @@ class MatcherRuntime(Service):
             await self._dead_letters.flush()
             return
         assert self._producer is not None
-        hits_topic = self.settings.topic(HITS.name)
         if isinstance(change, WatchlistEntryUpserted):
             if self.engine.upsert(change.entry):
                 await self._send_late_hits(change.entry)
@@ -221,7 +218,8 @@ class MatcherRuntime(Service):
                     version=change.version, reason=change.reason,
                 )
                 await self._producer.send_and_wait(
-                    hits_topic, encode_event(withdrawn), key=change.entry_id.encode())
+                    self.settings.topic(HITS.name), encode_event(withdrawn),
+                    key=change.entry_id.encode())
 
     async def _send_late_hits(self, entry: WatchlistEntry) -> None:
         """Check a new or changed entry against the recent reports (NCIC's delayed inquiry)."""
@@ -274,7 +272,7 @@ class MatcherRuntime(Service):
         """Match one batch of report messages and send its hits; park what fails."""
         assert self._producer is not None and self._dead_letters is not None
         hits_topic = self.settings.topic(HITS.name)
-        pending = []
+        outgoing: list[tuple[str, bytes, bytes]] = []
         matched = 0
         for message in messages:
             try:
@@ -288,10 +286,8 @@ class MatcherRuntime(Service):
             for hit in hits:
                 metrics.HITS.labels(category=hit.entry.category.value, mode="live").inc()
                 _log_hit(hit)
-                pending.append(await self._producer.send(
-                    hits_topic, encode_event(hit), key=hit.entry.entry_id.encode()
-                ))
-        await asyncio.gather(*pending)
+                outgoing.append((hits_topic, hit.entry.entry_id.encode(), encode_event(hit)))
+        await publish_all(self._producer, outgoing)
         await self._dead_letters.flush()
         metrics.MATCHER_EVENTS.labels(type=spec.value_types[0].__name__).inc(matched)
 

@@ -26,6 +26,7 @@ from shared.kafka import (
     create_consumer,
     create_producer,
     ensure_topics,
+    publish_all,
     record_lag,
 )
 from shared.topics import ALERTS, HITS
@@ -124,7 +125,7 @@ class HitConsumer:
     async def _announce(self, producer: AIOKafkaProducer, created: list[NewAlert]) -> None:
         topic = self._settings.topic(ALERTS.name)
         now = utcnow()
-        pending = []
+        outgoing: list[tuple[str, bytes, bytes]] = []
         for alert in created:
             metrics.ALERTS_RAISED.inc()
             log.info("alert raised for %s", ", ".join(r.unit_code for r in alert.recipients),
@@ -142,7 +143,5 @@ class HitConsumer:
                 entry_id=alert.hit.entry.entry_id, category=alert.hit.entry.category,
                 recipients=alert.recipients,
             )
-            pending.append(await producer.send(
-                topic, encode_event(event), key=str(alert.alert_id).encode()
-            ))
-        await asyncio.gather(*pending)
+            outgoing.append((topic, str(alert.alert_id).encode(), encode_event(event)))
+        await publish_all(producer, outgoing)
