@@ -20,6 +20,8 @@ Per test (isolation):
 - `matcher`: the real stream matcher, `python -m services.matcher`, as a child process
   configured for the test's database and topics (as production runs it).
 
+Reading what reached a topic goes through `read_topic(env, topic, count, settle=...)`.
+
 Use the unit fixtures (`env`, `pool`) for store and migration tests, and the service
 fixtures for behaviour that crosses the broker. Waiting for asynchronous effects goes
 through `eventually`, which polls with a deadline instead of sleeping.
@@ -182,6 +184,31 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+async def read_topic(env: TestEnv, topic: str, count: int, *, settle: float = 0.0) -> list[Any]:
+    """The records of `topic` from its beginning, once `count` have arrived; with `settle`,
+    go on reading that many seconds, so a surplus (a duplicate) would be returned too."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=env.bootstrap_servers,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[Any] = []
+
+    async def read(timeout_ms: int = 200) -> bool:
+        batch = await consumer.getmany(timeout_ms=timeout_ms)
+        records.extend(record for partition in batch.values() for record in partition)
+        return len(records) >= count
+
+    try:
+        await eventually(read, what=f"{count} records on {topic}")
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            await read(timeout_ms=100)
+    finally:
+        await consumer.stop()
+    return records
 
 
 class MatcherProcess:

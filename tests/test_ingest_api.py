@@ -4,10 +4,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from shared.events import decode_event
-from tests.conftest import bearer, eventually
+from tests.conftest import bearer, eventually, read_topic
 
 SIGHTING = {
     "occurred_at": "2026-11-20T21:14:00+07:00",
@@ -105,20 +104,8 @@ async def test_accepted_events_are_relayed_to_their_topic(ingest, directory, env
         return status.json()["status"] == "relayed"
 
     await eventually(relayed, what="the outbox relay")
-    consumer = AIOKafkaConsumer(f"{env.topic_prefix}sightings", bootstrap_servers=env.bootstrap_servers,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        received = []
-
-        async def all_received():
-            batch = await consumer.getmany(timeout_ms=200)
-            received.extend(str(decode_event(r.value).event_id) for rs in batch.values() for r in rs)
-            return len(received) >= len(sent)
-
-        await eventually(all_received, what="the relayed sightings")
-    finally:
-        await consumer.stop()
+    records = await read_topic(env, f"{env.topic_prefix}sightings", len(sent))
+    received = [str(decode_event(record.value).event_id) for record in records]
     assert sorted(received) == sorted(sent)
 
 

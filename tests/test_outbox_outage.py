@@ -5,13 +5,12 @@ import dataclasses
 from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from shared.embedded import EmbeddedBroker, free_port
 from shared.events import decode_event
-from tests.conftest import _serve, bearer, eventually
+from tests.conftest import _serve, bearer, eventually, read_topic
 from tests.test_ingest_api import SIGHTING
 
 
@@ -73,20 +72,6 @@ async def _is(awaitable, expected):
 
 
 async def _read_all(env, topic, expected):
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=env.bootstrap_servers,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    received = []
-    try:
-        async def enough():
-            batch = await consumer.getmany(timeout_ms=300)
-            received.extend(str(decode_event(r.value).event_id) for rs in batch.values() for r in rs)
-            return len(received) >= expected
-
-        await eventually(enough, what=f"{expected} events on {topic}")
-        for _ in range(3):  # anything more would be a duplicate
-            extra = await consumer.getmany(timeout_ms=300)
-            received.extend(str(decode_event(r.value).event_id) for rs in extra.values() for r in rs)
-    finally:
-        await consumer.stop()
-    return received
+    # Read on for a while after the expected count: anything more would be a duplicate.
+    records = await read_topic(env, topic, expected, settle=1.0)
+    return [str(decode_event(record.value).event_id) for record in records]

@@ -7,14 +7,14 @@ matcher worker as a child process, the embedded broker and database.
 import json
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from giapranh.demo import DEMO_ENTRIES
 from services.ingest.store import IngestStore
 from shared.events import DeadLetter, HitFound, Place, SharingScope
 from shared.settings import CommonSettings
 from shared.topics import HITS
-from tests.conftest import bearer, eventually
+from tests.conftest import bearer, eventually, read_topic
 
 WANTED = DEMO_ENTRIES[0]  # listed by CA-30307 (Long Xuyên, An Giang)
 WANTED_PLACE = Place(unit_code="CA-31212")
@@ -95,14 +95,8 @@ async def test_a_replayed_sighting_and_a_redelivered_hit_make_no_second_alert(
     [alert] = await eventually(lambda: alerts(notifier, directory["CA-30307"]), what="the alert")
 
     # Redeliver the very hit the matcher produced, as an at-least-once broker may.
-    consumer = AIOKafkaConsumer(env.settings(CommonSettings).topic(HITS.name),
-                                bootstrap_servers=env.bootstrap_servers, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        batch = await eventually(lambda: consumer.getmany(timeout_ms=200), what="the hit")
-        [record] = [r for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
+    [record] = await read_topic(env, env.settings(CommonSettings).topic(HITS.name), 1,
+                                settle=0.5)
     assert HitFound.model_validate_json(record.value).hit_id.hex == alert["hit_id"].replace("-", "")
     producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
     await producer.start()
@@ -139,19 +133,8 @@ async def test_a_poison_message_is_dead_lettered_and_later_sightings_still_match
     await ingest.post("/v1/sightings", json=SIGHTING, headers=bearer(directory["CA-31212"]))
     await eventually(lambda: alerts(notifier, directory["CA-30307"]), what="the later sighting's alert")
 
-    consumer = AIOKafkaConsumer(settings.topic("dead-letter"), bootstrap_servers=env.bootstrap_servers,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    letters = []
-    try:
-        async def both_parked():
-            batch = await consumer.getmany(timeout_ms=200)
-            letters.extend(DeadLetter.model_validate_json(r.value) for rs in batch.values() for r in rs)
-            return len(letters) >= 2
-
-        await eventually(both_parked, what="two dead letters")
-    finally:
-        await consumer.stop()
+    letters = [DeadLetter.model_validate_json(record.value)
+               for record in await read_topic(env, settings.topic("dead-letter"), 2)]
     assert {letter.payload for letter in letters} == {
         "not json at all", json.dumps({"type": "SightingReported"})}
     assert all(letter.service == "matcher" and letter.error for letter in letters)
@@ -217,14 +200,8 @@ async def test_the_notifier_dead_letters_a_malformed_hit_and_keeps_consuming(
                                what="the alert of the good hit after the bad one")
     assert alert["hit_id"] == str(good.hit_id)
 
-    consumer = AIOKafkaConsumer(settings.topic("dead-letter"), bootstrap_servers=env.bootstrap_servers,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        batch = await eventually(lambda: consumer.getmany(timeout_ms=200), what="the dead letter")
-        [letter] = [DeadLetter.model_validate_json(r.value) for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
+    [letter] = [DeadLetter.model_validate_json(record.value) for record in
+                await read_topic(env, settings.topic("dead-letter"), 1, settle=0.5)]
     assert letter.service == "notifier"
     assert letter.payload == '{"type": "HitFound", "score": 7}'
     assert "validation error" in letter.error
