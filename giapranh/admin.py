@@ -15,13 +15,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.directory import UnitIn, create_unit, list_units
+from shared.directory import (
+    AgreementIn,
+    UnitIn,
+    add_adjacency,
+    create_agreement,
+    create_unit,
+    list_adjacency,
+    list_agreements,
+    list_units,
+    merge_unit,
+    remove_adjacency,
+    rename_unit,
+    reparent_unit,
+    unit_history,
+)
 from shared.http import ApiError, issue_api_key
 from shared.settings import CommonSettings
 
 T = TypeVar("T")
-units_app = typer.Typer(help="List and add units of the directory.", no_args_is_help=True)
+units_app = typer.Typer(help="List, add, rename, move and merge units of the directory.",
+                        no_args_is_help=True)
 keys_app = typer.Typer(help="Issue, list and revoke units' API keys.", no_args_is_help=True)
+adjacency_app = typer.Typer(help="Which units' territories touch.", no_args_is_help=True)
+agreements_app = typer.Typer(help="Coordination agreements between units.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Units' webhook endpoints for alerts.", no_args_is_help=True)
 console = Console()
 
 DatabaseUrl = Annotated[str | None, typer.Option(
@@ -58,9 +76,11 @@ def _pepper() -> str:
 def units_list(database_url: DatabaseUrl = None) -> None:
     """Every unit of the directory."""
     units = _run(database_url, list_units)
-    table = Table("code", "name", "kind", "parent")
+    table = Table("code", "name", "kind", "parent", "status")
     for unit in units:
-        table.add_row(unit.code, unit.name, unit.kind, unit.parent_code or "")
+        status = (f"merged into {unit.successor_code} {unit.active_to:%Y-%m-%d}"
+                  if unit.active_to else "active")
+        table.add_row(unit.code, unit.name, unit.kind, unit.parent_code or "", status)
     console.print(table)
 
 
@@ -70,15 +90,117 @@ def units_add(
     kind: Annotated[str, typer.Option(help="commune_police, province_police, border_guard, "
                                            "military or ministry")] = "commune_police",
     parent: Annotated[str | None, typer.Option(help="Code of the parent unit.")] = None,
+    lat: Annotated[float | None, typer.Option(help="Latitude of the unit's area centre.")] = None,
+    lon: Annotated[float | None, typer.Option(help="Longitude of the unit's area centre.")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Add a unit, e.g. `giapranh units add CA-30292 "Công an phường Bình Đức" --parent CAT-91`."""
     try:
-        unit = UnitIn(code=code, name=name, kind=kind, parent_code=parent)  # type: ignore[arg-type]
+        unit = UnitIn(code=code, name=name, kind=kind, parent_code=parent,  # type: ignore[arg-type]
+                      lat=lat, lon=lon)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     created = _run(database_url, lambda conn: create_unit(conn, unit))
     console.print(f"added unit {created.code} ({created.name})")
+
+
+@units_app.command("rename")
+def units_rename(code: str, name: str, database_url: DatabaseUrl = None) -> None:
+    """Rename a unit from now on (alerts raised before keep the old name)."""
+    _run(database_url, lambda conn: rename_unit(conn, code, name))
+    console.print(f"{code} is now {name}")
+
+
+@units_app.command("move")
+def units_move(
+    code: str,
+    parent: Annotated[str | None, typer.Option(help="The new parent; omit for none.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Put a unit under another parent unit (escalations follow)."""
+    _run(database_url, lambda conn: reparent_unit(conn, code, parent))
+    console.print(f"{code} is now under {parent or 'no parent'}")
+
+
+@units_app.command("merge")
+def units_merge(
+    code: str,
+    into: Annotated[str, typer.Option(help="The unit that takes over CODE's territory.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Merge CODE into another unit: CODE ends, its neighbours and alerts go to the other,
+    its API keys stop working; its past alerts and history stay."""
+    _run(database_url, lambda conn: merge_unit(conn, code, into))
+    console.print(f"{code} merged into {into}")
+
+
+@units_app.command("history")
+def units_history(code: str, database_url: DatabaseUrl = None) -> None:
+    """Renames, moves and merges of a unit."""
+    changes = _run(database_url, lambda conn: unit_history(conn, code))
+    table = Table("when", "unit", "change", "from", "to")
+    for change in changes:
+        table.add_row(f"{change.changed_at:%Y-%m-%d %H:%M}", change.unit_code, change.change,
+                      change.old_value or "", change.new_value or "")
+    console.print(table)
+
+
+@adjacency_app.command("add")
+def adjacency_add(a: str, b: str, note: Annotated[str | None, typer.Option()] = None,
+                  database_url: DatabaseUrl = None) -> None:
+    """Record that the territories of A and B share a border."""
+    added = _run(database_url, lambda conn: add_adjacency(conn, a, b, note))
+    console.print(f"{a} and {b} are adjacent" + ("" if added else " (known already)"))
+
+
+@adjacency_app.command("remove")
+def adjacency_remove(a: str, b: str, database_url: DatabaseUrl = None) -> None:
+    if not _run(database_url, lambda conn: remove_adjacency(conn, a, b)):
+        console.print(f"[red]error:[/red] {a} and {b} were not adjacent")
+        raise typer.Exit(1)
+    console.print(f"{a} and {b} are no longer adjacent")
+
+
+@adjacency_app.command("list")
+def adjacency_list(unit: Annotated[str | None, typer.Argument()] = None,
+                   database_url: DatabaseUrl = None) -> None:
+    """Adjacent pairs, all or those of UNIT."""
+    pairs = _run(database_url, lambda conn: list_adjacency(conn, unit))
+    table = Table("unit", "unit", "note")
+    for pair in pairs:
+        table.add_row(pair.unit_a, pair.unit_b, pair.note or "")
+    console.print(table)
+
+
+@agreements_app.command("add")
+def agreements_add(
+    title: str,
+    party: Annotated[list[str], typer.Option("--party", help="A party unit; repeat.")],
+    valid_from: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    valid_to: Annotated[str | None, typer.Option(help="YYYY-MM-DD; omit for open-ended.")] = None,
+    category: Annotated[list[str] | None, typer.Option(
+        help="A shared category; repeat; omit for all.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Record a coordination agreement ("quy chế phối hợp") between two or more units."""
+    try:
+        agreement = AgreementIn(title=title, parties=tuple(party), valid_from=valid_from,  # type: ignore[arg-type]
+                                valid_to=valid_to, categories=tuple(category or ()))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    created = _run(database_url, lambda conn: create_agreement(conn, agreement))
+    console.print(f"agreement {created.id}: {created.title}")
+
+
+@agreements_app.command("list")
+def agreements_list(database_url: DatabaseUrl = None) -> None:
+    agreements = _run(database_url, list_agreements)
+    table = Table("id", "title", "parties", "categories", "valid")
+    for a in agreements:
+        table.add_row(str(a.id), a.title, ", ".join(a.parties),
+                      ", ".join(a.categories) or "all",
+                      f"{a.valid_from} – {a.valid_to or ''}")
+    console.print(table)
 
 
 @keys_app.command("issue")

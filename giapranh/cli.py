@@ -9,12 +9,15 @@ from typing import Annotated
 
 import typer
 
-from giapranh.admin import keys_app, units_app
+from giapranh.admin import adjacency_app, agreements_app, keys_app, units_app, webhooks_app
 
 app = typer.Typer(help="giapranh: real-time alert sharing between neighbouring police units.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(units_app, name="units")
 app.add_typer(keys_app, name="keys")
+app.add_typer(adjacency_app, name="adjacency")
+app.add_typer(agreements_app, name="agreements")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.command()

@@ -112,6 +112,20 @@ DEMO_AGREEMENTS = (
                   date(2022, 9, 22)),
 )
 
+# Territories that touch, from the border areas of the reports (the real hot spots).
+DEMO_ADJACENCY = (
+    ("CA-30307", "CA-30301", "Long Xuyên – Mỹ Thới"),
+    ("CA-30307", "CA-30682", "Long Xuyên – Thoại Sơn (Phú Thuận)"),
+    ("CA-30307", "CA-31212", "Mỹ Thạnh – Thới Thuận: An Giang ↔ Cần Thơ"),
+    ("CA-30307", "CA-31237", "Mỹ Thạnh – Vĩnh Trinh: An Giang ↔ Cần Thơ"),
+    ("CA-31212", "CA-31207", "Thốt Nốt – Thuận Hưng"),
+    ("CA-30301", "BP-MYTHOI", "Cảng Mỹ Thới"),
+    ("CA-22051", "CA-21553", "Sông Cầu – Quy Nhơn: Phú Yên (Đắk Lắk) ↔ Bình Định (Gia Lai)"),
+    ("CA-26767", "CA-25978", "An Phú Đông – Vĩnh Phú (Thuận An)"),
+    ("CA-26773", "CA-25966", "Thạnh Lộc (Thới An) – Lái Thiêu"),
+    ("CA-31299", "CA-31135", "Phong Điền – Ninh Kiều"),
+)
+
 DEMO_ENTRIES = (
     WatchlistEntry(
         entry_id="CA-30307-TN-2026-0042", owner_unit="CA-30307",
@@ -169,6 +183,11 @@ async def seed_directory(conn: asyncpg.Connection) -> None:
                    ON CONFLICT DO NOTHING""",
                 [(agreement_id, code) for code in agreement.parties],
             )
+        await conn.executemany(
+            """INSERT INTO adjacency (unit_a, unit_b, note) VALUES ($1, $2, $3)
+               ON CONFLICT DO NOTHING""",
+            [(*sorted((a, b)), note) for a, b, note in DEMO_ADJACENCY],
+        )
 
 
 async def demo_keys(

@@ -86,6 +86,16 @@ class SharingScope(StrEnum):
     ALL_UNITS = "all_units"
 
 
+class Urgency(StrEnum):
+    """How fast the listing unit must confirm a hit (NCIC: 10 minutes urgent, 1 hour routine)."""
+
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+
+URGENT_BY_DEFAULT = frozenset({"wanted_person", "missing_person"})
+
+
 class Subject(Contract):
     """The identifying fields of a person or vehicle as reported; every field optional."""
 
@@ -156,7 +166,15 @@ class WatchlistEntryFields(Contract):
     plates: tuple[Annotated[str, Field(min_length=3, max_length=20)], ...] = ()
     description: LongText | None = None
     sharing_scope: SharingScope = SharingScope.NEIGHBOURS
+    urgency: Urgency | None = Field(
+        None, description="Confirmation urgency of hits; default: urgent for wanted and "
+        "missing persons, routine otherwise.")
     valid_until: AwareDatetime | None = None
+
+    def effective_urgency(self) -> Urgency:
+        if self.urgency is not None:
+            return self.urgency
+        return Urgency.URGENT if self.category.value in URGENT_BY_DEFAULT else Urgency.ROUTINE
 
     @field_validator("national_id")
     @classmethod

@@ -58,8 +58,42 @@ WATCHLIST_SIZE = Gauge(
 # --- notifier
 ALERTS_RAISED = Counter("giapranh_alerts_raised_total", "Alerts created from new hits.")
 DELIVERIES = Counter(
-    "giapranh_deliveries_total", "Alert deliveries recorded, by channel and recipient unit.",
-    ["channel", "unit"],
+    "giapranh_deliveries_total",
+    "Alert deliveries, by channel (store, sse, webhook) and result (ok, failed, dead).",
+    ["channel", "result"],
+)
+SIGHTING_TO_DELIVERY = Histogram(
+    "giapranh_sighting_to_delivery_seconds",
+    "Time from a sighting's recording at ingest to a new alert reaching a desk, by channel.",
+    ["channel"], buckets=LATENCY_BUCKETS,
+)
+WORKFLOW_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200)
+TIME_TO_ACKNOWLEDGE = Histogram(
+    "giapranh_time_to_acknowledge_seconds",
+    "Time from an alert's delivery to a unit until that unit acknowledged it.",
+    buckets=WORKFLOW_BUCKETS,
+)
+TIME_TO_CONFIRM = Histogram(
+    "giapranh_time_to_confirm_seconds",
+    "Time from an alert being raised until the listing unit confirmed or rejected it.",
+    ["urgency"], buckets=WORKFLOW_BUCKETS,
+)
+ALERT_ACTIONS = Counter(
+    "giapranh_alert_actions_total",
+    "Workflow steps taken on alerts (acknowledged, confirmed, rejected, closed, withdrawn, "
+    "escalated).", ["action"],
+)
+OVERDUE_ALERTS = Gauge(
+    "giapranh_alerts_overdue",
+    "Alerts past a confirmation deadline and still unconfirmed (last deadline check).",
+)
+WEBHOOK_FAILURES = Counter(
+    "giapranh_webhook_failures_total",
+    "Webhook attempts that failed (will be retried unless dead-lettered), by reason.",
+    ["reason"],
+)
+WEBHOOK_PENDING = Gauge(
+    "giapranh_webhook_pending", "Webhook deliveries waiting for a (re)try (last dispatch round)."
 )
 SIGHTING_TO_ALERT = Histogram(
     "giapranh_sighting_to_alert_seconds",

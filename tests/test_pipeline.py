@@ -59,8 +59,12 @@ async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_t
     ]
     assert alert["why_you"] == [
         "this unit listed the subject",
-        "coordination agreement with CA-31212, where the subject was seen",
+        "coordination agreement with CA-31212, where the subject was seen: "
+        "Quy chế phối hợp địa bàn giáp ranh Long Xuyên – Cần Thơ (2025)",
+        "territory borders CA-31212, where the subject was seen",  # An Giang ↔ Cần Thơ
     ]
+    assert alert["urgency"] == "urgent" and alert["status"] == "raised"
+    assert alert["unit_names"]["CA-31212"] == "Công an phường Thốt Nốt"
 
     status = await ingest.get(f"/v1/events/{accepted.json()['event_id']}",
                               headers=bearer(directory["CA-31212"]))

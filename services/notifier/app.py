@@ -2,25 +2,83 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
 
+import asyncpg
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, RedirectResponse
 
 from services.notifier import api
+from services.notifier.cap import render_cap
+from services.notifier.channels import (
+    SseChannel,
+    WebhookChannel,
+    WebhookDispatcher,
+    WebhookPolicy,
+)
+from services.notifier.clock import Clock, SystemClock
 from services.notifier.consumer import HitConsumer
 from services.notifier.feed import AlertFeed
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import AlertStore
+from services.notifier.store import AlertStore, Deadlines
+from shared import metrics
 from shared.db import create_pool
 from shared.http import background, create_http_app
 
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
 
-def create_app(settings: NotifierSettings) -> FastAPI:
+
+async def watch_deadlines(store: AlertStore, interval: float) -> None:
+    """Escalate missed confirmation deadlines and keep the overdue gauge current."""
+    while True:
+        try:
+            escalated = await store.escalate_overdue()
+            if escalated:
+                log.warning("escalated %d alert(s) past their confirmation deadline",
+                            len(escalated))
+            metrics.OVERDUE_ALERTS.set(await store.count_overdue())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("deadline check failed, retrying: %r", exc)
+        await asyncio.sleep(interval)
+
+
+def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> FastAPI:
+    clock = clock or SystemClock()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings)
-        store = AlertStore(pool)
+        store = AlertStore(
+            pool, clock=clock, channels=[SseChannel(), WebhookChannel()],
+            deadlines=Deadlines(timedelta(seconds=settings.urgent_deadline_seconds),
+                                timedelta(seconds=settings.routine_deadline_seconds)),
+            radius_km=settings.notifier_radius_km,
+        )
+
+        async def render(alert_id: UUID, unit_code: str, kind: str, fmt: str) -> bytes:
+            view = await store.alert_for_unit(alert_id, unit_code)
+            if fmt == "cap":
+                return render_cap(view, sender=settings.cap_sender,
+                                  recipients=await store.recipients(alert_id))
+            return json.dumps(jsonable_encoder({"kind": kind, "alert": view}),
+                              ensure_ascii=False).encode()
+
+        dispatcher = WebhookDispatcher(
+            pool, render, WebhookPolicy(
+                max_attempts=settings.webhook_max_attempts,
+                base_seconds=settings.webhook_retry_base_seconds,
+                max_backoff_seconds=settings.webhook_retry_max_seconds,
+                timeout_seconds=settings.webhook_timeout_seconds),
+            clock, poll_seconds=settings.webhook_poll_seconds)
         consumer = HitConsumer(store, settings)
         app.state.settings = settings
         app.state.pool = pool
@@ -34,13 +92,28 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             "hit_consumer": "ready" if consumer.ready.is_set() else "starting"
         }
         try:
-            async with background(consumer.run(), "hit-consumer"):
+            async with (background(consumer.run(), "hit-consumer"),
+                        background(dispatcher.run(), "webhook-dispatcher"),
+                        background(watch_deadlines(store, settings.deadline_check_seconds),
+                                   "deadline-watch")):
                 yield
         finally:
             await feed.stop()
             await pool.close()
 
-    return create_http_app(
+    app = create_http_app(
         service="notifier", summary="Alerts for the duty desks of the units a hit concerns.",
         lifespan=lifespan, routers=[api.router],
     )
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/desk")
+
+    @app.get("/desk", include_in_schema=False)
+    async def desk() -> FileResponse:
+        """The duty-desk page: one self-contained HTML file, no external assets."""
+        return FileResponse(STATIC / "desk.html", media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    return app

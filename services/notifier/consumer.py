@@ -132,8 +132,7 @@ class HitConsumer:
                      extra={"alert_id": alert.alert_id, "hit_id": alert.hit.hit_id,
                             "correlation_id": alert.hit.correlation(),
                             "entry_id": alert.hit.entry.entry_id})
-            for recipient in alert.recipients:
-                metrics.DELIVERIES.labels(channel="store", unit=recipient.unit_code).inc()
+            metrics.DELIVERIES.labels(channel="store", result="ok").inc(len(alert.recipients))
             metrics.SIGHTING_TO_ALERT.observe(
                 max(0.0, (now - alert.hit.reported_at).total_seconds())
             )

@@ -10,3 +10,24 @@ class NotifierSettings(CommonSettings):
         "giapranh-notifier", description="Consumer group of the notifier instances."
     )
     notifier_batch_size: int = Field(500, ge=1, le=10_000, description="Hits per batch.")
+    notifier_radius_km: float = Field(
+        5.0, ge=0, le=200,
+        description="Units within this distance of a sighting's coordinates receive its "
+        "alerts (scope `neighbours` and wider); 0 turns it off.")
+    urgent_deadline_seconds: float = Field(
+        600, gt=0, description="Time the listing unit has to confirm an urgent hit (NCIC: 10 min).")
+    routine_deadline_seconds: float = Field(
+        3600, gt=0, description="Time to confirm a routine hit (NCIC: 1 hour).")
+    deadline_check_seconds: float = Field(
+        5.0, gt=0, description="How often missed confirmation deadlines are looked for.")
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts before a webhook delivery is dead-lettered.")
+    webhook_retry_base_seconds: float = Field(
+        5.0, gt=0, description="First retry delay; doubles with each failure.")
+    webhook_retry_max_seconds: float = Field(600, gt=0, description="Longest retry delay.")
+    webhook_timeout_seconds: float = Field(10, gt=0, description="Timeout of one webhook POST.")
+    webhook_poll_seconds: float = Field(
+        0.5, gt=0, description="How often queued webhook deliveries are looked for.")
+    cap_sender: str = Field(
+        "giapranh", pattern=r"^[^\s,<&]+$",
+        description="CAP `sender` of this deployment's messages (no spaces or commas).")

@@ -1,0 +1,170 @@
+"""OASIS CAP 1.2 messages for alerts, and an Atom feed of them per unit.
+
+Each state of an alert is one CAP message: the first is `msgType=Alert`; every later
+change (acknowledged, confirmed, escalated, closed ...) is an `Update`, a withdrawal a
+`Cancel`, each `references` the first message. Messages are `scope=Private`, addressed to
+the alert's recipient units (their codes, space-separated). Times are given in Vietnam
+time (+07:00, as CAP's dateTime pattern requires an explicit offset).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
+ATOM_NS = "http://www.w3.org/2005/Atom"
+VIETNAM = timezone(timedelta(hours=7))
+
+EVENT_NAMES = {
+    "wanted_person": "Đối tượng truy nã được phát hiện / Wanted person sighted",
+    "managed_person": "Đối tượng quản lý được phát hiện / Managed person sighted",
+    "missing_person": "Người mất tích được phát hiện / Missing person sighted",
+    "stolen_vehicle": "Phương tiện bị trộm được phát hiện / Stolen vehicle sighted",
+}
+SEVERITY = {"wanted_person": "Severe", "missing_person": "Severe",
+            "managed_person": "Moderate", "stolen_vehicle": "Moderate"}
+MESSAGE_TYPES = {"withdrawn": "Cancel"}
+
+
+def cap_time(value: datetime) -> str:
+    return value.astimezone(VIETNAM).replace(microsecond=0).isoformat()
+
+
+def _parse(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def identifier(alert: dict[str, Any], *, first: bool) -> str:
+    base = f"urn:giapranh:alert:{alert['alert_id']}"
+    if first:
+        return base
+    return f"{base}:{int(_parse(alert['updated_at']).timestamp() * 1000)}"
+
+
+def message_type(alert: dict[str, Any]) -> str:
+    if alert["status"] == "withdrawn":
+        return "Cancel"
+    return "Alert" if _parse(alert["updated_at"]) == _parse(alert["raised_at"]) else "Update"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, ns: str = CAP_NS) -> ET.Element:
+    element = ET.SubElement(parent, f"{{{ns}}}{tag}")
+    if text is not None:
+        element.text = text
+    return element
+
+
+def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) -> ET.Element:
+    msg_type = message_type(alert)
+    root = ET.Element(f"{{{CAP_NS}}}alert")
+    _sub(root, "identifier", identifier(alert, first=msg_type == "Alert"))
+    _sub(root, "sender", sender)
+    _sub(root, "sent", cap_time(_parse(alert["updated_at"])))
+    _sub(root, "status", "Actual")
+    _sub(root, "msgType", msg_type)
+    _sub(root, "source", "giapranh")
+    _sub(root, "scope", "Private")
+    _sub(root, "addresses", " ".join(recipients))
+    _sub(root, "code", f"giapranh:status:{alert['status']}")
+    note = f"status: {alert['status']}"
+    if alert.get("outcome"):
+        note += f"; outcome: {alert['outcome']}"
+    if alert.get("decision_note"):
+        note += f"; {alert['decision_note']}"
+    _sub(root, "note", note)
+    if msg_type != "Alert":
+        _sub(root, "references", ",".join(
+            (sender, identifier(alert, first=True), cap_time(_parse(alert["raised_at"])))))
+    _sub(root, "incidents", str(alert["correlation_id"]))
+
+    info = _sub(root, "info")
+    _sub(info, "language", "vi-VN")
+    _sub(info, "category", "Security")
+    _sub(info, "event", EVENT_NAMES.get(alert["category"], alert["category"]))
+    _sub(info, "responseType", "Monitor")
+    _sub(info, "urgency", "Immediate" if alert["urgency"] == "urgent" else "Expected")
+    _sub(info, "severity", SEVERITY.get(alert["category"], "Moderate"))
+    _sub(info, "certainty", "Likely" if alert["score"] >= 0.9 else "Possible")
+    code = _sub(info, "eventCode")
+    _sub(code, "valueName", "giapranh:category")
+    _sub(code, "value", alert["category"])
+    _sub(info, "effective", cap_time(_parse(alert["raised_at"])))
+    _sub(info, "onset", cap_time(_parse(alert["seen_at"])))
+    if alert.get("confirm_by"):
+        _sub(info, "expires", cap_time(_parse(alert["confirm_by"])))
+    names = alert.get("unit_names") or {}
+    _sub(info, "senderName", names.get(alert["owner_unit"], alert["owner_unit"]))
+    subject = alert["subject"]
+    who = subject.get("name") or subject.get("plate") or subject.get("national_id") or "?"
+    _sub(info, "headline", f"{who} – {names.get(alert['seen_unit'], alert['seen_unit'])}"[:160])
+    entry = alert["entry"]
+    lines = [f"Hồ sơ / entry {entry['entry_id']} ({alert['owner_unit']})"]
+    if entry.get("description"):
+        lines.append(entry["description"])
+    lines += [f"{reason['feature']}: {reason['detail']}" for reason in alert["match_reasons"]]
+    _sub(info, "description", "\n".join(lines))
+    _sub(info, "instruction",
+         "Xác minh với đơn vị lập hồ sơ trước khi hành động. / Confirm with the listing unit "
+         "before acting.")
+    for name, value in (("score", f"{alert['score']:.2f}"), ("seen_unit", alert["seen_unit"]),
+                        ("owner_unit", alert["owner_unit"]), ("entry_id", entry["entry_id"])):
+        parameter = _sub(info, "parameter")
+        _sub(parameter, "valueName", name)
+        _sub(parameter, "value", value)
+    place = alert["place"]
+    area = _sub(info, "area")
+    _sub(area, "areaDesc", place.get("address") or names.get(place["unit_code"], place["unit_code"]))
+    if place.get("lat") is not None:
+        _sub(area, "circle", f"{place['lat']},{place['lon']} 0.5")
+    _sub(area, "geocode")
+    geocode = area[-1]
+    _sub(geocode, "valueName", "giapranh:unit")
+    _sub(geocode, "value", place["unit_code"])
+    return root
+
+
+def render_cap(alert: dict[str, Any], *, sender: str, recipients: list[str]) -> bytes:
+    ET.register_namespace("", CAP_NS)
+    return ET.tostring(cap_element(alert, sender=sender, recipients=recipients),
+                       encoding="utf-8", xml_declaration=True)
+
+
+def render_atom(unit_code: str, unit_name: str, alerts: list[tuple[dict[str, Any], list[str]]],
+                *, sender: str, base_url: str, now: datetime) -> bytes:
+    """An Atom feed of the unit's alerts, newest change first, each entry carrying the
+    alert's latest CAP message inline."""
+    ET.register_namespace("", ATOM_NS)
+    ET.register_namespace("cap", CAP_NS)
+    feed = ET.Element(f"{{{ATOM_NS}}}feed")
+    _sub(feed, "id", f"urn:giapranh:feed:{unit_code}", ATOM_NS)
+    _sub(feed, "title", f"giapranh – {unit_name}", ATOM_NS)
+    updated = max((_parse(a["updated_at"]) for a, _ in alerts), default=now)
+    _sub(feed, "updated", updated.astimezone(VIETNAM).isoformat(), ATOM_NS)
+    author = _sub(feed, "author", ns=ATOM_NS)
+    _sub(author, "name", sender, ATOM_NS)
+    link = _sub(feed, "link", ns=ATOM_NS)
+    link.set("rel", "self")
+    link.set("href", f"{base_url}/v1/feeds/alerts.atom")
+    for alert, recipients in alerts:
+        msg_type = message_type(alert)
+        entry = _sub(feed, "entry", ns=ATOM_NS)
+        _sub(entry, "id", identifier(alert, first=msg_type == "Alert"), ATOM_NS)
+        subject = alert["subject"]
+        who = subject.get("name") or subject.get("plate") or subject.get("national_id") or "?"
+        _sub(entry, "title", f"[{msg_type}] {EVENT_NAMES.get(alert['category'])}: {who}",
+             ATOM_NS)
+        _sub(entry, "updated", _parse(alert["updated_at"]).astimezone(VIETNAM).isoformat(),
+             ATOM_NS)
+        category = _sub(entry, "category", ns=ATOM_NS)
+        category.set("term", msg_type)
+        category.set("scheme", "urn:oasis:names:tc:emergency:cap:1.2:msgType")
+        alternate = _sub(entry, "link", ns=ATOM_NS)
+        alternate.set("rel", "alternate")
+        alternate.set("type", "application/cap+xml")
+        alternate.set("href", f"{base_url}/v1/alerts/{alert['alert_id']}/cap")
+        content = _sub(entry, "content", ns=ATOM_NS)
+        content.set("type", "application/cap+xml")
+        content.append(cap_element(alert, sender=sender, recipients=recipients))
+    return ET.tostring(feed, encoding="utf-8", xml_declaration=True)
