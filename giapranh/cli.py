@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from giapranh.admin import adjacency_app, agreements_app, keys_app, units_app, webhooks_app
+from giapranh.admin import (
+    adjacency_app,
+    agreements_app,
+    keys_app,
+    units_app,
+    webhooks_app,
+)
 
 app = typer.Typer(help="giapranh: real-time alert sharing between neighbouring police units.",
                   no_args_is_help=True, add_completion=False)

@@ -29,7 +29,12 @@ import httpx
 
 from giapranh.demo import EXAMPLE_SIGHTING, EXAMPLE_SIGHTING_UNIT, seed_demo
 from shared.db import create_pool
-from shared.embedded import EmbeddedBroker, EmbeddedDatabase, EmbeddedStackError, port_is_free
+from shared.embedded import (
+    EmbeddedBroker,
+    EmbeddedDatabase,
+    EmbeddedStackError,
+    port_is_free,
+)
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.settings import CommonSettings
 

@@ -30,6 +30,7 @@ through `eventually`, which polls with a deadline instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 
 from giapranh.demo import demo_keys, seed_directory
 from services.ingest.app import create_app as create_ingest
@@ -263,3 +265,22 @@ async def matcher(env: TestEnv, topics: None, directory: dict[str, str]) -> Asyn
         yield process
     finally:
         process.stop()
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """The app on a real socket (streaming responses and browsers need a real server);
+    yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server), what="the server to listen")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started

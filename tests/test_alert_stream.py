@@ -1,40 +1,19 @@
 """Duty desks receive their alerts live over server-sent events, and only theirs."""
 
 import asyncio
-import contextlib
 import json
 import uuid
 
 import httpx
-import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from giapranh.demo import DEMO_ENTRIES
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
-from shared.embedded import free_port
 from shared.events import HitFound, Place
 from shared.settings import CommonSettings
 from shared.topics import HITS
-from tests.conftest import bearer, eventually
-
-
-@contextlib.asynccontextmanager
-async def served(app):
-    """The app on a real socket (streaming responses need a real HTTP server)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: _started(server), what="the notifier to listen")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def _started(server):
-    return server.started
+from tests.conftest import bearer, eventually, served
 
 
 async def read_alerts(url, key, count, into):

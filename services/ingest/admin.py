@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, status
 
-from shared.directory import Agreement, AgreementIn, Unit, UnitIn, create_agreement, create_unit, list_units
+from shared.directory import (
+    Agreement,
+    AgreementIn,
+    Unit,
+    UnitIn,
+    create_agreement,
+    create_unit,
+    list_units,
+)
 from shared.http import CurrentUnit, Forbidden, Principal
 
 router = APIRouter(prefix="/v1")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated
 from uuid import UUID, uuid4
-
-import logging
-from collections.abc import Sequence
 
 from fastapi import APIRouter, Path, Query, status
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from services.ingest.deps import CurrentUnit, Settings, Store
-from services.ingest.store import Accepted, EventStatus, Report, WatchlistEntryView, request_hash
+from services.ingest.store import (
+    Accepted,
+    EventStatus,
+    Report,
+    WatchlistEntryView,
+    request_hash,
+)
 from shared import metrics
 from shared.events import (
     Contract,

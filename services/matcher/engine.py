@@ -165,7 +165,7 @@ def _entry_keys(r: _Record) -> Iterator[str]:
 
 
 class _Query:
-    __slots__ = ("subject", "name", "year", "birth_date", "id_digits", "plate")
+    __slots__ = ("birth_date", "id_digits", "name", "plate", "subject", "year")
 
     def __init__(self, subject: Subject):
         self.subject = subject

@@ -194,7 +194,7 @@ class WebhookDispatcher:
                 error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
-        except Exception as exc:  # noqa: BLE001 - a render bug must not stop the dispatcher
+        except Exception as exc:
             log.exception("webhook %s could not be prepared", row["id"])
             error = f"{type(exc).__name__}: {exc}"[:500]
         await self._record(row, error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 

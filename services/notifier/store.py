@@ -49,7 +49,8 @@ _ALERT_COLUMNS = """a.alert_id, a.hit_id, a.entry_id, a.entry_version, a.categor
 _STATUS_FILTERS = {
     "all": "TRUE",
     "open": "a.status IN ('raised', 'acknowledged', 'confirmed', 'rejected')",
-    "overdue": "a.status IN ('raised', 'acknowledged') AND a.confirm_by < $3",
+    "overdue": "a.status IN ('raised', 'acknowledged') "
+               "AND (a.escalation_level > 0 OR a.confirm_by <= $3)",
     "closed": "a.status IN ('closed', 'withdrawn')",
 }
 

