@@ -7,6 +7,7 @@ admin key of a new deployment can be issued before any API key exists.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -250,3 +251,73 @@ def keys_revoke(key_id: int, database_url: DatabaseUrl = None) -> None:
         console.print(f"[red]error:[/red] no active key with id {key_id}")
         raise typer.Exit(1)
     console.print(f"revoked key {key_id}")
+
+
+@webhooks_app.command("set")
+def webhooks_set(
+    unit: str, url: str,
+    format: Annotated[str, typer.Option("--format", help="json or cap (CAP 1.2 XML)")] = "json",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Register UNIT's webhook (replacing any) and print its new signing secret once."""
+    from services.notifier.api import WebhookIn
+
+    try:
+        hook = WebhookIn(url=url, format=format)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    secret = "whsec_" + secrets.token_urlsafe(32)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        if not await conn.fetchval("SELECT 1 FROM units WHERE code = $1 AND active_to IS NULL",
+                                   unit):
+            raise typer.BadParameter(f"no active unit {unit}", param_hint="UNIT")
+        await conn.execute(
+            """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (unit_code) DO UPDATE SET url = EXCLUDED.url,
+                   secret = EXCLUDED.secret, format = EXCLUDED.format, created_at = now()""",
+            unit, str(hook.url), secret, hook.format)
+
+    _run(database_url, work)
+    console.print(f"webhook of {unit}: {hook.url} ({hook.format}); signing secret, shown once:")
+    print(secret)
+
+
+@webhooks_app.command("list")
+def webhooks_list(database_url: DatabaseUrl = None) -> None:
+    """Webhooks with their delivery counts (pending, delivered, dead)."""
+    rows = _run(database_url, lambda conn: conn.fetch(
+        """SELECT w.unit_code, w.url, w.format,
+                  count(*) FILTER (WHERE d.status = 'pending') AS pending,
+                  count(*) FILTER (WHERE d.status = 'delivered') AS delivered,
+                  count(*) FILTER (WHERE d.status = 'dead') AS dead
+             FROM webhooks w LEFT JOIN webhook_deliveries d USING (unit_code)
+            GROUP BY w.unit_code ORDER BY w.unit_code"""))
+    table = Table("unit", "url", "format", "pending", "delivered", "dead")
+    for row in rows:
+        table.add_row(row["unit_code"], row["url"], row["format"], str(row["pending"]),
+                      str(row["delivered"]), str(row["dead"]))
+    console.print(table)
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(
+    unit: Annotated[str | None, typer.Argument(help="Only this unit's deliveries.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Queue dead-lettered webhook deliveries again (after the receiver is fixed)."""
+    status = _run(database_url, lambda conn: conn.execute(
+        """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
+                  next_attempt_at = now(), finished_at = NULL
+            WHERE status = 'dead' AND ($1::text IS NULL OR unit_code = $1)""", unit))
+    console.print(f"re-queued {status.split()[-1]} dead delivery(ies)")
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(unit: str, database_url: DatabaseUrl = None) -> None:
+    status = _run(database_url, lambda conn: conn.execute(
+        "DELETE FROM webhooks WHERE unit_code = $1", unit))
+    if status == "DELETE 0":
+        console.print(f"[red]error:[/red] {unit} has no webhook")
+        raise typer.Exit(1)
+    console.print(f"removed the webhook of {unit}")

@@ -231,6 +231,7 @@ class DevStack:
         lines = [
             "",
             f"giapranh is running ({time.monotonic() - started:.1f} s). Ctrl-C stops everything.",
+            f"  duty desk      {o.url(o.notifier_port)}/desk  (sign in with a unit's key)",
             f"  ingest API     {o.url(o.ingest_port)}/docs",
             f"  notifier API   {o.url(o.notifier_port)}/docs",
             f"  matcher        {o.url(o.matcher_port)}/healthz",
@@ -250,7 +251,7 @@ class DevStack:
                 f"  curl -s -X POST {o.url(o.ingest_port)}/v1/sightings \\",
                 f"    -H 'Authorization: Bearer {keys[EXAMPLE_SIGHTING_UNIT]}' \\",
                 f"    -H 'Content-Type: application/json' -d '{example}'",
-                "and read the alert at the listing unit's desk:",
+                f"and watch it arrive on {o.url(o.notifier_port)}/desk signed in as CA-30307, or:",
                 f"  curl -s {o.url(o.notifier_port)}/v1/alerts "
                 f"-H 'Authorization: Bearer {keys['CA-30307']}'",
             ]

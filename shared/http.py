@@ -306,8 +306,11 @@ def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) ->
     from shared.logs import logging_config
 
     config = logging_config(service, settings.log_level, settings.log_format)
+    # Open SSE streams never end by themselves: give them 5 s on shutdown, then close them
+    # (desks reconnect to another instance and reload what they missed).
     uvicorn.run(app, host=host, port=port, log_config=config,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=5)
 
 
 def json_body(model: type[Any]) -> Any:

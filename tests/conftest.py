@@ -272,7 +272,8 @@ async def served(app: Any) -> AsyncIterator[str]:
     """The app on a real socket (streaming responses and browsers need a real server);
     yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=2))
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), what="the server to listen")
     try:

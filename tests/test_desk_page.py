@@ -1,0 +1,88 @@
+"""The duty-desk page in headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright): a desk signs in, an alert arrives live without a reload, and is acknowledged.
+"""
+
+import os
+import shutil
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from services.notifier.app import create_app
+from services.notifier.settings import NotifierSettings
+from tests.conftest import bearer, eventually, served
+from tests.notifier_helpers import WANTED, alert_of, make_hit, send
+
+CHROMIUM = os.environ.get("GIAPRANH_CHROMIUM", "/usr/bin/chromium")
+# The flags a root CI machine on a closed network needs (see .ci/run).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+async def browser():
+    # Not skipped when missing: .ci/run installs Debian's chromium; a missing browser fails.
+    assert shutil.which(CHROMIUM), f"{CHROMIUM} not found: apt-get install chromium"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def test_an_alert_appears_live_and_is_acknowledged_from_the_page(
+        env, topics, directory, browser):
+    app = create_app(env.settings(NotifierSettings))
+    async with served(app) as url:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        external: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith(url) else external.append(r.url))
+
+        await page.goto(f"{url}/desk")
+        await page.fill("#key", "gpk_wrong")
+        await page.click("button[type=submit]")
+        await expect(page.locator("#signin-error")).to_have_text(
+            "Khoá không hợp lệ hoặc đã bị thu hồi.")
+
+        await page.fill("#key", directory["CA-30307"])
+        await page.click("button[type=submit]")
+        await expect(page.locator("#unit")).to_have_text("Công an phường Long Xuyên (CA-30307)")
+        await expect(page.locator(".empty")).to_have_text("Không có cảnh báo.")
+        await expect(page.locator("#live")).to_have_class("live on")
+
+        hit = make_hit(WANTED)
+        await send(env, hit)
+        card = page.locator("article").first
+        await expect(card).to_be_visible(timeout=15_000)  # pushed, no reload
+        await expect(card.locator("h2")).to_contain_text("Truy nã: Nguyễn Văn Hùng")
+        await expect(card).to_contain_text("national id 089091004217 exact")
+        await expect(card).to_contain_text("this unit listed the subject")
+        await expect(card.locator(".countdown")).to_contain_text("còn")
+        await expect(card.locator(".status")).to_have_text("Mới")
+
+        await card.locator("[data-action=ack]").click()
+        await expect(card.locator(".status")).to_have_text("Đã nhận")
+        await expect(card.locator("[data-action=ack]")).to_have_count(0)
+
+        await page.select_option("#lang", "en")
+        await expect(card.locator(".status")).to_have_text("Acknowledged")
+        await expect(card.locator("[data-action=confirm]")).to_have_text("Confirm still wanted")
+
+        # The acknowledgement is the server's, not just the page's.
+        import httpx
+        async with httpx.AsyncClient(base_url=url) as client:
+            stored = await eventually(lambda: alert_of(client, directory["CA-30307"], hit),
+                                      what="the alert over the API")
+            assert stored["status"] == "acknowledged"
+            assert stored["acknowledged_at"] is not None
+            seen_side = await alert_of(client, directory["CA-31212"], hit)
+            assert seen_side["acknowledged_at"] is None  # per desk
+            history = await client.get(f"/v1/alerts/{stored['alert_id']}/history",
+                                       headers=bearer(directory["CA-30307"]))
+            assert [s["action"] for s in history.json()] == ["raised", "acknowledged"]
+        assert errors == []
+        assert external == []  # usable offline: every asset comes from the notifier
