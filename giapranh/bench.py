@@ -1,18 +1,20 @@
 """`giapranh bench`: end-to-end latency and throughput against the running `giapranh dev`.
 
-For each rate: sightings of a listed subject (the demo's wanted man, listed by CA-30307)
-are reported by CA-31212 in batches every `TICK` seconds; the alert each one raises is
-awaited on CA-30307's live stream (server-sent events), and sighting-to-alert latency is
-the time from sending the batch to receiving that sighting's alert. Beside it, the
-broker's raw produce-to-consume round trip is measured in the same run.
+For each rate, CA-31212 reports sightings in batches every `TICK` seconds. A share of them
+(`--hit-ratio`) are of a listed subject (the demo's wanted man, listed by CA-30307); the
+rest are of people on no list (random ids and names), as most real checks are. The alert
+each matching sighting raises is awaited on CA-30307's live stream (server-sent events);
+sighting-to-alert latency is the time from sending the batch to receiving that alert.
+Beside it, the broker's raw produce-to-consume round trip is measured in the same run.
 
-A rate is sustained when every alert arrived and the p99 stayed under `--max-p99`.
+A rate is sustained when every expected alert arrived and the p99 stayed under `--max-p99`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -103,11 +105,21 @@ async def broker_round_trip(bootstrap: str, messages: int = 300) -> list[float]:
     return latencies
 
 
-async def run_rate(stack: Stack, rate: int, seconds: float, progress: Progress) -> Result:
+def unlisted(rng: random.Random) -> dict[str, str]:
+    """Someone on no list: a 12-digit id with a province prefix no demo entry uses."""
+    return {"national_id": f"099{rng.randrange(10**9):09d}",
+            "name": f"Khách {rng.randrange(10**6)}"}
+
+
+async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
+                   progress: Progress) -> Result:
     subject = {"name": "NGUYEN VAN HUNG", "national_id": DEMO_ENTRIES[0].national_id}
+    rng = random.Random(rate)
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
-    total = int(rate * seconds)
+    count = int(rate * seconds)
+    hit_every = max(1, round(1 / hit_ratio))
+    total = len(range(0, count, hit_every))  # the alerts expected
     task = progress.add_task(f"{rate:>6}/s", total=total)
     done = asyncio.Event()
 
@@ -137,14 +149,18 @@ async def run_rate(stack: Stack, rate: int, seconds: float, progress: Progress) 
     async with httpx.AsyncClient(base_url=stack.ingest, headers=headers, timeout=30) as client:
         pending = []
         next_tick = time.perf_counter()
-        while sent < total:
-            size = min(per_tick, total - sent)
+        while sent < count:
+            size = min(per_tick, count - sent)
             now = datetime.now(UTC).isoformat()
-            batch = [{"event_id": str(uuid.uuid4()), "occurred_at": now, "subject": subject,
-                      "place": {"unit_code": SEER}} for _ in range(size)]
             started = time.perf_counter()
-            for sighting in batch:
-                sent_at[sighting["event_id"]] = started
+            batch = []
+            for n in range(sent, sent + size):
+                event_id = str(uuid.uuid4())
+                if n % hit_every == 0:
+                    sent_at[event_id] = started
+                batch.append({"event_id": event_id, "occurred_at": now,
+                              "subject": subject if n % hit_every == 0 else unlisted(rng),
+                              "place": {"unit_code": SEER}})
             pending.append(asyncio.create_task(
                 client.post("/v1/sightings/batch", json={"sightings": batch})))
             sent += size
@@ -158,16 +174,17 @@ async def run_rate(stack: Stack, rate: int, seconds: float, progress: Progress) 
     except TimeoutError:
         pass
     listener.cancel()
-    return Result(rate, sent, len(latencies), latencies)
+    return Result(rate, total, len(latencies), latencies)
 
 
-async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float) -> int:
+async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float,
+                hit_ratio: float = 1.0) -> int:
     stack = Stack.running(data_dir)
     round_trip = await broker_round_trip(stack.broker)
     results = []
     with Progress(console=console, transient=True) as progress:
         for rate in rates:
-            result = await run_rate(stack, rate, seconds, progress)
+            result = await run_rate(stack, rate, seconds, hit_ratio, progress)
             results.append(result)
             if not result.sustained(max_p99):
                 break
@@ -175,7 +192,8 @@ async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float
     for result in results:
         verdict = "sustained" if result.sustained(max_p99) else "NOT sustained"
         latency = percentiles(result.latencies) if result.latencies else "no alerts"
-        console.print(f"{result.rate:>6} sightings/s: {result.received}/{result.sent} alerts, "
+        console.print(f"{result.rate:>6} sightings/s ({hit_ratio:.0%} matching): "
+                      f"{result.received}/{result.sent} alerts, "
                       f"{latency}  {verdict}")
     best = max((r.rate for r in results if r.sustained(max_p99)), default=None)
     console.print(f"highest sustained rate: {best or 'none'} sightings/s "

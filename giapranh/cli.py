@@ -53,13 +53,17 @@ def bench(
     rate: Annotated[list[int], typer.Option(help="Sightings per second; repeat to ramp up.")] = [500],  # noqa: B006
     seconds: Annotated[float, typer.Option(help="How long each rate runs.")] = 10.0,
     max_p99_ms: Annotated[float, typer.Option(help="Slowest p99 that counts as sustained.")] = 1000,
+    hit_ratio: Annotated[float, typer.Option(
+        min=0.001, max=1.0,
+        help="Share of sightings that are of a listed subject (the rest match nothing).")] = 1.0,
     data_dir: Annotated[Path, typer.Option(help="The running giapranh dev's data directory.",
                                            envvar="GIAPRANH_DEV_DATA_DIR")] = Path(".giapranh"),
 ) -> None:
     """Sighting-to-alert latency and the highest sustained rate, against `giapranh dev`."""
     from giapranh.bench import bench as run
 
-    raise typer.Exit(asyncio.run(run(data_dir, sorted(rate), seconds, max_p99_ms / 1000)))
+    raise typer.Exit(asyncio.run(run(data_dir, sorted(rate), seconds, max_p99_ms / 1000,
+                                     hit_ratio)))
 
 
 @app.command()

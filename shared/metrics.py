@@ -62,6 +62,10 @@ DELIVERIES = Counter(
     "Alert deliveries, by channel (store, sse, webhook) and result (ok, failed, dead).",
     ["channel", "result"],
 )
+ALERTS_BY_UNIT = Counter(
+    "giapranh_alerts_delivered_total",
+    "Alerts addressed to a unit when raised or escalated, by recipient unit.", ["unit"],
+)
 SIGHTING_TO_DELIVERY = Histogram(
     "giapranh_sighting_to_delivery_seconds",
     "Time from a sighting's recording at ingest to a new alert reaching a desk, by channel.",

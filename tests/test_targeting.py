@@ -74,6 +74,8 @@ async def test_the_sharing_scope_bounds_agreements_adjacency_and_radius(
                                   "CA-30307")
     assert set(everyone) == {u.code for u in demo_units()} | {"BP-NEAR", "BP-FAR"}
     assert everyone["BP-FAR"] == [ALL_UNITS_REASON]
+    exposed = (await notifier.get("/metrics")).text
+    assert 'giapranh_alerts_delivered_total{unit="BP-FAR"} 1.0' in exposed
 
 
 async def test_merged_units_hand_over_and_renamed_units_keep_old_names_on_old_alerts(
@@ -97,3 +99,19 @@ async def test_merged_units_hand_over_and_renamed_units_keep_old_names_on_old_al
     again = await alert_of(notifier, directory["CA-30307"], before)
     assert again["unit_names"]["CA-31212"] == "Công an phường Thốt Nốt"
     assert again["unit_names"] == old_alert["unit_names"]
+
+
+async def test_a_hit_repeated_within_one_batch_and_after_makes_one_alert(
+        env, notifier, directory, pool):
+    hit, other, last = make_hit(WANTED), make_hit(WANTED), make_hit(WANTED)
+    await send(env, hit, hit, other, hit)
+    await delivered(notifier, directory, pool, other, "CA-30307")
+    # Same entry, same key, same partition: once `last` is in, the redelivery was consumed.
+    await send(env, hit, last)
+    await delivered(notifier, directory, pool, last, "CA-30307")
+    assert await pool.fetchval("SELECT count(*) FROM alerts") == 3
+    assert await pool.fetchval("SELECT count(*) FROM alert_history") == 3
+    assert await pool.fetchval(
+        "SELECT count(*) FROM deliveries d JOIN alerts a USING (alert_id) "
+        "WHERE a.hit_id = $1", hit.hit_id) == 6
+

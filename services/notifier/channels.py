@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
@@ -56,15 +57,18 @@ class AlertChange:
 class Channel(Protocol):
     name: str
 
-    async def enqueue(self, conn: asyncpg.Connection, change: AlertChange, now: datetime) -> None:
-        """Record the change for delivery, in the caller's transaction."""
+    async def enqueue(self, conn: asyncpg.Connection, changes: Sequence[AlertChange],
+                      now: datetime) -> None:
+        """Record the changes for delivery, in the caller's transaction."""
 
 
 class SseChannel:
     name = "sse"
 
-    async def enqueue(self, conn: asyncpg.Connection, change: AlertChange, now: datetime) -> None:
-        await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, notification(change))
+    async def enqueue(self, conn: asyncpg.Connection, changes: Sequence[AlertChange],
+                      now: datetime) -> None:
+        await conn.execute("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n",
+                           ALERTS_CHANNEL, [notification(change) for change in changes])
 
 
 def notification(change: AlertChange) -> str:
@@ -79,13 +83,20 @@ def notification(change: AlertChange) -> str:
 class WebhookChannel:
     name = "webhook"
 
-    async def enqueue(self, conn: asyncpg.Connection, change: AlertChange, now: datetime) -> None:
+    async def enqueue(self, conn: asyncpg.Connection, changes: Sequence[AlertChange],
+                      now: datetime) -> None:
+        rows = [(unit, change.alert_id, change.kind, change.reported_at)
+                for change in changes for unit in change.units]
         await conn.execute(
             """INSERT INTO webhook_deliveries (unit_code, alert_id, kind, reported_at,
                                                next_attempt_at)
-               SELECT unit_code, $2, $3, $4, $5 FROM webhooks
-                WHERE unit_code = ANY($1::text[])""",
-            list(change.units), change.alert_id, change.kind, change.reported_at, now,
+               SELECT c.unit_code, c.alert_id, c.kind, c.reported_at, $5
+                 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[])
+                      AS c (unit_code, alert_id, kind, reported_at)
+                 JOIN webhooks w ON w.unit_code = c.unit_code
+                ORDER BY c.alert_id""",
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+            [r[3] for r in rows], now,
         )
 
 

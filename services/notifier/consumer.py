@@ -134,6 +134,8 @@ class HitConsumer:
                             "correlation_id": alert.hit.correlation(),
                             "entry_id": alert.hit.entry.entry_id})
             metrics.DELIVERIES.labels(channel="store", result="ok").inc(len(alert.recipients))
+            for recipient in alert.recipients:
+                metrics.ALERTS_BY_UNIT.labels(unit=recipient.unit_code).inc()
             metrics.SIGHTING_TO_ALERT.observe(
                 max(0.0, (now - alert.hit.reported_at).total_seconds())
             )

@@ -22,7 +22,7 @@ import asyncpg
 
 from services.notifier.channels import AlertChange, Channel
 from services.notifier.clock import Clock
-from services.notifier.directory import DirectoryCache
+from services.notifier.directory import Directory, DirectoryCache
 from services.notifier.targeting import choose_recipients
 from shared import metrics
 from shared.events import HitFound, HitsWithdrawn, Recipient, Urgency
@@ -53,6 +53,12 @@ _STATUS_FILTERS = {
                "AND (a.escalation_level > 0 OR a.confirm_by <= $3)",
     "closed": "a.status IN ('closed', 'withdrawn')",
 }
+
+
+_ALERT_INSERT_COLUMNS = (
+    "alert_id", "hit_id", "entry_id", "entry_version", "category", "owner_unit", "seen_unit",
+    "source_event_id", "correlation_id", "seen_at", "score", "late", "hit", "urgency",
+    "confirm_by", "units")
 
 
 @dataclass(frozen=True)
@@ -87,59 +93,79 @@ class AlertStore:
         """Apply hits and withdrawals in their order, in one transaction.
 
         A hit makes an alert with its deliveries unless its hit id was seen before; a
-        withdrawal closes the entry's open alerts (status `withdrawn`).
+        withdrawal closes the entry's open alerts (status `withdrawn`). Consecutive hits
+        are written together: a handful of statements per batch, not per hit.
         """
         created: list[NewAlert] = []
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             directory = await self.directory.get(conn)
+            run: list[HitFound] = []
             for event in events:
                 if isinstance(event, HitsWithdrawn):
+                    created += await self._store_run(conn, run, directory, now)
+                    run = []
                     await self._withdraw(conn, event, now)
-                    continue
-                recipients = choose_recipients(event, directory, today=now.date(),
-                                               radius_km=self._radius_km)
-                names = {r.unit_code: directory.name(r.unit_code) for r in recipients}
-                for code in (event.entry.owner_unit, event.place.unit_code):
-                    names.setdefault(code, directory.name(code))
-                alert = await self._store_hit(conn, event, recipients, names, now)
-                if alert is not None:
-                    created.append(alert)
+                else:
+                    run.append(event)
+            created += await self._store_run(conn, run, directory, now)
         return created
 
-    async def _store_hit(self, conn: asyncpg.Connection, hit: HitFound,
-                         recipients: list[Recipient], names: dict[str, str],
-                         now: datetime) -> NewAlert | None:
-        urgency = hit.entry.effective_urgency()
-        alert_id = await conn.fetchval(
-            """INSERT INTO alerts (alert_id, hit_id, entry_id, entry_version, category,
-                   owner_unit, seen_unit, source_event_id, correlation_id, seen_at, score,
-                   late, hit, urgency, confirm_by, raised_at, updated_at, units)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                       $16, $16, $17)
-               ON CONFLICT (hit_id) DO NOTHING
-               RETURNING alert_id""",
-            uuid4(), hit.hit_id, hit.entry.entry_id, hit.entry.version,
-            hit.entry.category.value, hit.entry.owner_unit, hit.place.unit_code,
-            hit.source_event_id, hit.correlation(), hit.seen_at, hit.score, hit.late,
-            hit.model_dump(mode="json"), urgency.value, now + self._deadlines.of(urgency), now,
-            names,
-        )
-        if alert_id is None:
-            return None  # a redelivered hit: its alert exists already
+    async def _store_run(self, conn: asyncpg.Connection, hits: list[HitFound],
+                         directory: Directory, now: datetime) -> list[NewAlert]:
+        if not hits:
+            return []
+        planned: dict[UUID, tuple[UUID, HitFound, list[Recipient], dict[str, str]]] = {}
+        for hit in hits:
+            if hit.hit_id in planned:
+                continue  # the same hit twice in one batch
+            recipients = choose_recipients(hit, directory, today=now.date(),
+                                           radius_km=self._radius_km)
+            names = {r.unit_code: directory.name(r.unit_code) for r in recipients}
+            for code in (hit.entry.owner_unit, hit.place.unit_code):
+                names.setdefault(code, directory.name(code))
+            planned[hit.hit_id] = (uuid4(), hit, recipients, names)
+        columns: dict[str, list[object]] = {name: [] for name in _ALERT_INSERT_COLUMNS}
+        for alert_id, hit, _, names in planned.values():
+            urgency = hit.entry.effective_urgency()
+            for name, value in zip(_ALERT_INSERT_COLUMNS, (
+                    alert_id, hit.hit_id, hit.entry.entry_id, hit.entry.version,
+                    hit.entry.category.value, hit.entry.owner_unit, hit.place.unit_code,
+                    hit.source_event_id, hit.correlation(), hit.seen_at, hit.score, hit.late,
+                    hit.model_dump(mode="json"), urgency.value,
+                    now + self._deadlines.of(urgency), names), strict=True):
+                columns[name].append(value)
+        inserted = {row["hit_id"] for row in await conn.fetch(
+            f"""INSERT INTO alerts ({", ".join(_ALERT_INSERT_COLUMNS)}, raised_at, updated_at)
+                SELECT *, $17::timestamptz, $17::timestamptz FROM unnest(
+                    $1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[],
+                    $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::real[],
+                    $12::bool[], $13::jsonb[], $14::text[], $15::timestamptz[], $16::jsonb[])
+                ON CONFLICT (hit_id) DO NOTHING
+                RETURNING hit_id""",
+            *columns.values(), now)}
+        # Redelivered hits (their alert exists already) make nothing.
+        fresh = [plan for hit_id, plan in planned.items() if hit_id in inserted]
+        if not fresh:
+            return []
         await conn.executemany(
             "INSERT INTO deliveries (alert_id, unit_code, reasons, unit_name, delivered_at) "
             "VALUES ($1, $2, $3, $4, $5)",
             [(alert_id, r.unit_code, list(r.reasons), names.get(r.unit_code), now)
-             for r in recipients],
-        )
-        await self._history(conn, alert_id, now, "raised", None,
-                            f"{len(recipients)} recipient(s), confirm within "
-                            f"{_minutes(self._deadlines.of(urgency))}")
-        await self._publish(conn, AlertChange(
-            alert_id, "raised", "raised", tuple(r.unit_code for r in recipients),
-            hit.reported_at), now)
-        return NewAlert(alert_id, hit, tuple(recipients))
+             for alert_id, _, recipients, names in fresh for r in recipients])
+        await conn.execute(
+            "INSERT INTO alert_history (alert_id, at, action, detail) "
+            "SELECT a, $2, 'raised', d FROM unnest($1::uuid[], $3::text[]) AS x (a, d)",
+            [alert_id for alert_id, *_ in fresh], now,
+            [f"{len(recipients)} recipient(s), confirm within "
+             f"{_minutes(self._deadlines.of(hit.entry.effective_urgency()))}"
+             for _, hit, recipients, _ in fresh])
+        await self._publish_all(conn, [
+            AlertChange(alert_id, "raised", "raised", tuple(r.unit_code for r in recipients),
+                        hit.reported_at)
+            for alert_id, hit, recipients, _ in fresh], now)
+        return [NewAlert(alert_id, hit, tuple(recipients))
+                for alert_id, hit, recipients, _ in fresh]
 
     async def _withdraw(self, conn: asyncpg.Connection, event: HitsWithdrawn,
                         now: datetime) -> None:
@@ -274,6 +300,7 @@ class AlertStore:
                            SET reasons = deliveries.reasons || EXCLUDED.reasons""",
                         row["alert_id"], target, [reason], directory.name(target), now)
                     detail += f"; escalated to {target}"
+                    metrics.ALERTS_BY_UNIT.labels(unit=target).inc()
                 await conn.execute(
                     """UPDATE alerts SET escalation_level = $2, confirm_by = $3,
                               updated_at = $4, units = units || $5::jsonb
@@ -367,8 +394,12 @@ class AlertStore:
 
     async def _publish(self, conn: asyncpg.Connection, change: AlertChange,
                        now: datetime) -> None:
+        await self._publish_all(conn, [change], now)
+
+    async def _publish_all(self, conn: asyncpg.Connection, changes: list[AlertChange],
+                           now: datetime) -> None:
         for channel in self._channels:
-            await channel.enqueue(conn, change, now)
+            await channel.enqueue(conn, changes, now)
 
     def _view(self, row: asyncpg.Record, unit_code: str) -> dict[str, object]:
         return alert_view(row, unit_code, self._clock.now())
