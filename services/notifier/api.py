@@ -25,6 +25,7 @@ from shared.http import CurrentUnit, NotFound
 router = APIRouter(prefix="/v1")
 CAP_MEDIA_TYPE = "application/cap+xml"
 ATOM_MEDIA_TYPE = "application/atom+xml"
+STREAM_BATCH = 500
 
 
 def _store(request: Request) -> AlertStore:
@@ -78,19 +79,26 @@ async def stream_alerts(request: Request, unit: CurrentUnit, store: Store) -> As
     feed: AlertFeed = request.app.state.feed
     with feed.subscribe(unit.unit_code) as queue:
         while True:
-            item = await queue.get()
-            if item is None:
+            items = [await queue.get()]
+            while not queue.empty() and len(items) < STREAM_BATCH:
+                items.append(queue.get_nowait())
+            closed = None in items
+            changes = [item for item in items if item is not None]
+            # Read the views of everything queued with one query, not one per alert.
+            views = await store.alerts_by_id(unit.unit_code, [c.alert_id for c in changes])
+            now = utcnow()
+            for change in changes:
+                view = views.get(str(change.alert_id))
+                if view is None:
+                    continue
+                metrics.DELIVERIES.labels(channel="sse", result="ok").inc()
+                if change.kind == "raised" and change.reported_at is not None:
+                    metrics.SIGHTING_TO_DELIVERY.labels(channel="sse").observe(
+                        max(0.0, (now - change.reported_at).total_seconds()))
+                yield ServerSentEvent(data=view, id=str(change.alert_id),
+                                      event="alert" if change.kind == "raised" else "update")
+            if closed:
                 return  # fell too far behind: the client reconnects and reloads
-            try:
-                view = await store.alert_for_unit(item.alert_id, unit.unit_code)
-            except NotFound:
-                continue
-            metrics.DELIVERIES.labels(channel="sse", result="ok").inc()
-            if item.kind == "raised" and item.reported_at is not None:
-                metrics.SIGHTING_TO_DELIVERY.labels(channel="sse").observe(
-                    max(0.0, (utcnow() - item.reported_at).total_seconds()))
-            yield ServerSentEvent(data=view, event="alert" if item.kind == "raised" else "update",
-                                  id=str(item.alert_id))
 
 
 @router.get("/alerts/{alert_id}")

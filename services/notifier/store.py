@@ -345,6 +345,16 @@ class AlertStore:
             raise _not_found(alert_id, unit_code)
         return self._view(row, unit_code)
 
+    async def alerts_by_id(self, unit_code: str,
+                           alert_ids: list[UUID]) -> dict[str, dict[str, object]]:
+        """The unit's views of these alerts (those addressed to it), by alert id."""
+        rows = await self._pool.fetch(
+            f"""SELECT {_ALERT_COLUMNS}
+                  FROM deliveries d JOIN alerts a USING (alert_id)
+                 WHERE d.unit_code = $1 AND a.alert_id = ANY($2::uuid[])""",
+            unit_code, alert_ids)
+        return {str(row["alert_id"]): self._view(row, unit_code) for row in rows}
+
     async def history(self, alert_id: UUID, unit_code: str) -> list[dict[str, object]]:
         await self.alert_for_unit(alert_id, unit_code)  # isolation
         rows = await self._pool.fetch(
