@@ -1,7 +1,7 @@
 """Matcher performance: (a) the engine on a 1,000,000-entry watchlist, (b) the stream.
 
     python benchmarks/matcher.py engine [--entries 1000000] [--queries 20000]
-    python benchmarks/matcher.py stream [--events 50000]
+    python benchmarks/matcher.py stream [--events 300000]
 
 (a) Builds a synthetic watchlist with Vietnamese name statistics (Nguyễn ~38 %, a few
     hundred given names, birth years 1950-2009, CCCD/CMND ids, plates), reports index
@@ -167,7 +167,7 @@ def main() -> None:
     engine.add_argument("--entries", type=int, default=1_000_000)
     engine.add_argument("--queries", type=int, default=20_000)
     stream = sub.add_parser("stream")
-    stream.add_argument("--events", type=int, default=50_000)
+    stream.add_argument("--events", type=int, default=300_000)
     args = parser.parse_args()
     if args.what == "engine":
         engine_benchmark(args)

@@ -119,7 +119,7 @@ async def matcher_rate(env: dict[str, str], port: int, n: int, tmp: Path) -> flo
                         return (n - first[1]) / (time.perf_counter() - first[0])
                     if worker.poll() is not None:
                         raise RuntimeError(f"matcher exited; see {tmp / 'matcher.log'}")
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.1)
     finally:
         worker.terminate()
         worker.wait(15)
@@ -141,7 +141,10 @@ async def run(events: int, dsn: str, bootstrap: str, tmp: Path) -> None:
                                      for i, p in enumerate(payloads)))
     finally:
         await producer.stop()
-    raw = await raw_rate(settings, events)
+    # The baseline varies run to run on this machine (90k-150k/s seen): take the best of
+    # three, which makes the ratio harder, not easier, to meet.
+    raws = [await raw_rate(settings, events) for _ in range(3)]
+    raw = max(raws)
     port = free_port()
     env = {**os.environ, "GIAPRANH_DATABASE_URL": dsn, "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
            "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false", "GIAPRANH_TOPIC_PREFIX": "bench.",
@@ -149,7 +152,8 @@ async def run(events: int, dsn: str, bootstrap: str, tmp: Path) -> None:
            "GIAPRANH_MATCHER_PORT": str(port), "GIAPRANH_LOG_LEVEL": "WARNING",
            "GIAPRANH_MATCHER_DATA_DIR": str(tmp / "matcher")}
     rate = await matcher_rate(env, port, events, tmp)
-    print(f"raw aiokafka consumer + decode : {raw:10,.0f} events/s")
+    print(f"raw aiokafka consumer + decode : {raw:10,.0f} events/s (best of "
+          f"{', '.join(f'{r:,.0f}' for r in raws)})")
     print(f"stream matcher (1 worker)      : {rate:10,.0f} events/s "
           f"(20,000 listed entries, 5 % of sightings hit)")
     print(f"ratio                          : {rate / raw:.2f} (target >= {TARGET_RATIO}: "
