@@ -121,8 +121,7 @@ def engine_benchmark(args: argparse.Namespace) -> None:
     before = process.memory_info().rss
     started = time.perf_counter()
     engine = MatchingEngine()
-    for entry in track(entries, description="indexing", console=console):
-        engine.upsert(entry)
+    engine.load(track(entries, description="indexing", console=console))
     build_seconds = time.perf_counter() - started
     names = [fold_name(e.full_name) for e in entries if e.full_name]
     del entries

@@ -180,3 +180,38 @@ def test_retrieval_is_by_keys_not_a_scan():
                                      birth_year=1950 + i % 50))
     found = engine.candidates(Subject(name="Trần Văn Minh", birth_year=1957))
     assert 0 < len(found) < 60  # same or near given name, birth year +-1: not 3000
+
+
+def test_splitting_large_namesake_buckets_changes_no_result(monkeypatch):
+    """Grouping a big surname + given bucket by syllables only skips namesakes that could
+    not align: the same matches as with plain buckets, on a crowd of Nguyễn ... Hùng."""
+    import random
+
+    from services.matcher import engine as engine_module
+
+    rng = random.Random(3)
+    middles = ["Văn", "Thanh", "Minh", "Hữu", "Đức", "Vân", "Văn Minh", "Thị", ""]
+    people = [entry(entry_id=f"N{i}", full_name=" ".join(
+        p for p in ("Nguyễn", rng.choice(middles), rng.choice(["Hùng", "Hưng", "Hung"])) if p),
+        birth_year=rng.choice([1984, 1985, 1986]), national_id=None) for i in range(400)]
+    queries = [Subject(name=name, birth_year=year) for name in (
+        "Nguyễn Văn Hùng", "NGUYEN VAN HUNG", "Nguyen Hung", "Nguyễn Vn Hùng", "Hùng Văn Nguyễn",
+        "Nguyễn Văn Minh Hùng", "Nguyễn Van Minh Hung", "Nguyễn Thnah Hùng", "Nguyễn Hùng",
+        "Nguyễn Vă Hùng", "Nguyễn Đức Hưng") for year in (1984, 1985, 1987)]
+
+    def results(group_at):
+        monkeypatch.setattr(engine_module, "GROUP_AT", group_at)
+        matcher = MatchingEngine(max_bucket=10_000)
+        matcher.load(people)
+        for removed in people[::7]:  # removals from grouped buckets too
+            matcher.cancel(removed.entry_id, 2)
+        found = [sorted((m.entry.entry_id, m.score) for m in matcher.match(q, at=NOW))
+                 for q in queries]
+        grouped = sum(type(b) is engine_module._Groups for b in matcher._index.values())
+        return found, grouped
+
+    plain, none = results(10**9)
+    split, some = results(4)
+    assert none == 0 and some > 0
+    assert split == plain
+    assert sum(map(len, plain)) > 50  # the crowd does match

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from faust.contrib.asgi import serve_asgi
 from mode import Service
 
-from services.matcher.engine import Match, MatchingEngine
+from services.matcher.engine import Match, MatchingEngine, gc_paused
 from services.matcher.late import RecentReports, Report, late_hits, report_subjects
 from services.matcher.settings import MatcherSettings
 from shared import metrics
@@ -158,12 +158,14 @@ class MatcherRuntime(Service):
             )
         finally:
             await conn.close()
-        for row in rows:
-            if row["cancelled_at"] is None:
-                self.engine.upsert(WatchlistEntry.model_validate_json(row["entry"]))
-            else:
-                self.engine.cancel(WatchlistEntry.model_validate_json(row["entry"]).entry_id,
-                                   row["version"])
+        with gc_paused():
+            for row in rows:
+                if row["cancelled_at"] is None:
+                    self.engine.upsert(WatchlistEntry.model_validate_json(row["entry"]))
+                else:
+                    self.engine.cancel(
+                        WatchlistEntry.model_validate_json(row["entry"]).entry_id,
+                        row["version"])
         self._update_size_gauge()
         log.info("watchlist snapshot loaded: %d active entries", len(self.engine))
 
