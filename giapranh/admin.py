@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import asyncpg
 import typer
@@ -67,6 +67,11 @@ def _run(database_url: str | None, work: Callable[[asyncpg.Connection], Awaitabl
     except ApiError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
 
 
 def _pepper() -> str:
@@ -157,8 +162,7 @@ def adjacency_add(a: str, b: str, note: Annotated[str | None, typer.Option()] = 
 @adjacency_app.command("remove")
 def adjacency_remove(a: str, b: str, database_url: DatabaseUrl = None) -> None:
     if not _run(database_url, lambda conn: remove_adjacency(conn, a, b)):
-        console.print(f"[red]error:[/red] {a} and {b} were not adjacent")
-        raise typer.Exit(1)
+        _fail(f"{a} and {b} were not adjacent")
     console.print(f"{a} and {b} are no longer adjacent")
 
 
@@ -248,8 +252,7 @@ def keys_revoke(key_id: int, database_url: DatabaseUrl = None) -> None:
     status = _run(database_url, lambda conn: conn.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id))
     if status == "UPDATE 0":
-        console.print(f"[red]error:[/red] no active key with id {key_id}")
-        raise typer.Exit(1)
+        _fail(f"no active key with id {key_id}")
     console.print(f"revoked key {key_id}")
 
 
@@ -318,6 +321,5 @@ def webhooks_remove(unit: str, database_url: DatabaseUrl = None) -> None:
     status = _run(database_url, lambda conn: conn.execute(
         "DELETE FROM webhooks WHERE unit_code = $1", unit))
     if status == "DELETE 0":
-        console.print(f"[red]error:[/red] {unit} has no webhook")
-        raise typer.Exit(1)
+        _fail(f"{unit} has no webhook")
     console.print(f"removed the webhook of {unit}")
