@@ -7,7 +7,6 @@ admin key of a new deployment can be issued before any API key exists.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, NoReturn, TypeVar
 
@@ -264,24 +263,20 @@ def webhooks_set(
 ) -> None:
     """Register UNIT's webhook (replacing any) and print its new signing secret once."""
     from services.notifier.api import WebhookIn
+    from services.notifier.channels import register_webhook
 
     try:
         hook = WebhookIn(url=url, format=format)  # type: ignore[arg-type]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    secret = "whsec_" + secrets.token_urlsafe(32)
 
-    async def work(conn: asyncpg.Connection) -> None:
+    async def work(conn: asyncpg.Connection) -> str:
         if not await conn.fetchval("SELECT 1 FROM units WHERE code = $1 AND active_to IS NULL",
                                    unit):
             raise typer.BadParameter(f"no active unit {unit}", param_hint="UNIT")
-        await conn.execute(
-            """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (unit_code) DO UPDATE SET url = EXCLUDED.url,
-                   secret = EXCLUDED.secret, format = EXCLUDED.format, created_at = now()""",
-            unit, str(hook.url), secret, hook.format)
+        return await register_webhook(conn, unit, str(hook.url), hook.format)
 
-    _run(database_url, work)
+    secret = _run(database_url, work)
     console.print(f"webhook of {unit}: {hook.url} ({hook.format}); signing secret, shown once:")
     print(secret)
 

@@ -6,7 +6,6 @@ whether or not it exists); workflow steps are further limited to the units whose
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterable
 from typing import Annotated, Literal
 from uuid import UUID
@@ -16,6 +15,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AnyHttpUrl, Field
 
 from services.notifier.cap import render_atom, render_cap
+from services.notifier.channels import register_webhook
 from services.notifier.feed import AlertFeed
 from services.notifier.store import AlertStore, Outcome, StatusFilter
 from shared import metrics
@@ -179,12 +179,8 @@ async def get_webhook(unit: CurrentUnit, request: Request) -> dict[str, object]:
 async def put_webhook(body: WebhookIn, unit: CurrentUnit, request: Request) -> dict[str, object]:
     """Register (or replace) the calling unit's webhook. The signing secret is returned
     once, here; each call issues a new one."""
-    secret = "whsec_" + secrets.token_urlsafe(32)
-    await request.app.state.pool.execute(
-        """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (unit_code) DO UPDATE SET url = EXCLUDED.url, secret = EXCLUDED.secret,
-               format = EXCLUDED.format, created_at = now()""",
-        unit.unit_code, str(body.url), secret, body.format)
+    secret = await register_webhook(request.app.state.pool, unit.unit_code, str(body.url),
+                                    body.format)
     return {"url": str(body.url), "format": body.format, "secret": secret}
 
 

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,18 @@ class WebhookChannel:
             [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
             [r[3] for r in rows], now,
         )
+
+
+async def register_webhook(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str, url: str,
+                           fmt: str) -> str:
+    """Register (or replace) a unit's webhook; returns its new signing secret (shown once)."""
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    await conn.execute(
+        """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (unit_code) DO UPDATE SET url = EXCLUDED.url, secret = EXCLUDED.secret,
+               format = EXCLUDED.format, created_at = now()""",
+        unit_code, url, secret, fmt)
+    return secret
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

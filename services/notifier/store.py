@@ -218,7 +218,7 @@ class AlertStore:
             row = await self._locked(conn, alert_id, unit_code)
             directory = await self.directory.get(conn)
             owner = row["owner_unit"]
-            if unit_code != directory.current(owner) and unit_code not in directory.ancestors(owner):
+            if unit_code not in deciders(directory, owner):
                 raise Forbidden(f"only the listing unit {owner} or a unit above it can "
                                 f"{action[:-1]} this alert", field="alert_id")
             if row["status"] not in AWAITING_CONFIRMATION:
@@ -249,8 +249,7 @@ class AlertStore:
             row = await self._locked(conn, alert_id, unit_code)
             directory = await self.directory.get(conn)
             owner = row["owner_unit"]
-            allowed = {directory.current(owner), directory.current(row["seen_unit"]),
-                       *directory.ancestors(owner)}
+            allowed = deciders(directory, owner) | {directory.current(row["seen_unit"])}
             if unit_code not in allowed:
                 raise Forbidden("only the unit where the subject was seen, the listing unit "
                                 "or a unit above it can close this alert", field="alert_id")
@@ -332,7 +331,8 @@ class AlertStore:
                  ORDER BY a.raised_at DESC LIMIT $2""",
             unit_code, limit, *([self._clock.now()] if status == "overdue" else []),
         )
-        return [self._view(row, unit_code) for row in rows]
+        directory = await self.directory.get()
+        return [self._view(row, unit_code, directory) for row in rows]
 
     async def alert_for_unit(self, alert_id: UUID, unit_code: str) -> dict[str, object]:
         row = await self._pool.fetchrow(
@@ -343,7 +343,7 @@ class AlertStore:
         )
         if row is None:
             raise _not_found(alert_id, unit_code)
-        return self._view(row, unit_code)
+        return self._view(row, unit_code, await self.directory.get())
 
     async def alerts_by_id(self, unit_code: str,
                            alert_ids: list[UUID]) -> dict[str, dict[str, object]]:
@@ -353,7 +353,8 @@ class AlertStore:
                   FROM deliveries d JOIN alerts a USING (alert_id)
                  WHERE d.unit_code = $1 AND a.alert_id = ANY($2::uuid[])""",
             unit_code, alert_ids)
-        return {str(row["alert_id"]): self._view(row, unit_code) for row in rows}
+        directory = await self.directory.get()
+        return {str(row["alert_id"]): self._view(row, unit_code, directory) for row in rows}
 
     async def history(self, alert_id: UUID, unit_code: str) -> list[dict[str, object]]:
         await self.alert_for_unit(alert_id, unit_code)  # isolation
@@ -373,7 +374,8 @@ class AlertStore:
                   FROM deliveries d JOIN alerts a USING (alert_id)
                  WHERE d.unit_code = $1 ORDER BY a.updated_at DESC LIMIT $2""",
             unit_code, limit)
-        return [self._view(row, unit_code) for row in rows]
+        directory = await self.directory.get()
+        return [self._view(row, unit_code, directory) for row in rows]
 
     # ------------------------------------------------------------------ helpers
 
@@ -411,8 +413,9 @@ class AlertStore:
         for channel in self._channels:
             await channel.enqueue(conn, changes, now)
 
-    def _view(self, row: asyncpg.Record, unit_code: str) -> dict[str, object]:
-        return alert_view(row, unit_code, self._clock.now())
+    def _view(self, row: asyncpg.Record, unit_code: str,
+              directory: Directory) -> dict[str, object]:
+        return alert_view(row, unit_code, self._clock.now(), directory)
 
 
 def _not_found(alert_id: UUID, unit_code: str) -> NotFound:
@@ -425,18 +428,25 @@ def _minutes(period: timedelta) -> str:
     return f"{minutes:g} min"
 
 
-def alert_view(row: asyncpg.Record, unit_code: str, now: datetime) -> dict[str, object]:
+def deciders(directory: Directory, owner: str) -> set[str]:
+    """Who may confirm or reject: the listing unit (or its successor) and the units above."""
+    return {directory.current(owner), *directory.ancestors(owner)}
+
+
+def alert_view(row: asyncpg.Record, unit_code: str, now: datetime,
+               directory: Directory) -> dict[str, object]:
     hit = row["hit"]
     status = row["status"]
     awaiting = status in AWAITING_CONFIRMATION
     owner = row["owner_unit"]
-    is_owner = unit_code == owner or "escalated" in " ".join(row["reasons"])
+    is_owner = unit_code in deciders(directory, owner)
     actions = []
     if status in OPEN and row["acknowledged_at"] is None:
         actions.append("acknowledge")
     if awaiting and is_owner:
         actions += ["confirm", "reject"]
-    if status in ("confirmed", "rejected") and (is_owner or unit_code == row["seen_unit"]):
+    if status in ("confirmed", "rejected") and (
+            is_owner or unit_code == directory.current(row["seen_unit"])):
         actions.append("close")
     return {
         "alert_id": str(row["alert_id"]),
