@@ -252,28 +252,9 @@ class _Query:
             year = cccd_birth_year(self.id_digits)
         self.year = year
         self.plate = compact_plate(subject.plate) if subject.plate else None
-        self.middles: tuple[tuple[str, frozenset[str]], ...] = ()
+        self.middles: tuple[str, ...] = ()
         if self.name is not None and len(self.name.tokens) > 2:
-            self.middles = tuple((t.fold, _neighbourhood(t.fold))
-                                 for t in self.name.tokens[1:-1])
-
-    def could_align(self, signature: frozenset[str],
-                    neighbourhoods: dict[str, frozenset[str]]) -> bool:
-        """Could each middle syllable of the query align with a syllable of a listed name
-        with these syllables? (A necessary condition of `_align`, checked with set
-        operations; the full alignment decides.)"""
-        for fold, around in self.middles:
-            if fold in signature:
-                continue
-            for listed in signature:
-                near = neighbourhoods.get(listed)
-                if near is None:
-                    near = neighbourhoods[listed] = _neighbourhood(listed)
-                if not around.isdisjoint(near):
-                    break
-            else:
-                return False
-        return True
+            self.middles = tuple(t.fold for t in self.name.tokens[1:-1])
 
     def keys(self, surnames: Counter[str], vocabulary: Counter[str]) -> Iterator[str]:
         if self.id_digits:
@@ -349,7 +330,11 @@ class MatchingEngine:
         self._vocabulary: Counter[str] = Counter()
         """Folded name syllables of the listed names and aliases, with their counts."""
         self._surnames: Counter[str] = Counter()
-        self._neighbourhoods: dict[str, frozenset[str]] = {}
+        self._near: dict[str, set[str]] = {}
+        """Symmetric-delete index of the listed name syllables: a one-letter deletion (or
+        the syllable itself) -> the syllables that have it. Only grows: a stale syllable
+        only widens the namesake filter, never narrows it."""
+        self._near_known: set[str] = set()
         self.last_candidates = 0
         """How many entries the latest `match` call scored (for the candidates metric)."""
 
@@ -390,6 +375,11 @@ class MatchingEngine:
         self._vocabulary.update(_syllables(record))
         if record.name is not None:
             self._surnames[record.name.tokens[0].fold] += 1
+            for token in record.name.tokens:
+                if token.fold not in self._near_known:
+                    self._near_known.add(token.fold)
+                    for variant in _neighbourhood(token.fold):
+                        self._near.setdefault(variant, set()).add(token.fold)
         index = self._index
         signature = None
         grouping = _grouping_key(record)
@@ -469,7 +459,7 @@ class MatchingEngine:
     def _candidates(self, query: _Query) -> set[int]:
         found: set[int] = set()
         index, cap = self._index, self.max_bucket
-        compatible: dict[frozenset[str], bool] = {}
+        nears: list[set[str]] | None = None
         for key in query.keys(self._surnames, self._vocabulary):
             bucket = index.get(key)
             if bucket is None:
@@ -481,14 +471,26 @@ class MatchingEngine:
                 if len(bucket) <= cap:  # type: ignore[arg-type]
                     found.update(bucket)  # type: ignore[arg-type]
             elif bucket.size <= cap:  # type: ignore[union-attr]
+                if nears is None:
+                    # For each middle syllable of the query, the listed syllables it could
+                    # align with (equal, or one letter off): a group is kept only if its
+                    # name has one of each.
+                    nears = [self._near_syllables(fold) for fold in query.middles]
                 for signature, slots in bucket.items():  # type: ignore[union-attr]
-                    ok = compatible.get(signature)
-                    if ok is None:
-                        ok = compatible[signature] = query.could_align(
-                            signature, self._neighbourhoods)
-                    if ok:
+                    for near in nears:
+                        if signature.isdisjoint(near):
+                            break
+                    else:
                         found.update(slots)
         return found
+
+    def _near_syllables(self, fold: str) -> set[str]:
+        near: set[str] = set()
+        for variant in _neighbourhood(fold):
+            listed = self._near.get(variant)
+            if listed:
+                near |= listed
+        return near
 
     def match_entry(self, subject: Subject, entry_id: str, *, at: datetime) -> Match | None:
         """Score one listed entry against `subject` without retrieval (late matching)."""
