@@ -133,14 +133,6 @@ def cccd_birth_year(digits: str) -> int | None:
     return None if century is None else century + int(digits[4:6])
 
 
-def hamming_one(a: str, b: str) -> bool:
-    """Same length, exactly one position differs."""
-    if len(a) != len(b) or a == b:
-        return False
-    first = next(i for i in range(len(a)) if a[i] != b[i])
-    return a[first + 1:] == b[first + 1:]
-
-
 # ----------------------------------------------------------------------------- plates
 
 _NOT_PLATE = re.compile(r"[^0-9A-Z]")

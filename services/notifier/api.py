@@ -128,8 +128,7 @@ async def atom_feed(unit: CurrentUnit, store: Store, request: Request,
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> Response:
     """The calling unit's alerts as an Atom feed, latest change first, each entry carrying
     its CAP message."""
-    alerts = await store.feed_for_unit(unit.unit_code, limit)
-    entries = [(view, await store.recipients(UUID(str(view["alert_id"])))) for view in alerts]
+    entries = await store.feed_for_unit(unit.unit_code, limit)
     name = await request.app.state.pool.fetchval(
         "SELECT name FROM units WHERE code = $1", unit.unit_code)
     body = render_atom(unit.unit_code, name or unit.unit_code, entries,

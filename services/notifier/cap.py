@@ -25,7 +25,6 @@ EVENT_NAMES = {
 }
 SEVERITY = {"wanted_person": "Severe", "missing_person": "Severe",
             "managed_person": "Moderate", "stolen_vehicle": "Moderate"}
-MESSAGE_TYPES = {"withdrawn": "Cancel"}
 
 
 def cap_time(value: datetime) -> str:

@@ -132,8 +132,6 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_seconds: int = 30
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
-CAP_MESSAGE_TYPE = {"raised": "Alert", "updated": "Update", "cancelled": "Cancel"}
-
 
 class Renderer(Protocol):
     async def __call__(self, alert_id: UUID, unit_code: str, kind: str, fmt: str) -> bytes: ...

@@ -367,15 +367,20 @@ class AlertStore:
         async with self._pool.acquire() as conn:
             return list(await self._recipients(conn, alert_id))
 
-    async def feed_for_unit(self, unit_code: str, limit: int = 100) -> list[dict[str, object]]:
-        """The unit's alerts with their latest change, newest change first (Atom)."""
+    async def feed_for_unit(self, unit_code: str,
+                            limit: int = 100) -> list[tuple[dict[str, object], list[str]]]:
+        """The unit's alerts with their latest change, newest change first, each with all
+        its recipients (Atom): one query, not one per alert."""
         rows = await self._pool.fetch(
-            f"""SELECT {_ALERT_COLUMNS}
+            f"""SELECT {_ALERT_COLUMNS},
+                       (SELECT array_agg(r.unit_code ORDER BY r.unit_code)
+                          FROM deliveries r WHERE r.alert_id = a.alert_id) AS recipients
                   FROM deliveries d JOIN alerts a USING (alert_id)
                  WHERE d.unit_code = $1 ORDER BY a.updated_at DESC LIMIT $2""",
             unit_code, limit)
         directory = await self.directory.get()
-        return [self._view(row, unit_code, directory) for row in rows]
+        return [(self._view(row, unit_code, directory), list(row["recipients"]))
+                for row in rows]
 
     # ------------------------------------------------------------------ helpers
 
