@@ -4,13 +4,17 @@ It holds every unit's active watchlist entries and answers "which entries does t
 reported subject match, how strongly and why". The same engine serves the stream matcher,
 the evaluation harness (`python -m services.matcher.evaluate`) and the benchmarks.
 
-Retrieval: exact-key hash indexes, never a scan. An entry is filed under its national id
-digits, each plate (compact, and in OCR-class form so `30K2A2570` finds `30-K2 425.70`),
-its folded given name with birth year, the one-letter deletions of that given name with
-birth year (symmetric delete: finds one typo), surname + given + year, the full folded
-name, and each alias with birth year. A query probes the same keys for its own values,
-its birth year +-1, both name orders, and the one-letter deletions of its given name.
-Buckets larger than `MAX_BUCKET` are skipped: a more specific key must find those.
+Retrieval: hash lookups, never a scan. An entry is filed under its national id digits,
+each plate (compact, and in OCR-class form so `30K2A2570` finds `30-K2 425.70`), its full
+folded name, each alias with birth year, and, for a name of two or more syllables, under
+surname|given -> birth year -> each middle syllable (and "any middle"). A query reads its
+name as written, given name first or surname last; for each reading it probes its birth
+year +-1 and, when it has a middle name, only the listed middle syllables equal to or one
+letter off its own, so the crowd of namesakes with other middle names is never scored.
+One-letter typos in a surname or given name are found from the query side: the listed
+syllables one letter off (a symmetric-delete index over the vocabulary, not per entry)
+are probed too. `scan` scores every entry, and the tests hold the two to the same
+answers. Buckets larger than `MAX_BUCKET` are skipped: a more specific key must find those.
 
 Scoring: points per feature, like a Fellegi-Sunter model; each feature that speaks adds
 a human-readable reason. Strong identifiers decide (id or plate exact); a name needs the
@@ -26,13 +30,16 @@ remembered so a replayed upsert cannot revive it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import unicodedata
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import NamedTuple
 
 from services.matcher.normalize import (
     Syllable,
@@ -49,7 +56,6 @@ from shared.events import MatchReason, Subject, WatchlistEntry
 
 PRODUCTION_THRESHOLD = 0.75  # = 8 points
 MAX_BUCKET = 300
-GROUP_AT = 24  # a surname+given bucket this large is split by the names' syllables
 MIN_DELETION_LENGTH = 3
 MAX_NAME_EDITS = 2  # syllables one letter off that a name may still align with
 
@@ -59,6 +65,7 @@ PLATE_EXACT, PLATE_OCR_ONE, PLATE_OCR_MORE = 12.0, 9.0, 5.0
 NAME_FULL, NAME_REORDERED, NAME_DROPPED_MIDDLE, NAME_GIVEN_ONLY = 7.0, 7.0, 6.0, 1.0
 NAME_TYPO, NAME_MARKS_DIFFER, NAME_UNRELATED = -1.0, -4.0, -3.0
 NAME_OTHER_SYLLABLE = -3.0  # surname/given one letter off, but the query's is a name of its own
+NAME_SHUFFLED = 0.0  # the same syllables, but given and middle names swapped: another name
 ALIAS = 4.0
 BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT, BIRTH_YEAR_ONE_OFF, BIRTH_YEAR_DIFFERENT = 4.0, 3.0, 2.0, -6.0
 BIRTH_DATE_DIFFERENT = -2.0  # both full dates known, a year or less apart, not equal
@@ -92,14 +99,13 @@ def score_of(points: float) -> float:
     return 0.0 if points <= 0 else round(1 - 2 ** (-points / 4), 4)
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     entry: WatchlistEntry
     score: float
     reasons: tuple[MatchReason, ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class _Name:
     text: str
     tokens: tuple[Syllable, ...]
@@ -128,31 +134,56 @@ class _Record:
 def _name(text: str | None) -> _Name | None:
     if not text:
         return None
+    text = unicodedata.normalize("NFC", text)
     tokens = name_tokens(text)
-    shown = " ".join(unicodedata.normalize("NFC", text).split())
     if not tokens:
         return None
+    shown = " ".join(text.split())
     return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens))
 
 
-def _prepare(entry: WatchlistEntry) -> _Record:
+class _SharedNames:
+    """One `_Name` for every entry written with the same name: namesakes are common, and
+    scoring a query against many of them then reads one object (fewer cache misses, less
+    memory). Held weakly: a name no entry uses any more is dropped."""
+
+    def __init__(self) -> None:
+        self._by_text: weakref.WeakValueDictionary[str, _Name] = weakref.WeakValueDictionary()
+
+    def __call__(self, text: str | None) -> _Name | None:
+        if not text:
+            return None
+        name = self._by_text.get(text)
+        if name is None:
+            name = _name(text)
+            if name is not None:
+                self._by_text[text] = name
+        return name
+
+
+_YEARS: dict[int, int] = {}
+"""One int object per birth year, shared by the records (read for every candidate)."""
+
+
+def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
     digits = id_digits(entry.national_id) if entry.national_id else None
     year = entry.birth_year or (entry.birth_date.year if entry.birth_date else None)
-    name = _name(entry.full_name)
-    aliases = tuple(n for n in (_name(a) for a in entry.aliases) if n is not None)
+    year = year or (cccd_birth_year(digits) if digits else None)
+    name = names(entry.full_name)
+    aliases = tuple(n for n in (names(a) for a in entry.aliases) if n is not None)
     return _Record(
         entry_id=entry.entry_id,
         version=entry.version,
         category=entry.category.value,
         name=name,
         aliases=aliases,
-        birth_year=year or (cccd_birth_year(digits) if digits else None),
+        birth_year=None if year is None else _YEARS.setdefault(year, year),
         birth_date=entry.birth_date,
         id_digits=digits or None,
         id_int=_digits_int(digits),
         plates=tuple(p for p in (compact_plate(p) for p in entry.plates) if p),
         valid_until=entry.valid_until,
-        raw=entry.model_dump_json().encode(),
+        raw=entry.model_dump_json(exclude_defaults=True).encode(),
         name_key=(name.text if name else None) if not aliases
         else (name.text if name else None, tuple(a.text for a in aliases)),
     )
@@ -170,65 +201,62 @@ def _variants(word: str) -> set[str]:
 
 
 def _entry_keys(r: _Record) -> Iterator[str]:
-    year = "" if r.birth_year is None else str(r.birth_year)
+    """The flat keys of an entry: id, plates, full name, aliases."""
     if r.id_digits:
         yield "i" + r.id_digits
     for plate in r.plates:
         yield "p" + plate
         yield "o" + ocr_class(plate)
     if r.name is not None:
-        folds = [t.fold for t in r.name.tokens]
-        surname, given = folds[0], folds[-1]
-        if len(folds) > 1:
-            # Surname and given name together, one of them possibly one letter off (the
-            # exact pair is filed once, under `t`).
-            for variant in _variants(given):
-                yield f"t{surname}|{variant}|{year}"
-            for variant in _variants(surname):
-                if variant != surname:
-                    yield f"h{variant}|{given}|{year}"
         yield "f" + r.name.folded
+    year = "" if r.birth_year is None else str(r.birth_year)
     for alias in r.aliases:
         yield f"a{alias.folded}|{year}"
 
 
-class _Groups(dict[frozenset[str], list[int]]):
-    """A large surname + given name (+ year) bucket, its slots grouped by the syllables of
-    the listed name. A query takes only the groups in which each of its middle syllables
-    could align with a listed syllable (equal or one letter off), so the many namesakes
-    with another middle name are never scored. `size` counts all slots (for MAX_BUCKET)."""
-
-    __slots__ = ("size",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.size = 0
-
-    def add(self, signature: frozenset[str], slot: int) -> None:
-        self.setdefault(signature, []).append(slot)
-        self.size += 1
-
-    def discard(self, signature: frozenset[str], slot: int) -> None:
-        group = self[signature]
-        group.remove(slot)
-        if not group:
-            del self[signature]
-        self.size -= 1
+ANY_MIDDLE = ""
 
 
-def _grouping_key(r: _Record) -> str | None:
-    """The record's exact surname + given name (+ year) key: the namesake bucket that is
-    split by syllables once it is large (its one-letter variants, probed only for typos,
-    are left as plain lists to save memory)."""
+def _pair_keys(r: _Record) -> set[tuple[str, int | None, str]]:
+    """Where a name of two or more syllables is filed: (surname|given, birth year, key).
+
+    The key is `ANY_MIDDLE` (every namesake born that year) and each middle syllable: a
+    query with a middle name takes only the namesakes whose middle names it could align
+    with, not the whole crowd of Nguyễn ... Hùng born that year. Names one letter off are
+    found from the query side, through the vocabulary (`MatchingEngine._typo_neighbours`),
+    so nothing more is filed per entry.
+    """
     if r.name is None or len(r.name.tokens) < 2:
-        return None
-    year = "" if r.birth_year is None else str(r.birth_year)
-    return f"t{r.name.tokens[0].fold}|{r.name.tokens[-1].fold}|{year}"
+        return set()
+    folds = [t.fold for t in r.name.tokens]
+    pair = f"{folds[0]}|{folds[-1]}"
+    keys = {(pair, r.birth_year, ANY_MIDDLE)}
+    keys.update((pair, r.birth_year, middle) for middle in folds[1:-1])
+    return keys
 
 
-def _signature(r: _Record) -> frozenset[str]:
-    assert r.name is not None
-    return frozenset(t.fold for t in r.name.tokens)
+Bucket = int | list[int]
+
+
+def _file(table: dict, key: object, slot: int) -> None:
+    bucket = table.get(key)
+    if bucket is None:
+        table[key] = slot
+    elif type(bucket) is int:
+        table[key] = [bucket, slot]
+    else:
+        bucket.append(slot)
+
+
+def _unfile(table: dict, key: object, slot: int) -> None:
+    bucket = table.get(key)
+    if type(bucket) is int:
+        if bucket == slot:
+            del table[key]
+    elif bucket is not None:
+        bucket.remove(slot)
+        if len(bucket) == 1:
+            table[key] = bucket[0]
 
 
 def _neighbourhood(fold: str) -> frozenset[str]:
@@ -238,8 +266,7 @@ def _neighbourhood(fold: str) -> frozenset[str]:
 
 
 class _Query:
-    __slots__ = ("birth_date", "id_digits", "id_int", "middles", "name", "plate", "subject",
-                 "year")
+    __slots__ = ("birth_date", "id_digits", "id_int", "name", "plate", "subject", "year")
 
     def __init__(self, subject: Subject):
         self.subject = subject
@@ -252,11 +279,9 @@ class _Query:
             year = cccd_birth_year(self.id_digits)
         self.year = year
         self.plate = compact_plate(subject.plate) if subject.plate else None
-        self.middles: tuple[str, ...] = ()
-        if self.name is not None and len(self.name.tokens) > 2:
-            self.middles = tuple(t.fold for t in self.name.tokens[1:-1])
 
-    def keys(self, surnames: Counter[str], vocabulary: Counter[str]) -> Iterator[str]:
+    def keys(self, engine: MatchingEngine) -> Iterator[str]:
+        """The flat keys to probe: id, plates, full name (without a year), aliases."""
         if self.id_digits:
             yield "i" + self.id_digits
         if self.plate:
@@ -264,43 +289,59 @@ class _Query:
             yield "o" + ocr_class(self.plate)
         if self.name is None:
             return
-        years = [""] if self.year is None else [str(self.year - 1), str(self.year),
-                                                str(self.year + 1), ""]
-        folds = [t.fold for t in self.name.tokens]
         if self.year is None:
             yield "f" + self.name.folded  # no year to narrow by: every namesake is a candidate
-        for year in years:
-            yield f"a{self.name.folded}|{year}"
-        if len(folds) < 2:
-            return
-        # A syllable one letter off a real name syllable is another name, which only an
-        # exact birth date can lift to an alert: without one, probe such variants not at all.
-        typo_reach = self.birth_date is not None
-        for surname, given in _orders(folds[0], folds[-1], surnames):
-            given_variants = (_variants(given) if typo_reach or not vocabulary[given]
-                              else {given})
-            surname_variants = (_variants(surname) if typo_reach or not vocabulary[surname]
-                                else {surname})
+        if engine._alias_names.get(self.name.folded):
+            years = ("",) if self.year is None else (str(self.year - 1), str(self.year),
+                                                     str(self.year + 1), "")
             for year in years:
-                for variant in given_variants:
-                    yield f"t{surname}|{variant}|{year}"
-                for variant in surname_variants:
-                    yield f"h{variant}|{given}|{year}"
-                    if variant != surname:
-                        # A deletion of the typed surname may be a listed surname itself,
-                        # whose exact pair is filed under `t` only.
-                        yield f"t{variant}|{given}|{year}"
+                yield f"a{self.name.folded}|{year}"
+
+    def pair_probes(self, engine: MatchingEngine) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """(surname|given, keys) to look up in the name pairs, for every birth year."""
+        if self.name is None or len(self.name.tokens) < 2:
+            return
+        vocabulary, surnames = engine._vocabulary, engine._surnames
+        folds = [t.fold for t in self.name.tokens]
+        # A surname or given name one letter off a real name syllable is another name,
+        # which only more evidence can lift to an alert: an exact birth date, or an id one
+        # digit off. Such names are looked for only with a birth date (an id one digit off
+        # is not indexed: such pairs are found only through their names); a syllable no
+        # listed name has is a typo, and its neighbours are always looked for.
+        typo_reach = self.birth_date is not None
+        for surname_at, given_at in _readings(folds, surnames, vocabulary):
+            surname, given = folds[surname_at], folds[given_at]
+            # The listed middle syllables the first other syllable could align with (equal
+            # or one letter off): a listed name without any of them cannot align.
+            other = 0 if 0 not in (surname_at, given_at) else (
+                1 if 1 not in (surname_at, given_at) else 2)
+            keys = (engine._near_syllables(folds[other]) if other < len(folds)
+                    else (ANY_MIDDLE,))
+            yield f"{surname}|{given}", keys
+            if typo_reach or not vocabulary.get(given):
+                for variant in engine._typo_neighbours(given):
+                    yield f"{surname}|{variant}", keys
+            if typo_reach or not vocabulary.get(surname):
+                for variant in engine._typo_neighbours(surname):
+                    if surnames.get(variant):
+                        yield f"{variant}|{given}", keys
 
 
-def _orders(first: str, last: str, surnames: Counter[str]) -> list[tuple[str, str]]:
-    """(surname, given) readings of a name: as typed, given name first, or both when the
-    watchlist's surnames cannot tell (e.g. a typo in the surname)."""
-    first_is_surname, last_is_surname = surnames[first] > 0, surnames[last] > 0
+def _readings(folds: list[str], surnames: Counter[str], vocabulary: Counter[str]
+              ) -> list[tuple[int, int]]:
+    """(surname, given name) positions in a name as typed (`Nguyễn Văn Luân`), reversed
+    (`Luân Văn Nguyễn`) or with the surname moved last (`Văn Luân Nguyễn`); the watchlist's
+    surnames decide which, all of them when they cannot (e.g. a typo in the first
+    syllable, which then belongs to no listed name)."""
+    last = len(folds) - 1
+    typed, reversed_ = (0, last), (last, 0)
+    moved = [(last, last - 1)] if last >= 2 else []
+    first_is_surname, last_is_surname = bool(surnames.get(folds[0])), bool(surnames.get(folds[-1]))
     if first_is_surname and not last_is_surname:
-        return [(first, last)]
-    if last_is_surname and not first_is_surname:
-        return [(last, first)]
-    return [(first, last), (last, first)]
+        return [typed]
+    if last_is_surname and not first_is_surname and vocabulary.get(folds[0]):
+        return [reversed_, *moved]
+    return [typed, reversed_, *moved]
 
 
 @contextlib.contextmanager
@@ -322,10 +363,16 @@ class MatchingEngine:
         self.threshold = threshold
         self.max_bucket = max_bucket
         self._records: list[_Record | None] = []
+        self._names = _SharedNames()
         self._free: list[int] = []
         self._slot_of: dict[str, int] = {}
         self._tombstones: dict[str, int] = {}
-        self._index: dict[str, int | list[int] | _Groups] = {}
+        self._index: dict[str, Bucket] = {}
+        """Flat keys (ids, plates, full names, aliases) -> slots."""
+        self._pairs: dict[str, dict[int | None, dict[str, Bucket]]] = {}
+        """surname|given -> birth year -> `ANY_MIDDLE` or a middle syllable -> slots: one
+        lookup in a big table per name reading, the rest in small ones."""
+        self._alias_names: Counter[str] = Counter()
         self._categories: Counter[str] = Counter()
         self._vocabulary: Counter[str] = Counter()
         """Folded name syllables of the listed names and aliases, with their counts."""
@@ -335,6 +382,8 @@ class MatchingEngine:
         the syllable itself) -> the syllables that have it. Only grows: a stale syllable
         only widens the namesake filter, never narrows it."""
         self._near_known: set[str] = set()
+        self._near_memo: dict[str, tuple[str, ...]] = {}
+        self._typo_memo: dict[str, tuple[str, ...]] = {}
         self.last_candidates = 0
         """How many entries the latest `match` call scored (for the candidates metric)."""
 
@@ -364,7 +413,7 @@ class MatchingEngine:
         if current is not None:
             self._remove(entry.entry_id)
         self._tombstones.pop(entry.entry_id, None)
-        record = _prepare(entry)
+        record = _prepare(entry, self._names)
         slot = self._free.pop() if self._free else len(self._records)
         if slot == len(self._records):
             self._records.append(record)
@@ -378,34 +427,25 @@ class MatchingEngine:
             for token in record.name.tokens:
                 if token.fold not in self._near_known:
                     self._near_known.add(token.fold)
+                    self._near_memo.clear()
+                    self._typo_memo.clear()
                     for variant in _neighbourhood(token.fold):
                         self._near.setdefault(variant, set()).add(token.fold)
-        index = self._index
-        signature = None
-        grouping = _grouping_key(record)
         for key in set(_entry_keys(record)):
-            bucket = index.get(key)
-            if bucket is None:
-                index[key] = slot
-            elif type(bucket) is int:
-                index[key] = [bucket, slot]
-            elif type(bucket) is list:
-                bucket.append(slot)
-                if len(bucket) >= GROUP_AT and key == grouping:
-                    index[key] = self._grouped(bucket)
-            else:
-                if signature is None:
-                    signature = _signature(record)
-                bucket.add(signature, slot)  # type: ignore[union-attr]
+            _file(self._index, key, slot)
+        pair_keys = _pair_keys(record)
+        if pair_keys:
+            pair, year, _ = next(iter(pair_keys))
+            years = self._pairs.get(pair)
+            if years is None:
+                years = self._pairs[pair] = {}
+            table = years.get(year)
+            if table is None:
+                table = years[year] = {}
+            for _, _, key in pair_keys:
+                _file(table, key, slot)
+        self._alias_names.update(alias.folded for alias in record.aliases)
         return True
-
-    def _grouped(self, slots: list[int]) -> _Groups:
-        groups = _Groups()
-        for slot in slots:
-            record = self._records[slot]
-            assert record is not None
-            groups.add(_signature(record), slot)
-        return groups
 
     def cancel(self, entry_id: str, version: int) -> bool:
         """Stop matching an entry at once; False if a newer version is already known."""
@@ -431,18 +471,19 @@ class MatchingEngine:
         record = self._records[slot]
         assert record is not None
         for key in set(_entry_keys(record)):
-            bucket = self._index.get(key)
-            if type(bucket) is int:
-                if bucket == slot:
-                    del self._index[key]
-            elif type(bucket) is list:
-                bucket.remove(slot)
-                if len(bucket) == 1:
-                    self._index[key] = bucket[0]
-            elif bucket is not None:
-                bucket.discard(_signature(record), slot)
-                if not bucket:
-                    del self._index[key]
+            _unfile(self._index, key, slot)
+        pair_keys = _pair_keys(record)
+        if pair_keys:
+            pair, year, _ = next(iter(pair_keys))
+            years = self._pairs[pair]
+            table = years[year]
+            for _, _, key in pair_keys:
+                _unfile(table, key, slot)
+            if not table:
+                del years[year]
+                if not years:
+                    del self._pairs[pair]
+        self._alias_names.subtract(alias.folded for alias in record.aliases)
         self._records[slot] = None
         self._free.append(slot)
         self._categories[record.category] -= 1
@@ -459,37 +500,61 @@ class MatchingEngine:
     def _candidates(self, query: _Query) -> set[int]:
         found: set[int] = set()
         index, cap = self._index, self.max_bucket
-        nears: list[set[str]] | None = None
-        for key in query.keys(self._surnames, self._vocabulary):
+        for key in query.keys(self):
             bucket = index.get(key)
             if bucket is None:
                 continue
-            kind = type(bucket)
-            if kind is int:
-                found.add(bucket)  # type: ignore[arg-type]
-            elif kind is list:
-                if len(bucket) <= cap:  # type: ignore[arg-type]
-                    found.update(bucket)  # type: ignore[arg-type]
-            elif bucket.size <= cap:  # type: ignore[union-attr]
-                if nears is None:
-                    # For each middle syllable of the query, the listed syllables it could
-                    # align with (equal, or one letter off): a group is kept only if its
-                    # name has one of each.
-                    nears = [self._near_syllables(fold) for fold in query.middles]
-                for signature, slots in bucket.items():  # type: ignore[union-attr]
-                    for near in nears:
-                        if signature.isdisjoint(near):
-                            break
-                    else:
-                        found.update(slots)
+            if type(bucket) is int:
+                found.add(bucket)
+            elif len(bucket) <= cap:
+                found.update(bucket)
+        years = (None,) if query.year is None else (query.year - 1, query.year,
+                                                    query.year + 1, None)
+        pairs = self._pairs
+        for pair, keys in query.pair_probes(self):
+            by_year = pairs.get(pair)
+            if by_year is None:
+                continue
+            for year in years:
+                table = by_year.get(year)
+                if table is None:
+                    continue
+                for key in keys:
+                    bucket = table.get(key)
+                    if bucket is None:
+                        continue
+                    if type(bucket) is int:
+                        found.add(bucket)
+                    elif len(bucket) <= cap:
+                        found.update(bucket)
         return found
 
-    def _near_syllables(self, fold: str) -> set[str]:
-        near: set[str] = set()
-        for variant in _neighbourhood(fold):
-            listed = self._near.get(variant)
-            if listed:
-                near |= listed
+    def _typo_neighbours(self, word: str) -> tuple[str, ...]:
+        """The listed syllables one letter off `word` (a deletion of one is, or equals, a
+        deletion of the other; below `MIN_DELETION_LENGTH` letters only a longer word's
+        deletion counts)."""
+        memo = self._typo_memo.get(word)
+        if memo is None:
+            memo = tuple(other for other in self._near_syllables(word) if other != word)
+            if len(self._typo_memo) >= 100_000:
+                self._typo_memo.clear()
+            self._typo_memo[word] = memo
+        return memo
+
+    def _near_syllables(self, fold: str) -> tuple[str, ...]:
+        """The listed syllables equal to `fold` or one letter off it (memoised until a new
+        syllable is listed)."""
+        near = self._near_memo.get(fold)
+        if near is None:
+            found: set[str] = set()
+            for variant in _neighbourhood(fold):
+                listed = self._near.get(variant)
+                if listed:
+                    found |= listed
+            near = tuple(sorted(found))
+            if len(self._near_memo) >= 100_000:
+                self._near_memo.clear()
+            self._near_memo[fold] = near
         return near
 
     def match_entry(self, subject: Subject, entry_id: str, *, at: datetime) -> Match | None:
@@ -509,12 +574,39 @@ class MatchingEngine:
         needed = points_for(self.threshold)
         candidates = self._candidates(query)
         self.last_candidates = len(candidates)
-        judge = self._judge
-        matches = [match for slot in candidates
-                   if (match := judge(query, slot, at, caches, needed)) is not None]
+        records, vocabulary, threshold = self._records, self._vocabulary, self.threshold
+        evaluate = _evaluate
+        matches: list[Match] = []
+        append = matches.append
+        # Most namesakes of a report with an id have another id: drop them before scoring
+        # (an id more than one digit off costs more points than a name and birth date
+        # give, unless a plate could make up for it; ids of another length say nothing).
+        id_int = query.id_int if ID_DIFFERENT + BEST_BIRTH + BEST_NAME < needed else 0
+        id_bits, plate = id_int.bit_length(), query.plate  # the same bit length: as many digits
+        for slot in candidates:
+            record = records[slot]
+            if (id_int and record is not None and record.id_int and record.id_int != id_int
+                    and record.id_int.bit_length() == id_bits
+                    and not (plate and record.plates)
+                    and not _one_byte_apart(id_int, record.id_int)):
+                continue
+            if record is None or (record.valid_until is not None and record.valid_until < at):
+                continue
+            evaluated = evaluate(query, record, vocabulary, needed, caches)
+            if evaluated is not None and (score := score_of(evaluated[0])) >= threshold:
+                append(_alert(record, score, evaluated[1]))
         matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
         return matches
 
+
+    def scan(self, subject: Subject, *, at: datetime) -> list[Match]:
+        """`match` without the indexes: every entry is scored. Slow; the reference the
+        indexed retrieval must agree with (tests, audits of a surprising non-match)."""
+        query, caches, needed = _Query(subject), _Caches(), points_for(self.threshold)
+        matches = [match for slot in range(len(self._records))
+                   if (match := self._judge(query, slot, at, caches, needed)) is not None]
+        matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
+        return matches
 
     def _judge(
         self, query: _Query, slot: int, at: datetime, caches: _Caches, needed: float
@@ -529,9 +621,12 @@ class MatchingEngine:
         score = score_of(points)
         if score < self.threshold:
             return None
-        explained = tuple(MatchReason(feature=feature, detail=template.format(*args))
-                          for feature, template, args in reasons)
-        return Match(WatchlistEntry.model_validate_json(record.raw), score, explained)
+        return _alert(record, score, reasons)
+
+
+def _alert(record: _Record, score: float, reasons: list[Reason | _Explained]) -> Match:
+    return Match(WatchlistEntry.model_validate_json(record.raw), score,
+                 tuple([_explain(reason) for reason in reasons]))
 
 
 # ------------------------------------------------------------------------- scoring
@@ -551,22 +646,57 @@ class _Caches:
 
     def __init__(self) -> None:
         self.aligned: dict[str, Alignment] = {}
-        self.named: dict[object, _Named] = {}
+        self.named: dict[object, tuple[float, _Explained] | None] = {}
 
 
 _Named = tuple[float, str, str, tuple[object, ...]] | None
 
 
+class _Explained:
+    """A reason shared by every namesake of one query: formatted once, if it alerts."""
+
+    __slots__ = ("args", "built", "feature", "template")
+
+    def __init__(self, feature: str, template: str, args: tuple[object, ...]):
+        self.feature, self.template, self.args = feature, template, args
+        self.built: MatchReason | None = None
+
+    def reason(self) -> MatchReason:
+        if self.built is None:
+            self.built = MatchReason(feature=self.feature,
+                                     detail=self.template.format(*self.args))
+        return self.built
+
+
+_BIRTH_REASONS: dict[tuple[str, tuple[object, ...]], MatchReason] = {}
+
+
+def _explain(reason: Reason | _Explained) -> MatchReason:
+    if type(reason) is _Explained:
+        return reason.reason()
+    feature, template, args = reason  # type: ignore[misc]
+    if feature != "birth":
+        return MatchReason(feature=feature, detail=template.format(*args))
+    # Birth reasons repeat across reports (`birth year 1985`): one object each.
+    built = _BIRTH_REASONS.get((template, args))
+    if built is None:
+        if len(_BIRTH_REASONS) >= 50_000:
+            _BIRTH_REASONS.clear()
+        built = _BIRTH_REASONS[(template, args)] = MatchReason(
+            feature=feature, detail=template.format(*args))
+    return built
+
+
 def _evaluate(
     q: _Query, r: _Record, vocabulary: Counter[str], needed: float, caches: _Caches,
-) -> tuple[float, list[Reason]] | None:
+) -> tuple[float, list[Reason | _Explained]] | None:
     """Points and reasons of `r` for `q`, or None as soon as `needed` is out of reach.
 
     The cheap features come first and bound what is left: an entry whose id contradicts
     the query's is dropped before any name is looked at, unless a plate could still lift it.
     """
     points = 0.0
-    reasons: list[Reason] = []
+    reasons: list[Reason | _Explained] = []
     if q.id_digits and r.id_digits:
         if q.id_int == r.id_int:
             points += ID_EXACT
@@ -596,10 +726,12 @@ def _evaluate(
         key = r.name_key
         named = caches.named.get(key, _MISSING)
         if named is _MISSING:
-            named = caches.named[key] = _score_name(q.name, r, vocabulary, caches.aligned)
+            scored = _score_name(q.name, r, vocabulary, caches.aligned)
+            named = caches.named[key] = (
+                None if scored is None else (scored[0], _Explained(*scored[1:])))
         if named is not None:
             points += named[0]
-            reasons.append((named[1], named[2], named[3]))
+            reasons.append(named[1])
     if birth is not None:
         reasons.append(("birth", birth[1], birth[2]))
     return points, reasons
@@ -631,9 +763,9 @@ def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
 
     Returns (listed position per query syllable, typos, syllables whose marks differ,
     one-letter differences where the query's syllable is itself a name syllable of the
-    watchlist, on the listed surname or given name: `Đảo` for `Đạt` or `Phan` for `Phạm`
-    is another name, `Thnah` for `Thanh` a typo), or None if some query syllable matches
-    nothing.
+    watchlist, on a surname or given name of either name: `Đảo` for `Đạt` or `Phan` for
+    `Phạm` is another name, `Thnah` for `Thanh` a typo), or None if some query syllable
+    matches nothing.
     """
     if len(query.folds - listed.folds) > MAX_NAME_EDITS:
         return None  # cheap rejection before aligning
@@ -642,6 +774,7 @@ def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
                         for a, b in zip(query.tokens, listed.tokens, strict=True))
         return list(range(len(query.tokens))), 0, conflicts, 0
     telling = {0, len(listed.tokens) - 1}
+    query_telling = {0, len(query.tokens) - 1}
     free = list(range(len(listed.tokens)))
     positions: list[int | None] = [None] * len(query.tokens)
     conflicts = 0
@@ -660,7 +793,7 @@ def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
         for li in free:
             if one_edit_apart(qt.fold, listed.tokens[li].fold):
                 positions[qi] = li
-                if li in telling and vocabulary[qt.fold]:
+                if (li in telling or qi in query_telling) and vocabulary[qt.fold]:
                     other_names += 1
                 else:
                     typos += 1
@@ -680,6 +813,42 @@ def _cached_align(
     return cache[listed.text]
 
 
+@functools.cache
+def _reorderings(n: int) -> tuple[tuple[tuple[int, ...], str], ...]:
+    """The orders a full name of `n` syllables may be written in, as the listed position
+    of each written syllable: its own, given name and surname swapped (`Luân Văn Nguyễn`),
+    reversed, and the surname moved last (`Văn Luân Nguyễn`)."""
+    return ((tuple(range(n)), "full name"),
+            ((n - 1, *range(1, n - 1), 0), "full name, given name first"),
+            (tuple(range(n - 1, -1, -1)), "full name, given name first"),
+            ((*range(1, n), 0), "full name, surname last"))
+
+
+def _order(positions: list[int], listed: _Name) -> tuple[float, str]:
+    """Points for a full name by the listed position of each query syllable. Orders other
+    than those of `_reorderings` (`Nguyễn Đức Minh` for `Nguyễn Minh Đức`) make another
+    name. A repeated syllable (`Hoàng Hoàng Thiện Cường`) may stand in either place."""
+    if positions == sorted(positions):
+        return NAME_FULL, "full name"
+    tokens = listed.tokens
+    for order, how in _reorderings(len(positions)):
+        if all(a == b or tokens[a].fold == tokens[b].fold
+               for a, b in zip(positions, order, strict=True)):
+            return NAME_FULL if how == "full name" else NAME_REORDERED, how
+    return NAME_SHUFFLED, "the same syllables in another order"
+
+
+def _in_order(positions: list[int]) -> bool:
+    """The written syllables keep the listed order, read as written, given name first
+    (first and last swapped) or with the surname moved last."""
+    if positions == sorted(positions):
+        return True
+    inner = positions[1:-1]
+    if positions[-1] == 0 and positions[0] == max(positions) and inner == sorted(inner):
+        return True
+    return positions[-1] == 0 and positions[:-1] == sorted(positions[:-1])
+
+
 def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str],
                 cache: dict[str, Alignment]) -> _Named:
     """(points, feature, template, arguments) of the best of the entry's name and aliases
@@ -692,10 +861,8 @@ def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str],
             last = len(r.name.tokens) - 1
             if last in positions:
                 if len(qname.tokens) == len(r.name.tokens):
-                    ordered = positions == sorted(positions)  # type: ignore[type-var]
-                    value = NAME_FULL if ordered else NAME_REORDERED
-                    how = "full name" if ordered else "full name, given name first"
-                elif 0 in positions and len(qname.tokens) > 1:
+                    value, how = _order(positions, r.name)  # type: ignore[arg-type]
+                elif 0 in positions and len(qname.tokens) > 1 and _in_order(positions):
                     value, how = NAME_DROPPED_MIDDLE, "surname and given name, middle dropped"
                 else:
                     value, how = NAME_GIVEN_ONLY, "given name only"
