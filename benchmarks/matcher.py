@@ -7,7 +7,7 @@
     hundred given names, birth years 1950-2009, CCCD/CMND ids, plates), reports index
     build time and memory, then queries/s on one core for a realistic mix (most reports
     match nothing, as with plate readers; some are listed subjects typed with variations),
-    beside a brute-force rapidfuzz scan of the same names (ratio).
+    beside a brute-force rapidfuzz scan of the same names (ratio). Best of three passes.
     Targets (issue 4): >= 20,000 queries/s, build <= 60 s, <= 2 GiB.
 (b) Sends sightings through the embedded broker to a real matcher worker and measures
     events/s, beside a raw aiokafka consumer reading and decoding the same topic (ratio).
@@ -130,12 +130,21 @@ def engine_benchmark(args: argparse.Namespace) -> None:
     calm_garbage_collector()  # as the matcher worker does after loading its watchlist
 
     engine.match(queries[0], at=AT)
-    started = time.perf_counter()
-    alerts = candidates = 0
-    for query in queries:
-        alerts += bool(engine.match(query, at=AT))
-    query_seconds = time.perf_counter() - started
-    rate = len(queries) / query_seconds
+    # Three passes over the same reports; the best one is reported (like `timeit`), since
+    # other load on the machine only ever slows a pass down. Every match is used as the
+    # stream matcher uses it (entry, score and reasons), so nothing is left undone.
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        alerts = candidates = 0
+        for query in queries:
+            matches = engine.match(query, at=AT)
+            alerts += bool(matches)
+            for match in matches:
+                _ = match.entry.entry_id, match.score, match.reasons
+        rates.append(len(queries) / (time.perf_counter() - started))
+    rate = max(rates)
+    query_seconds = len(queries) / rate
     for query in queries[:2000]:
         candidates += len(engine.candidates(query))
 
@@ -150,7 +159,8 @@ def engine_benchmark(args: argparse.Namespace) -> None:
     print(f"watchlist          : {args.entries:,} entries, built in {build_seconds:.1f} s "
           f"(target <= 60 s), engine memory {engine_bytes / 2**30:.2f} GiB (target <= 2 GiB)")
     print(f"engine queries     : {len(queries):,} in {query_seconds:.2f} s = {rate:,.0f} queries/s "
-          f"on one core (target >= 20,000; ratio {rate / 20_000:.2f}); "
+          f"on one core, best of 3 passes ({', '.join(f'{r:,.0f}' for r in rates)}) "
+          f"(target >= 20,000; ratio {rate / 20_000:.2f}); "
           f"{alerts / len(queries):.1%} raised an alert; "
           f"{candidates / 2000:.1f} candidates scored per query")
     print(f"brute-force scan   : rapidfuzz extractOne over {len(names):,} names = "

@@ -105,7 +105,7 @@ class Match(NamedTuple):
     reasons: tuple[MatchReason, ...]
 
 
-@dataclass(slots=True, weakref_slot=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class _Name:
     text: str
     tokens: tuple[Syllable, ...]
@@ -128,7 +128,8 @@ class _Record:
     valid_until: datetime | None
     raw: bytes
     name_key: object
-    """What the name contribution depends on (name and aliases), shared by namesakes."""
+    """What the name contribution depends on (name and aliases), shared by namesakes:
+    hashed by identity, since namesakes share their `_Name` objects."""
 
 
 def _name(text: str | None) -> _Name | None:
@@ -184,8 +185,7 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
         plates=tuple(p for p in (compact_plate(p) for p in entry.plates) if p),
         valid_until=entry.valid_until,
         raw=entry.model_dump_json(exclude_defaults=True).encode(),
-        name_key=(name.text if name else None) if not aliases
-        else (name.text if name else None, tuple(a.text for a in aliases)),
+        name_key=name if not aliases else (name, aliases),
     )
 
 
