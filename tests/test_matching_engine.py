@@ -296,3 +296,21 @@ def test_retrieval_agrees_with_a_full_scan_on_varied_reports():
         assert indexed <= {(m.entry.entry_id, m.score) for m in scanned}
     assert checked > 1000
     assert differences < checked / 500
+
+
+def test_entries_added_after_queries_are_found_with_new_syllables():
+    """The syllable look-ups are memoised per query syllable; an entry that brings a new
+    syllable (as a middle name, or as the given name a typo is one letter off) is found by
+    the very next query."""
+    engine = MatchingEngine()
+    engine.upsert(entry(entry_id="E-1", full_name="Nguyễn Văn Hùng", birth_year=1985,
+                        national_id=None))
+    report = Subject(name="Nguyễn Khắc Hùng", birth_year=1985)
+    typo = Subject(name="Nguyễn Văn Thoạii", birth_year=1985)
+    assert engine.match(report, at=NOW) == [] and engine.match(typo, at=NOW) == []
+    engine.upsert(entry(entry_id="E-2", full_name="Nguyễn Khắc Hùng", birth_year=1985,
+                        national_id=None))
+    engine.upsert(entry(entry_id="E-3", full_name="Nguyễn Văn Thoại", birth_year=1985,
+                        national_id=None))
+    assert [m.entry.entry_id for m in engine.match(report, at=NOW)] == ["E-2"]
+    assert [m.entry.entry_id for m in engine.match(typo, at=NOW)] == ["E-3"]

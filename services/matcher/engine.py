@@ -315,8 +315,7 @@ class _Query:
             # or one letter off): a listed name without any of them cannot align.
             other = 0 if 0 not in (surname_at, given_at) else (
                 1 if 1 not in (surname_at, given_at) else 2)
-            keys = (engine._near_syllables(folds[other]) if other < len(folds)
-                    else (ANY_MIDDLE,))
+            keys = engine._near_middles(folds[other]) if other < len(folds) else (ANY_MIDDLE,)
             yield f"{surname}|{given}", keys
             if typo_reach or not vocabulary.get(given):
                 for variant in engine._typo_neighbours(given):
@@ -384,6 +383,9 @@ class MatchingEngine:
         self._near_known: set[str] = set()
         self._near_memo: dict[str, tuple[str, ...]] = {}
         self._typo_memo: dict[str, tuple[str, ...]] = {}
+        self._middles: Counter[str] = Counter()
+        """Folded middle syllables of the listed names, with their counts."""
+        self._middle_memo: dict[str, tuple[str, ...]] = {}
         self.last_candidates = 0
         """How many entries the latest `match` call scored (for the candidates metric)."""
 
@@ -429,8 +431,13 @@ class MatchingEngine:
                     self._near_known.add(token.fold)
                     self._near_memo.clear()
                     self._typo_memo.clear()
+                    self._middle_memo.clear()
                     for variant in _neighbourhood(token.fold):
                         self._near.setdefault(variant, set()).add(token.fold)
+            for token in record.name.tokens[1:-1]:
+                if not self._middles.get(token.fold):
+                    self._middle_memo.clear()
+                self._middles[token.fold] += 1
         for key in set(_entry_keys(record)):
             _file(self._index, key, slot)
         pair_keys = _pair_keys(record)
@@ -490,6 +497,7 @@ class MatchingEngine:
         self._vocabulary.subtract(_syllables(record))
         if record.name is not None:
             self._surnames[record.name.tokens[0].fold] -= 1
+            self._middles.subtract(token.fold for token in record.name.tokens[1:-1])
 
     # ------------------------------------------------------------------ matching
 
@@ -540,6 +548,18 @@ class MatchingEngine:
                 self._typo_memo.clear()
             self._typo_memo[word] = memo
         return memo
+
+    def _near_middles(self, fold: str) -> tuple[str, ...]:
+        """The listed middle syllables equal to `fold` or one letter off it: the keys
+        under which a name that `fold` could align with is filed."""
+        near = self._middle_memo.get(fold)
+        if near is None:
+            middles = self._middles
+            near = tuple(other for other in self._near_syllables(fold) if middles.get(other))
+            if len(self._middle_memo) >= 100_000:
+                self._middle_memo.clear()
+            self._middle_memo[fold] = near
+        return near
 
     def _near_syllables(self, fold: str) -> tuple[str, ...]:
         """The listed syllables equal to `fold` or one letter off it (memoised until a new
@@ -773,25 +793,33 @@ def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
         conflicts = sum(same_syllable(a, b) is False
                         for a, b in zip(query.tokens, listed.tokens, strict=True))
         return list(range(len(query.tokens))), 0, conflicts, 0
-    telling = {0, len(listed.tokens) - 1}
-    query_telling = {0, len(query.tokens) - 1}
-    free = list(range(len(listed.tokens)))
+    tokens = listed.tokens
+    free = list(range(len(tokens)))
     positions: list[int | None] = [None] * len(query.tokens)
     conflicts = 0
+    unaligned = False
     for qi, qt in enumerate(query.tokens):
+        fold = qt.fold
         for li in free:
-            verdict = same_syllable(qt, listed.tokens[li])
-            if verdict is not None:
+            if tokens[li].fold == fold:  # `same_syllable`, inlined: this runs per candidate
+                lt = tokens[li]
+                conflicts += qt.marked and lt.marked and (qt.shape != lt.shape
+                                                          or qt.tone != lt.tone)
                 positions[qi] = li
-                conflicts += not verdict
                 free.remove(li)
                 break
+        else:
+            unaligned = True
+    if not unaligned:
+        return positions, 0, conflicts, 0
+    telling = (0, len(tokens) - 1)
+    query_telling = (0, len(query.tokens) - 1)
     typos = other_names = 0
     for qi, qt in enumerate(query.tokens):
         if positions[qi] is not None:
             continue
         for li in free:
-            if one_edit_apart(qt.fold, listed.tokens[li].fold):
+            if one_edit_apart(qt.fold, tokens[li].fold):
                 positions[qi] = li
                 if (li in telling or qi in query_telling) and vocabulary[qt.fold]:
                     other_names += 1
@@ -882,7 +910,7 @@ def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str],
     return best
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _NameNotes:
     """The parenthesis after a name reason, formatted only when the reason is shown."""
 
