@@ -56,7 +56,6 @@ from shared.events import MatchReason, Subject, WatchlistEntry
 
 PRODUCTION_THRESHOLD = 0.75  # = 8 points
 MAX_BUCKET = 300
-MIN_DELETION_LENGTH = 3
 MAX_NAME_EDITS = 2  # syllables one letter off that a name may still align with
 
 # Points of evidence (log-odds flavoured; 8 make an alert).
@@ -193,11 +192,6 @@ def _syllables(r: _Record) -> Iterator[str]:
     for name in (r.name, *r.aliases):
         if name is not None:
             yield from (t.fold for t in name.tokens)
-
-
-def _variants(word: str) -> set[str]:
-    """The word and its one-letter deletions (symmetric delete: one edit apart meet)."""
-    return {word} | deletions(word) if len(word) >= MIN_DELETION_LENGTH else {word}
 
 
 def _entry_keys(r: _Record) -> Iterator[str]:
@@ -538,9 +532,8 @@ class MatchingEngine:
         return found
 
     def _typo_neighbours(self, word: str) -> tuple[str, ...]:
-        """The listed syllables one letter off `word` (a deletion of one is, or equals, a
-        deletion of the other; below `MIN_DELETION_LENGTH` letters only a longer word's
-        deletion counts)."""
+        """The listed syllables one letter off `word`: a deletion of one is, or equals, a
+        deletion of the other (a superset: the scorer's `one_edit_apart` decides)."""
         memo = self._typo_memo.get(word)
         if memo is None:
             memo = tuple(other for other in self._near_syllables(word) if other != word)
@@ -902,9 +895,9 @@ def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str],
     for alias in r.aliases:
         aligned = _cached_align(qname, alias, vocabulary, cache)
         if (aligned is not None and aligned[1] == aligned[2] == aligned[3] == 0
-                and len(qname.tokens) == len(alias.tokens)):
-            if best is None or ALIAS > best[0]:
-                best = (ALIAS, "alias", "alias: {} = {}", (qname.text, alias.text))
+                and len(qname.tokens) == len(alias.tokens)
+                and (best is None or ALIAS > best[0])):
+            best = (ALIAS, "alias", "alias: {} = {}", (qname.text, alias.text))
     if best is None and r.name is not None and not r.aliases:
         best = (NAME_UNRELATED, "name", "name {} unlike {}", (qname.text, r.name.text))
     return best
