@@ -211,22 +211,20 @@ def _entry_keys(r: _Record) -> Iterator[str]:
 ANY_MIDDLE = ""
 
 
-def _pair_keys(r: _Record) -> set[tuple[str, int | None, str]]:
-    """Where a name of two or more syllables is filed: (surname|given, birth year, key).
+def _name_keys(r: _Record) -> tuple[str, int | None, set[str]] | None:
+    """Where a name of two or more syllables is filed: surname|given, birth year, and the
+    keys under them.
 
-    The key is `ANY_MIDDLE` (every namesake born that year) and each middle syllable: a
+    The keys are `ANY_MIDDLE` (every namesake born that year) and each middle syllable: a
     query with a middle name takes only the namesakes whose middle names it could align
     with, not the whole crowd of Nguyễn ... Hùng born that year. Names one letter off are
     found from the query side, through the vocabulary (`MatchingEngine._typo_neighbours`),
     so nothing more is filed per entry.
     """
     if r.name is None or len(r.name.tokens) < 2:
-        return set()
+        return None
     folds = [t.fold for t in r.name.tokens]
-    pair = f"{folds[0]}|{folds[-1]}"
-    keys = {(pair, r.birth_year, ANY_MIDDLE)}
-    keys.update((pair, r.birth_year, middle) for middle in folds[1:-1])
-    return keys
+    return f"{folds[0]}|{folds[-1]}", r.birth_year, {ANY_MIDDLE, *folds[1:-1]}
 
 
 Bucket = int | list[int]
@@ -434,16 +432,16 @@ class MatchingEngine:
                 self._middles[token.fold] += 1
         for key in set(_entry_keys(record)):
             _file(self._index, key, slot)
-        pair_keys = _pair_keys(record)
-        if pair_keys:
-            pair, year, _ = next(iter(pair_keys))
+        filed = _name_keys(record)
+        if filed is not None:
+            pair, year, keys = filed
             years = self._pairs.get(pair)
             if years is None:
                 years = self._pairs[pair] = {}
             table = years.get(year)
             if table is None:
                 table = years[year] = {}
-            for _, _, key in pair_keys:
+            for key in keys:
                 _file(table, key, slot)
         self._alias_names.update(alias.folded for alias in record.aliases)
         return True
@@ -473,12 +471,12 @@ class MatchingEngine:
         assert record is not None
         for key in set(_entry_keys(record)):
             _unfile(self._index, key, slot)
-        pair_keys = _pair_keys(record)
-        if pair_keys:
-            pair, year, _ = next(iter(pair_keys))
+        filed = _name_keys(record)
+        if filed is not None:
+            pair, year, keys = filed
             years = self._pairs[pair]
             table = years[year]
-            for _, _, key in pair_keys:
+            for key in keys:
                 _unfile(table, key, slot)
             if not table:
                 del years[year]
@@ -835,14 +833,14 @@ def _cached_align(
 
 
 @functools.cache
-def _reorderings(n: int) -> tuple[tuple[tuple[int, ...], str], ...]:
+def _reorderings(n: int) -> tuple[tuple[tuple[int, ...], float, str], ...]:
     """The orders a full name of `n` syllables may be written in, as the listed position
     of each written syllable: its own, given name and surname swapped (`Luân Văn Nguyễn`),
     reversed, and the surname moved last (`Văn Luân Nguyễn`)."""
-    return ((tuple(range(n)), "full name"),
-            ((n - 1, *range(1, n - 1), 0), "full name, given name first"),
-            (tuple(range(n - 1, -1, -1)), "full name, given name first"),
-            ((*range(1, n), 0), "full name, surname last"))
+    return ((tuple(range(n)), NAME_FULL, "full name"),
+            ((n - 1, *range(1, n - 1), 0), NAME_REORDERED, "full name, given name first"),
+            (tuple(range(n - 1, -1, -1)), NAME_REORDERED, "full name, given name first"),
+            ((*range(1, n), 0), NAME_REORDERED, "full name, surname last"))
 
 
 def _order(positions: list[int], listed: _Name) -> tuple[float, str]:
@@ -852,10 +850,10 @@ def _order(positions: list[int], listed: _Name) -> tuple[float, str]:
     if positions == sorted(positions):
         return NAME_FULL, "full name"
     tokens = listed.tokens
-    for order, how in _reorderings(len(positions)):
+    for order, points, how in _reorderings(len(positions)):
         if all(a == b or tokens[a].fold == tokens[b].fold
                for a, b in zip(positions, order, strict=True)):
-            return NAME_FULL if how == "full name" else NAME_REORDERED, how
+            return points, how
     return NAME_SHUFFLED, "the same syllables in another order"
 
 
