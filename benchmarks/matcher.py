@@ -148,7 +148,8 @@ def engine_benchmark(args: argparse.Namespace) -> None:
     for query in queries[:2000]:
         candidates += len(engine.candidates(query))
 
-    from rapidfuzz import fuzz, process as rf_process
+    from rapidfuzz import fuzz
+    from rapidfuzz import process as rf_process
 
     sample = [fold_name(q.name) for q in queries if q.name][:20]
     started = time.perf_counter()

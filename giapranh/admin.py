@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.auth import issue_api_key
 from shared.directory import (
     AgreementIn,
     UnitIn,
@@ -30,7 +31,7 @@ from shared.directory import (
     reparent_unit,
     unit_history,
 )
-from shared.http import ApiError, issue_api_key
+from shared.errors import GiapranhError
 from shared.settings import CommonSettings
 
 T = TypeVar("T")
@@ -63,7 +64,7 @@ def _run(database_url: str | None, work: Callable[[asyncpg.Connection], Awaitabl
 
     try:
         return asyncio.run(go())
-    except ApiError as exc:
+    except GiapranhError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
 

@@ -16,8 +16,8 @@ import asyncpg
 from vietnam_provinces import Province, Ward
 
 from services.ingest.store import IngestStore
+from shared.auth import hash_api_key, issue_api_key
 from shared.events import Category, SharingScope, WatchlistEntry
-from shared.http import hash_api_key, issue_api_key
 from shared.settings import CommonSettings
 
 

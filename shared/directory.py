@@ -8,8 +8,8 @@ from typing import Literal
 import asyncpg
 from pydantic import Field, model_validator
 
+from shared.errors import Conflict, Unprocessable
 from shared.events import Category, Contract, ShortText, UnitCode
-from shared.http import Conflict, Unprocessable
 
 UnitKind = Literal["commune_police", "province_police", "border_guard", "military", "ministry"]
 

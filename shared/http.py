@@ -1,20 +1,22 @@
-"""HTTP plumbing shared by the ingest and notifier APIs.
+"""The HTTP shell shared by the ingest and notifier APIs.
 
-- One error hierarchy carrying its HTTP status, rendered as `{"error": {...}}`.
-- Unit authentication by API key (`Authorization: Bearer <key>` or `X-API-Key`). The unit
-  identity always comes from the key, never from a request body.
-- Request counting and the Prometheus `/metrics` endpoint.
+- `GiapranhError` (shared.errors) and request validation rendered as `{"error": {...}}`,
+  naming the field at fault.
+- Unit authentication by API key (`Authorization: Bearer <key>` or `X-API-Key`), resolved by
+  the service's `KeyStore` (shared.auth).
+- Request counting and the Prometheus `/metrics` endpoint; `/healthz` and `/readyz`.
+- A body-size limit, the app factory and the foreground runner.
+
+A service's lifespan builds its adapters and hands the shell what it needs as one typed
+`ServiceState` (`set_state`); dependencies read it back with `service_state(request)`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import secrets
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
@@ -25,48 +27,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from shared import metrics
-
-API_KEY_PREFIX = "gpk_"
-
-
-class ApiError(Exception):
-    status_code = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+from shared.auth import KeyStore, Principal
+from shared.errors import GiapranhError, PayloadTooLarge, Unauthorized
 
 
-class Unauthorized(ApiError):
-    status_code = 401
-    code = "unauthorized"
+@dataclass
+class ServiceState:
+    """What the HTTP shell needs from a running service."""
+
+    pool: asyncpg.Pool
+    keys: KeyStore
+    readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    """Extra `/readyz` checks beside the database (e.g. `broker`)."""
+    health: Callable[[], dict[str, object]] | None = None
+    """Extra fields of `/healthz`."""
 
 
-class Forbidden(ApiError):
-    status_code = 403
-    code = "forbidden"
+def set_state(app: FastAPI, state: ServiceState) -> None:
+    app.state.service = state
 
 
-class NotFound(ApiError):
-    status_code = 404
-    code = "not_found"
-
-
-class Conflict(ApiError):
-    status_code = 409
-    code = "conflict"
-
-
-class PayloadTooLarge(ApiError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class Unprocessable(ApiError):
-    status_code = 422
-    code = "invalid"
+def service_state(request: Request) -> ServiceState:
+    return request.app.state.service
 
 
 def _field_path(loc: tuple[object, ...]) -> str:
@@ -92,8 +74,8 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         }
         return JSONResponse({"error": body}, status_code=422)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(GiapranhError)
+    async def _refused(request: Request, exc: GiapranhError) -> JSONResponse:
         metrics.HTTP_REJECTIONS.labels(service=service, reason=exc.code).inc()
         body: dict[str, object] = {"code": exc.code, "message": exc.message}
         if exc.field:
@@ -122,57 +104,7 @@ def install_metrics(app: FastAPI, service: str) -> None:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-# ------------------------------------------------------------------------- API keys
-
-
-@dataclass(frozen=True)
-class Principal:
-    unit_code: str
-    role: str
-    key_id: int
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-def hash_api_key(key: str, pepper: str) -> bytes:
-    return hmac.new(pepper.encode(), key.encode(), hashlib.sha256).digest()
-
-
-def new_api_key() -> str:
-    return API_KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-async def issue_api_key(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    unit_code: str,
-    pepper: str,
-    *,
-    role: str = "unit",
-    label: str | None = None,
-) -> str:
-    """Create a key for a unit and return it; only its hash is stored."""
-    key = new_api_key()
-    await conn.execute(
-        """INSERT INTO api_keys (unit_code, key_prefix, key_hash, role, label)
-           VALUES ($1, $2, $3, $4, $5)""",
-        unit_code, key[:12], hash_api_key(key, pepper), role, label,
-    )
-    return key
-
-
-async def principal_for_key(pool: asyncpg.Pool, key: str, pepper: str) -> Principal | None:
-    row = await pool.fetchrow(
-        """SELECT k.id, k.unit_code, k.role
-             FROM api_keys k JOIN units u ON u.code = k.unit_code
-            WHERE k.key_hash = $1 AND k.revoked_at IS NULL
-              AND (u.active_to IS NULL OR u.active_to > now())""",
-        hash_api_key(key, pepper),
-    )
-    if row is None:
-        return None
-    return Principal(unit_code=row["unit_code"], role=row["role"], key_id=row["id"])
+# ------------------------------------------------------------------------- authentication
 
 
 def _key_from_headers(request: Request) -> str | None:
@@ -187,10 +119,7 @@ async def authenticate(request: Request) -> Principal:
     key = _key_from_headers(request)
     if key is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    state = request.app.state
-    principal = await principal_for_key(
-        state.pool, key, state.settings.api_key_pepper.get_secret_value()
-    )
+    principal = await service_state(request).keys.principal(key)
     if principal is None:
         raise Unauthorized("unknown or revoked API key")
     return principal
@@ -249,10 +178,9 @@ def create_http_app(
     *, service: str, summary: str, lifespan: Any, routers: Sequence[APIRouter],
     max_body_bytes: int = 2_000_000,
 ) -> FastAPI:
-    """The common shell of an HTTP service: errors, metrics, its router, /healthz.
+    """The common shell of an HTTP service: errors, metrics, its routers, /healthz, /readyz.
 
-    The service's `lifespan` builds its adapters and may set `app.state.health`, a callable
-    returning extra fields for /healthz.
+    The service's `lifespan` builds its adapters and calls `set_state` before yielding.
     """
     app = FastAPI(title=f"giapranh {service}", summary=summary, version="1", lifespan=lifespan)
     install_error_handlers(app, service)
@@ -264,16 +192,15 @@ def create_http_app(
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, object]:
         """The process is up (liveness)."""
-        extra = getattr(request.app.state, "health", None)
+        extra = service_state(request).health
         return {"status": "ok", **(extra() if extra else {})}
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
-        """The database answers and the service's broker client is connected (readiness)."""
-        checks: dict[str, bool] = {"database": await _database_answers(request.app.state.pool)}
-        broker = getattr(request.app.state, "broker_ready", None)
-        if broker is not None:
-            checks["broker"] = broker()
+        """The database answers and the service's other checks pass (readiness)."""
+        state = service_state(request)
+        checks: dict[str, bool] = {"database": await _database_answers(state.pool)}
+        checks.update({name: check() for name, check in state.readiness.items()})
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

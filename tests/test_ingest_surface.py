@@ -100,7 +100,7 @@ async def test_a_unit_lists_only_its_own_entries_and_cancelled_ones_on_request(i
 
 
 async def test_only_an_admin_key_manages_the_directory(ingest, directory, pool, env):
-    from shared.http import issue_api_key
+    from shared.auth import issue_api_key
 
     unit = {"code": "CA-30292", "name": "Công an phường Bình Đức", "kind": "commune_police",
             "parent_code": "CAT-91"}

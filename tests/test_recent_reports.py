@@ -3,7 +3,13 @@
 from datetime import UTC, datetime, timedelta
 
 from services.matcher.late import RecentReports
-from shared.events import IncidentReported, Place, SightingReported, Subject, encode_event
+from shared.events import (
+    IncidentReported,
+    Place,
+    SightingReported,
+    Subject,
+    encode_event,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

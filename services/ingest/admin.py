@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, status
 
+from services.ingest.deps import CurrentUnit, Database
+from shared.auth import Principal
 from shared.directory import (
     Agreement,
     AgreementIn,
@@ -15,7 +17,7 @@ from shared.directory import (
     create_unit,
     list_units,
 )
-from shared.http import CurrentUnit, Forbidden, Principal
+from shared.errors import Forbidden
 
 router = APIRouter(prefix="/v1")
 
@@ -30,17 +32,17 @@ Admin = Annotated[Principal, Depends(_admin)]
 
 
 @router.get("/units", response_model=list[Unit])
-async def units(request: Request, unit: CurrentUnit) -> list[Unit]:
+async def units(db: Database, unit: CurrentUnit) -> list[Unit]:
     """The unit directory, for choosing place and party codes."""
-    return await list_units(request.app.state.pool)
+    return await list_units(db)
 
 
 @router.post("/admin/units", status_code=status.HTTP_201_CREATED, response_model=Unit)
-async def add_unit(body: UnitIn, request: Request, admin: Admin) -> Unit:
-    return await create_unit(request.app.state.pool, body)
+async def add_unit(body: UnitIn, db: Database, admin: Admin) -> Unit:
+    return await create_unit(db, body)
 
 
 @router.post("/admin/agreements", status_code=status.HTTP_201_CREATED, response_model=Agreement)
-async def add_agreement(body: AgreementIn, request: Request, admin: Admin) -> Agreement:
-    async with request.app.state.pool.acquire() as conn:
+async def add_agreement(body: AgreementIn, db: Database, admin: Admin) -> Agreement:
+    async with db.acquire() as conn:
         return await create_agreement(conn, body)

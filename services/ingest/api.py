@@ -20,6 +20,7 @@ from services.ingest.store import (
     request_hash,
 )
 from shared import metrics
+from shared.errors import Conflict, Unprocessable
 from shared.events import (
     Contract,
     EntryId,
@@ -35,7 +36,7 @@ from shared.events import (
     WatchlistEntryFields,
     utcnow,
 )
-from shared.http import Conflict, Unprocessable, json_body, json_body_openapi
+from shared.http import json_body, json_body_openapi
 from shared.topics import INCIDENTS, SIGHTINGS
 
 router = APIRouter(prefix="/v1")

@@ -11,19 +11,21 @@ from services.ingest import admin, api
 from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
+from shared.auth import KeyStore
 from shared.db import create_pool
-from shared.http import background, create_http_app
+from shared.http import ServiceState, background, create_http_app, set_state
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings)
-        app.state.settings = settings
-        app.state.pool = pool
-        app.state.store = IngestStore(pool, settings)
         relay = OutboxRelay(pool, settings)
-        app.state.broker_ready = lambda: relay.connected
+        app.state.settings = settings
+        app.state.store = IngestStore(pool, settings)
+        set_state(app, ServiceState(
+            pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
+            readiness={"broker": lambda: relay.connected}))
         try:
             async with background(relay.run(), "outbox-relay"):
                 yield

@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, Field
 
+from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import (
     Event,
     WatchlistEntry,
@@ -19,7 +20,6 @@ from shared.events import (
     encode_event,
     utcnow,
 )
-from shared.http import Conflict, Forbidden, NotFound
 from shared.settings import CommonSettings
 from shared.topics import WATCHLIST
 

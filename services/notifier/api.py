@@ -19,8 +19,9 @@ from services.notifier.channels import register_webhook
 from services.notifier.feed import AlertFeed
 from services.notifier.store import AlertStore, Outcome, StatusFilter
 from shared import metrics
+from shared.errors import NotFound
 from shared.events import Contract, LongText, utcnow
-from shared.http import CurrentUnit, NotFound
+from shared.http import CurrentUnit
 
 router = APIRouter(prefix="/v1")
 CAP_MEDIA_TYPE = "application/cap+xml"

@@ -30,8 +30,9 @@ from services.notifier.feed import AlertFeed
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import AlertStore, Deadlines
 from shared import metrics
+from shared.auth import KeyStore
 from shared.db import create_pool
-from shared.http import background, create_http_app
+from shared.http import ServiceState, background, create_http_app, set_state
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -87,10 +88,10 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         feed = AlertFeed(settings.database_url)
         await feed.start()
         app.state.feed = feed
-        app.state.broker_ready = consumer.ready.is_set
-        app.state.health = lambda: {
-            "hit_consumer": "ready" if consumer.ready.is_set() else "starting"
-        }
+        set_state(app, ServiceState(
+            pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
+            readiness={"broker": consumer.ready.is_set},
+            health=lambda: {"hit_consumer": "ready" if consumer.ready.is_set() else "starting"}))
         try:
             async with (background(consumer.run(), "hit-consumer"),
                         background(dispatcher.run(), "webhook-dispatcher"),

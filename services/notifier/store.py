@@ -25,18 +25,13 @@ from services.notifier.clock import Clock
 from services.notifier.directory import Directory, DirectoryCache
 from services.notifier.targeting import choose_recipients
 from shared import metrics
+from shared.errors import Forbidden, InvalidTransition, NotFound
 from shared.events import HitFound, HitsWithdrawn, Recipient, Urgency
-from shared.http import ApiError, Forbidden, NotFound
 
 OPEN = ("raised", "acknowledged", "confirmed", "rejected")
 AWAITING_CONFIRMATION = ("raised", "acknowledged")
 Outcome = Literal["detained", "not_located", "false_match"]
 StatusFilter = Literal["all", "open", "overdue", "closed"]
-
-
-class InvalidTransition(ApiError):
-    status_code = 409
-    code = "invalid_transition"
 
 
 _ALERT_COLUMNS = """a.alert_id, a.hit_id, a.entry_id, a.entry_version, a.category,
