@@ -28,14 +28,13 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from giapranh.demo import demo_keys, seed_directory
+from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
+from shared.db import apply_migrations
+from shared.kafka import ensure_topics
+from shared.settings import CommonSettings
 
-from giapranh.demo import demo_keys, seed_directory  # noqa: E402
-from shared.db import apply_migrations  # noqa: E402
-from shared.embedded import EmbeddedBroker, EmbeddedDatabase, free_port  # noqa: E402
-from shared.kafka import ensure_topics  # noqa: E402
-from shared.settings import CommonSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 console = Console(stderr=True)
 TARGET_BATCH_PER_SECOND = 10_000

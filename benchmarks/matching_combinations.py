@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-import sys
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from services.matcher.engine import MatchingEngine
+from services.matcher.evaluate import load_watchlist
+from services.matcher.normalize import fold_name
+from shared.events import Subject
 
-from services.matcher.engine import MatchingEngine  # noqa: E402
-from services.matcher.evaluate import load_watchlist  # noqa: E402
-from services.matcher.normalize import fold_name  # noqa: E402
-from shared.events import Subject  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 AT = datetime(2000, 1, 1, tzinfo=UTC)
 DEFAULT_WATCHLIST = ROOT.parent / "shared" / "data" / "matching-dev" / "watchlist.jsonl"

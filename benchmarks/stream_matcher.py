@@ -24,10 +24,10 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import Progress
+from synthetic import synthetic_watchlist
 
-from benchmarks.matcher import synthetic_watchlist
+from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
 from shared.db import apply_migrations
-from shared.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
 from shared.events import Place, SightingReported, Subject, encode_event
 from shared.kafka import create_producer, ensure_topics, publish_all
 from shared.settings import CommonSettings

@@ -29,7 +29,7 @@ import httpx
 
 from giapranh.demo import EXAMPLE_SIGHTING, EXAMPLE_SIGHTING_UNIT, seed_demo
 from shared.db import create_pool
-from shared.embedded import (
+from giapranh.embedded import (
     EmbeddedBroker,
     EmbeddedDatabase,
     EmbeddedStackError,

@@ -1,7 +1,7 @@
 """Fixtures of the giapranh test suite. Read this before writing a test.
 
 Everything runs against the real components: an embedded Tansu broker and an embedded
-PostgreSQL 18, both started by our own code (`shared.embedded`) on free ports / private
+PostgreSQL 18, both started by our own code (`giapranh.embedded`) on free ports / private
 sockets in temporary directories. Nothing needs to be installed by hand.
 
 Session-wide (started once, shared by every test):
@@ -52,7 +52,7 @@ from services.ingest.settings import IngestSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
 from shared.db import apply_migrations, create_pool
-from shared.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
+from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 

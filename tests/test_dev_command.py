@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from giapranh.demo import EXAMPLE_SIGHTING, EXAMPLE_SIGHTING_UNIT
-from shared.embedded import free_port
+from giapranh.embedded import free_port
 from tests.conftest import ROOT
 
 

@@ -3,7 +3,7 @@
 import asyncpg
 import pytest
 
-from shared.embedded import EmbeddedBroker, EmbeddedDatabase, EmbeddedStackError
+from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, EmbeddedStackError
 
 
 async def test_database_keeps_its_data_across_a_restart(tmp_path):

@@ -1,6 +1,6 @@
 """Two matcher workers share the report partitions; each holds the whole watchlist."""
 
-from shared.embedded import free_port
+from giapranh.embedded import free_port
 from tests.conftest import MatcherProcess, bearer, eventually
 from tests.test_matcher_stream import list_via_api
 from tests.test_pipeline import SIGHTING, alerts, matcher_knows
