@@ -30,7 +30,7 @@ from rich.progress import Progress
 
 from giapranh.demo import demo_keys, seed_directory
 from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
-from shared.db import apply_migrations
+from shared.db import apply_schema
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 
@@ -86,7 +86,7 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
     settings = CommonSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap,
                               kafka_idempotent_producer=False, topic_partitions=4)
     conn = await asyncpg.connect(dsn)
-    await apply_migrations(conn)
+    await apply_schema(conn)
     await seed_directory(conn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     keys = await demo_keys(pool, settings, tmp / "keys.json")

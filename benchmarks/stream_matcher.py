@@ -27,7 +27,7 @@ from rich.progress import Progress
 from synthetic import synthetic_watchlist
 
 from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
-from shared.db import apply_migrations
+from shared.db import apply_schema
 from shared.events import Place, SightingReported, Subject, encode_event
 from shared.kafka import create_producer, ensure_topics, publish_all
 from shared.settings import CommonSettings
@@ -41,7 +41,7 @@ async def seed(dsn: str, entries: int, rng: random.Random) -> list:
     listed = synthetic_watchlist(entries, rng)
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_migrations(conn)
+        await apply_schema(conn)
         await conn.execute("INSERT INTO units (code, name, kind) VALUES ('CA-1', 'bench', "
                            "'commune_police')")
         await conn.copy_records_to_table(

@@ -71,20 +71,20 @@ def migrate() -> None:
     """Apply pending schema migrations to GIAPRANH_DATABASE_URL."""
     import asyncpg
 
-    from shared.db import apply_migrations
+    from shared.db import apply_schema
     from shared.settings import CommonSettings
 
     settings = CommonSettings()
 
-    async def run() -> list[int]:
+    async def run() -> list[str]:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await apply_migrations(conn)
+            return await apply_schema(conn)
         finally:
             await conn.close()
 
     applied = asyncio.run(run())
-    typer.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
+    typer.echo(f"applied migrations: {', '.join(applied)}" if applied else "schema is up to date")
 
 
 def main() -> None:

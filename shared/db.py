@@ -1,9 +1,14 @@
 """PostgreSQL plumbing: the asyncpg pool and the schema migration runner.
 
-Migrations are ordered SQL files `NNNN_name.sql` in `shared/migrations/`. Every service
-applies pending ones at start-up; a PostgreSQL advisory lock serialises services that start
-together, and each file runs in its own transaction with its row in `schema_migrations`,
-so a failing file leaves the schema at the previous version.
+Each component owns its tables and their migrations: ordered SQL files `NNNN_name.sql` in
+`<package>/migrations/` (`shared` for the platform's directory and API keys, then each
+service's own). `SCHEMA` lists the components in the order they are applied, so a
+service's documented read-only views may read the tables of the components before it.
+
+Every service applies the whole schema at start-up (`create_pool`), so the start order
+does not matter; a PostgreSQL advisory lock serialises services that start together, and
+each file runs in its own transaction with its row in `schema_migrations`, so a failing
+file leaves the schema at the previous version.
 """
 
 from __future__ import annotations
@@ -21,6 +26,18 @@ from shared.settings import CommonSettings
 MIGRATION_LOCK_ID = 0x6A1A_0001
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
+SCHEMA: tuple[tuple[str, str], ...] = (
+    ("shared", "shared"),
+    ("ingest", "services.ingest"),
+    ("matcher", "services.matcher"),
+    ("notifier", "services.notifier"),
+)
+"""(component, package) in the order their migrations are applied."""
+
+_LEGACY_LAYOUT = {1: (("ingest", 1), ("notifier", 1)), 2: (("notifier", 2),)}
+"""Before each component owned its migrations, `shared` versions 1 and 2 created every
+table; their parts now live in these components' files (same statements)."""
+
 
 class MigrationError(RuntimeError):
     pass
@@ -33,9 +50,16 @@ class Migration:
     sql: str
 
 
+def migrations_folder(package: str) -> Path:
+    return Path(str(resources.files(package).joinpath("migrations")))
+
+
 def discover_migrations(directory: Path | None = None) -> list[Migration]:
-    folder = directory or Path(str(resources.files("shared").joinpath("migrations")))
+    """The migrations in `directory` (default: shared's own), in version order."""
+    folder = directory or migrations_folder("shared")
     found: dict[int, Migration] = {}
+    if not folder.is_dir():
+        return []
     for path in sorted(folder.iterdir()):
         if path.suffix != ".sql":
             continue
@@ -49,25 +73,52 @@ def discover_migrations(directory: Path | None = None) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+async def _prepare_bookkeeping(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               component text NOT NULL DEFAULT 'shared',
+               version integer NOT NULL,
+               name text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (component, version))"""
+    )
+    has_component = await conn.fetchval(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'schema_migrations' AND column_name = 'component' "
+        "AND table_schema = current_schema()")
+    if has_component:
+        return
+    # A database from before components owned their migrations: record that the parts of
+    # its versions now in other components' files are applied too.
+    async with conn.transaction():
+        await conn.execute(
+            "ALTER TABLE schema_migrations ADD COLUMN component text NOT NULL DEFAULT 'shared';"
+            "ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;"
+            "ALTER TABLE schema_migrations ADD PRIMARY KEY (component, version)")
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, parts in _LEGACY_LAYOUT.items():
+            if version in applied:
+                for component, part in parts:
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (component, version, name) "
+                        "VALUES ($1, $2, 'from the shared layout')", component, part)
+
+
 async def apply_migrations(
-    conn: asyncpg.Connection, directory: Path | None = None
+    conn: asyncpg.Connection, directory: Path | None = None, *, component: str = "shared"
 ) -> list[int]:
-    """Apply pending migrations in order; returns the versions applied by this call."""
+    """Apply one component's pending migrations in order; returns the versions applied."""
     migrations = discover_migrations(directory)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        await _prepare_bookkeeping(conn)
+        applied = {r["version"] for r in await conn.fetch(
+            "SELECT version FROM schema_migrations WHERE component = $1", component)}
         newest_known = migrations[-1].version if migrations else 0
         if applied and max(applied) > newest_known:
             raise MigrationError(
-                f"the database is at schema version {max(applied)}, newer than this code "
-                f"knows ({newest_known}); upgrade the service"
+                f"the database is at schema version {max(applied)} of {component}, newer than "
+                f"this code knows ({newest_known}); upgrade the service"
             )
         done: list[int] = []
         for migration in migrations:
@@ -77,14 +128,30 @@ async def apply_migrations(
                 async with conn.transaction():
                     await conn.execute(migration.sql)
                     await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        migration.version, migration.name,
+                        "INSERT INTO schema_migrations (component, version, name) "
+                        "VALUES ($1, $2, $3)", component, migration.version, migration.name,
                     )
             except asyncpg.PostgresError as exc:
                 raise MigrationError(
-                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                    f"migration {component}/{migration.version:04d}_{migration.name} "
+                    f"failed: {exc}"
                 ) from exc
             done.append(migration.version)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def apply_schema(conn: asyncpg.Connection) -> list[str]:
+    """Apply every component's pending migrations (`SCHEMA` order); returns what was
+    applied, as `component/NNNN`."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        done: list[str] = []
+        for component, package in SCHEMA:
+            applied = await apply_migrations(conn, migrations_folder(package),
+                                             component=component)
+            done += [f"{component}/{version:04d}" for version in applied]
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
@@ -111,7 +178,7 @@ async def create_pool(settings: CommonSettings, *, migrate: bool = True) -> asyn
     if migrate:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            await apply_migrations(conn)
+            await apply_schema(conn)
         finally:
             await conn.close()
     pool = await asyncpg.create_pool(

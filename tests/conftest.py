@@ -47,12 +47,12 @@ import pytest
 import uvicorn
 
 from giapranh.demo import demo_keys, seed_directory
+from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
-from shared.db import apply_migrations, create_pool
-from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
+from shared.db import apply_schema, create_pool
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 
@@ -124,7 +124,7 @@ async def env(broker: EmbeddedBroker, pg: EmbeddedDatabase, tmp_path: Path) -> T
     dsn = await pg.create_database(name)
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_migrations(conn)
+        await apply_schema(conn)
     finally:
         await conn.close()
     return TestEnv(dsn, broker.bootstrap_servers, f"{name}.", tmp_path)

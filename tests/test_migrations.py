@@ -69,3 +69,57 @@ def test_badly_named_migration_files_are_refused(tmp_path):
 def test_the_shipped_migrations_are_numbered_without_gaps():
     versions = [m.version for m in discover_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_every_components_migrations_are_numbered_without_gaps():
+    from shared.db import SCHEMA, migrations_folder
+
+    for component, package in SCHEMA:
+        versions = [m.version for m in discover_migrations(migrations_folder(package))]
+        assert versions == list(range(1, len(versions) + 1)), component
+
+
+async def _schema_of(conn):
+    columns = await conn.fetch(
+        """SELECT table_name, column_name, data_type, is_nullable, column_default
+             FROM information_schema.columns WHERE table_schema = 'public'
+              AND table_name <> 'schema_migrations'
+            ORDER BY table_name, column_name""")
+    indexes = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+        "AND tablename <> 'schema_migrations' ORDER BY indexname")
+    triggers = await conn.fetch(
+        "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY tgname")
+    return [tuple(r) for r in columns], [tuple(r) for r in indexes], [r[0] for r in triggers]
+
+
+async def test_a_database_from_the_single_shared_layout_upgrades_to_the_same_schema(pg):
+    """Databases made when shared/migrations held every table (versions 1 and 2) are
+    upgraded in place: nothing is created twice and the result equals a fresh schema."""
+    import uuid
+    from pathlib import Path
+
+    from shared.db import apply_schema
+
+    legacy = Path(__file__).parent / "data" / "legacy_migrations"
+    old = await asyncpg.connect(await pg.create_database(f"m_{uuid.uuid4().hex[:12]}"))
+    fresh = await asyncpg.connect(await pg.create_database(f"m_{uuid.uuid4().hex[:12]}"))
+    try:
+        await old.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())")
+        for version, path in enumerate(sorted(legacy.iterdir()), start=1):
+            await old.execute(path.read_text())
+            await old.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                              version, path.stem[5:])
+        await old.execute("INSERT INTO units (code, name, kind) VALUES ('CA-1', 'x', 'ministry')")
+
+        upgraded = await apply_schema(old)
+        assert upgraded == ["ingest/0002", "notifier/0003"]  # only what is new since
+        await apply_schema(fresh)
+        assert await _schema_of(old) == await _schema_of(fresh)
+        assert await old.fetchval("SELECT count(*) FROM units") == 1  # data kept
+        assert await apply_schema(old) == []
+    finally:
+        await old.close()
+        await fresh.close()

@@ -222,7 +222,8 @@ class IngestStore:
         row = await self._pool.fetchrow(
             """SELECT e.type, e.recorded_at, o.dispatched_at,
                       coalesce((SELECT array_agg(a.alert_id ORDER BY a.raised_at)
-                                  FROM alerts a WHERE a.source_event_id = e.event_id),
+                                  FROM notifier_report_alerts a
+                                 WHERE a.source_event_id = e.event_id),
                                '{}') AS alerts
                  FROM events e LEFT JOIN outbox o USING (event_id)
                 WHERE e.event_id = $1 AND e.unit_code = $2""",
