@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.auth import issue_api_key
+from shared.auth import issue_api_key, list_api_keys, revoke_api_key
 from shared.directory import (
     AgreementIn,
     UnitIn,
@@ -235,23 +235,19 @@ def keys_list(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Keys by id and prefix (never the key itself)."""
-    rows = _run(database_url, lambda conn: conn.fetch(
-        """SELECT id, unit_code, key_prefix, role, label, created_at, revoked_at FROM api_keys
-            WHERE $1::text IS NULL OR unit_code = $1 ORDER BY id""", unit))
+    keys = _run(database_url, lambda conn: list_api_keys(conn, unit))
     table = Table("id", "unit", "prefix", "role", "label", "created", "revoked")
-    for row in rows:
-        table.add_row(str(row["id"]), row["unit_code"], row["key_prefix"] + "…", row["role"],
-                      row["label"] or "", f"{row['created_at']:%Y-%m-%d %H:%M}",
-                      f"{row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "")
+    for key in keys:
+        table.add_row(str(key.id), key.unit_code, key.key_prefix + "…", key.role,
+                      key.label or "", f"{key.created_at:%Y-%m-%d %H:%M}",
+                      f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "")
     console.print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: int, database_url: DatabaseUrl = None) -> None:
     """Revoke key KEY_ID (see `giapranh keys list`): it stops working at once."""
-    status = _run(database_url, lambda conn: conn.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id))
-    if status == "UPDATE 0":
+    if not _run(database_url, lambda conn: revoke_api_key(conn, key_id)):
         _fail(f"no active key with id {key_id}")
     console.print(f"revoked key {key_id}")
 
@@ -264,7 +260,7 @@ def webhooks_set(
 ) -> None:
     """Register UNIT's webhook (replacing any) and print its new signing secret once."""
     from services.notifier.api import WebhookIn
-    from services.notifier.channels import register_webhook
+    from services.notifier.webhooks import Webhooks
 
     try:
         hook = WebhookIn(url=url, format=format)  # type: ignore[arg-type]
@@ -275,7 +271,7 @@ def webhooks_set(
         if not await conn.fetchval("SELECT 1 FROM units WHERE code = $1 AND active_to IS NULL",
                                    unit):
             raise typer.BadParameter(f"no active unit {unit}", param_hint="UNIT")
-        return await register_webhook(conn, unit, str(hook.url), hook.format)
+        return await Webhooks(conn).register(unit, str(hook.url), hook.format)
 
     secret = _run(database_url, work)
     console.print(f"webhook of {unit}: {hook.url} ({hook.format}); signing secret, shown once:")
@@ -285,17 +281,13 @@ def webhooks_set(
 @webhooks_app.command("list")
 def webhooks_list(database_url: DatabaseUrl = None) -> None:
     """Webhooks with their delivery counts (pending, delivered, dead)."""
-    rows = _run(database_url, lambda conn: conn.fetch(
-        """SELECT w.unit_code, w.url, w.format,
-                  count(*) FILTER (WHERE d.status = 'pending') AS pending,
-                  count(*) FILTER (WHERE d.status = 'delivered') AS delivered,
-                  count(*) FILTER (WHERE d.status = 'dead') AS dead
-             FROM webhooks w LEFT JOIN webhook_deliveries d USING (unit_code)
-            GROUP BY w.unit_code ORDER BY w.unit_code"""))
+    from services.notifier.webhooks import Webhooks
+
+    hooks = _run(database_url, lambda conn: Webhooks(conn).stats())
     table = Table("unit", "url", "format", "pending", "delivered", "dead")
-    for row in rows:
-        table.add_row(row["unit_code"], row["url"], row["format"], str(row["pending"]),
-                      str(row["delivered"]), str(row["dead"]))
+    for hook in hooks:
+        table.add_row(hook.unit_code, hook.url, hook.format, str(hook.pending),
+                      str(hook.delivered), str(hook.dead))
     console.print(table)
 
 
@@ -305,17 +297,16 @@ def webhooks_retry(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Queue dead-lettered webhook deliveries again (after the receiver is fixed)."""
-    status = _run(database_url, lambda conn: conn.execute(
-        """UPDATE webhook_deliveries SET status = 'pending', attempts = 0,
-                  next_attempt_at = now(), finished_at = NULL
-            WHERE status = 'dead' AND ($1::text IS NULL OR unit_code = $1)""", unit))
-    console.print(f"re-queued {status.split()[-1]} dead delivery(ies)")
+    from services.notifier.webhooks import Webhooks
+
+    count = _run(database_url, lambda conn: Webhooks(conn).retry_dead(unit))
+    console.print(f"re-queued {count} dead delivery(ies)")
 
 
 @webhooks_app.command("remove")
 def webhooks_remove(unit: str, database_url: DatabaseUrl = None) -> None:
-    status = _run(database_url, lambda conn: conn.execute(
-        "DELETE FROM webhooks WHERE unit_code = $1", unit))
-    if status == "DELETE 0":
+    from services.notifier.webhooks import Webhooks
+
+    if not _run(database_url, lambda conn: Webhooks(conn).remove(unit)):
         _fail(f"{unit} has no webhook")
     console.print(f"removed the webhook of {unit}")

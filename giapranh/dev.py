@@ -28,13 +28,13 @@ from typing import IO
 import httpx
 
 from giapranh.demo import EXAMPLE_SIGHTING, EXAMPLE_SIGHTING_UNIT, seed_demo
-from shared.db import create_pool
 from giapranh.embedded import (
     EmbeddedBroker,
     EmbeddedDatabase,
     EmbeddedStackError,
     port_is_free,
 )
+from shared.db import create_pool
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.settings import CommonSettings
 

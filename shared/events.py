@@ -268,7 +268,8 @@ class HitFound(Event):
     """The matcher's verdict that a reported subject is a listed one."""
 
     type: Literal["HitFound"] = "HitFound"
-    hit_id: UUID = Field(description="Deterministic: same source event and entry version.")
+    hit_id: UUID = Field(description="Deterministic: one id per source event and entry, whatever "
+                         "the entry's version (`services.matcher.hits.hit_id`).")
     entry: WatchlistEntry
     source_event_id: UUID
     source_type: Literal["SightingReported", "IncidentReported"]
@@ -300,13 +301,6 @@ class AlertRaised(Event):
     recipients: tuple[Recipient, ...]
 
 
-class AlertAcknowledged(Event):
-    type: Literal["AlertAcknowledged"] = "AlertAcknowledged"
-    alert_id: UUID
-    unit_code: UnitCode
-    acknowledged_by: ShortText | None = None
-
-
 AnyEvent = Annotated[
     SightingReported
     | IncidentReported
@@ -314,8 +308,7 @@ AnyEvent = Annotated[
     | WatchlistEntryCancelled
     | HitFound
     | HitsWithdrawn
-    | AlertRaised
-    | AlertAcknowledged,
+    | AlertRaised,
     Field(discriminator="type"),
 ]
 _any_event = TypeAdapter(AnyEvent)

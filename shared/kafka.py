@@ -96,16 +96,6 @@ async def publish_all(
     return sum(len(messages) for messages in grouped.values())
 
 
-async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
-    """Set `giapranh_consumer_lag` from the last fetch's high-water marks."""
-    lag = 0
-    for partition in consumer.assignment():
-        high = consumer.highwater(partition)
-        if high is not None:
-            lag += max(0, high - await consumer.position(partition))
-    metrics.CONSUMER_LAG.labels(service=service).set(lag)
-
-
 async def ensure_topics(
     settings: CommonSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[str]:
@@ -167,7 +157,7 @@ class DeadLetterSink:
 
     def __init__(self, producer: AIOKafkaProducer, settings: CommonSettings, service: str):
         self._producer = producer
-        self._topic = settings.topic(DEAD_LETTER.name)
+        self._settings = settings
         self._service = service
         self._pending: list[asyncio.Future[Any]] = []
 
@@ -186,9 +176,8 @@ class DeadLetterSink:
             record.topic, record.partition, record.offset, letter.error.splitlines()[0],
         )
         metrics.DEAD_LETTERS.labels(service=self._service, topic=record.topic).inc()
-        future = await self._producer.send(
-            self._topic, letter.model_dump_json().encode(), key=record.topic.encode()
-        )
+        topic, key, value = DEAD_LETTER.record(self._settings, letter)
+        future = await self._producer.send(topic, value, key=key)
         self._pending.append(future)
 
     async def flush(self) -> None:

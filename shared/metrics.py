@@ -105,11 +105,25 @@ SIGHTING_TO_ALERT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-# --- every consumer
+# --- every consumer (shared.stream)
 CONSUMER_LAG = Gauge(
     "giapranh_consumer_lag",
-    "Messages between this consumer's position and the end of the partitions it holds.",
-    ["service"],
+    "Messages between a stream's position and the end of the partitions it holds, by stream.",
+    ["stream"],
+)
+STREAM_BATCH_MESSAGES = Histogram(
+    "giapranh_stream_batch_messages", "Records per batch a stream handled, by stream.",
+    ["stream"], buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+STREAM_BATCH_SECONDS = Histogram(
+    "giapranh_stream_batch_seconds",
+    "Time from a batch's poll until it was delivered and committed, by stream.",
+    ["stream"], buckets=LATENCY_BUCKETS,
+)
+STREAM_RESTARTS = Counter(
+    "giapranh_stream_restarts_total",
+    "Times a stream dropped its broker clients after a failure and reconnected, by stream.",
+    ["stream"],
 )
 DEAD_LETTERS = Counter(
     "giapranh_dead_letters_total", "Messages parked on the dead-letter topic.",

@@ -1,13 +1,16 @@
 """The topic registry: every topic declared once, with key, value type, who writes, who reads.
 
-Each topic has an example payload in `shared/examples/<name>.json`; a test decodes every
-example with the topic's value type, so the examples double as living documentation.
-Full topic names carry the deployment's prefix (`CommonSettings.topic`).
+A topic's spec owns its key and its encoding: producers hand over an event
+(`spec.record(settings, event)`), never a key they picked; consumers decode with
+`spec.decode`. Each topic has an example payload in `shared/examples/<name>.json`; a test
+decodes every example with the topic's value type, so the examples double as living
+documentation. Full topic names carry the deployment's prefix (`CommonSettings.topic`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -15,7 +18,6 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from shared.events import (
-    AlertAcknowledged,
     AlertRaised,
     DeadLetter,
     HitFound,
@@ -25,12 +27,16 @@ from shared.events import (
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
 )
+from shared.settings import CommonSettings
 
 
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     key: str
+    """What the key is, in words (the README's topic table)."""
+    key_of: Callable[[Any], str]
+    """The key of an event on this topic: per-key order is what the topic promises."""
     value_types: tuple[type, ...]
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
@@ -44,6 +50,15 @@ class TopicSpec:
 
     def decode(self, raw: bytes | str) -> Any:
         return self.adapter.validate_json(raw)
+
+    def encode(self, event: Any) -> bytes:
+        if not isinstance(event, self.value_types):
+            raise TypeError(f"{type(event).__name__} is not carried by topic {self.name}")
+        return event.model_dump_json().encode()
+
+    def record(self, settings: CommonSettings, event: Any) -> tuple[str, bytes, bytes]:
+        """(full topic name, key, value) of `event` on this topic, ready to publish."""
+        return settings.topic(self.name), self.key_of(event).encode(), self.encode(event)
 
     def example(self) -> dict[str, Any]:
         text = resources.files("shared").joinpath("examples", f"{self.name}.json").read_text()
@@ -59,6 +74,7 @@ def _union(types: tuple[type, ...]) -> Any:
 SIGHTINGS = TopicSpec(
     name="sightings",
     key="reporting unit code (keeps one unit's reports in order)",
+    key_of=lambda report: report.producer_unit or "",
     value_types=(SightingReported,),
     producers=("ingest",),
     consumers=("matcher",),
@@ -67,6 +83,7 @@ SIGHTINGS = TopicSpec(
 INCIDENTS = TopicSpec(
     name="incidents",
     key="reporting unit code",
+    key_of=lambda report: report.producer_unit or "",
     value_types=(IncidentReported,),
     producers=("ingest",),
     consumers=("matcher",),
@@ -75,6 +92,8 @@ INCIDENTS = TopicSpec(
 WATCHLIST = TopicSpec(
     name="watchlist",
     key="entry id (per-entry order; compaction keeps the latest state)",
+    key_of=lambda change: change.entry.entry_id if isinstance(change, WatchlistEntryUpserted)
+    else change.entry_id,
     value_types=(WatchlistEntryUpserted, WatchlistEntryCancelled),
     producers=("ingest",),
     consumers=("matcher (every worker reads every partition)",),
@@ -84,6 +103,7 @@ WATCHLIST = TopicSpec(
 HITS = TopicSpec(
     name="hits",
     key="entry id (one entry's hits, and then its withdrawal, stay in order)",
+    key_of=lambda event: event.entry.entry_id if isinstance(event, HitFound) else event.entry_id,
     value_types=(HitFound, HitsWithdrawn),
     producers=("matcher",),
     consumers=("notifier",),
@@ -93,14 +113,17 @@ HITS = TopicSpec(
 ALERTS = TopicSpec(
     name="alerts",
     key="alert id",
-    value_types=(AlertRaised, AlertAcknowledged),
+    key_of=lambda event: str(event.alert_id),
+    value_types=(AlertRaised,),
     producers=("notifier",),
     consumers=("audit, reporting (outside the core pipeline)",),
-    description="Alert lifecycle: raised for its recipients, acknowledged by duty desks.",
+    description="An alert was raised for its recipients (the workflow's later steps are on "
+    "the notifier's API, CAP feed and webhooks).",
 )
 DEAD_LETTER = TopicSpec(
     name="dead-letter",
     key="source topic name",
+    key_of=lambda letter: letter.source_topic,
     value_types=(DeadLetter,),
     producers=("matcher", "notifier"),
     consumers=("operators",),

@@ -13,8 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.notifier.app import create_app
-from services.notifier.channels import verify
 from services.notifier.settings import NotifierSettings
+from services.notifier.webhooks import verify
 from tests.conftest import _serve, bearer, eventually, served
 from tests.notifier_helpers import WANTED, alert_of, make_hit, send, withdrawal
 

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
+from giapranh.embedded import EmbeddedBroker, free_port
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
-from giapranh.embedded import EmbeddedBroker, free_port
 from shared.events import decode_event
 from tests.conftest import _serve, bearer, eventually, read_topic
 from tests.test_ingest_api import SIGHTING

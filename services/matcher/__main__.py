@@ -18,7 +18,7 @@ async def _prepare_topics(settings: MatcherSettings) -> None:
 def main() -> None:
     settings = MatcherSettings()
     settings.matcher_data_dir.mkdir(parents=True, exist_ok=True)
-    # The agents subscribe as the worker starts: their topics must exist by then.
+    # The streams subscribe as the worker starts: their topics must exist by then.
     asyncio.run(_prepare_topics(settings))
     app = create_app(settings)
     worker = faust.Worker(

@@ -1,93 +1,65 @@
-"""Wiring of the stream matcher: a faust worker that only decodes, matches and produces.
+"""Wiring of the stream matcher: a faust worker around the pure engine.
+
+faust runs the worker: its lifecycle (mode services started and stopped in order,
+signals, graceful shutdown, logging) and its web server, which serves our ASGI app
+(/healthz, /readyz, /metrics). The streams are not faust agents: they run on the shared
+`StreamRunner` (aiokafka `getmany` batches), like every other consumer of giapranh, because
+- the report stream is the hot path: faust's per-event iteration and `take_events`
+  measured 5-7k events/s here, the batches ~50k/s;
+- every worker must read the whole watchlist topic, which an agent in the worker's
+  consumer group cannot do without a GlobalTable, and GlobalTable recovery with several
+  workers can loop (faust #283).
 
 Watchlist state: every worker holds the whole watchlist in a `MatchingEngine`. At start it
-loads the current entries from PostgreSQL (the system of record, so a restarted in-memory
-broker loses nothing), then follows the watchlist topic from its beginning with its own
-group-less consumer, reading every partition. Entry versions make the replay idempotent.
-We do not use a faust GlobalTable for this: recovery with several workers can loop
-(faust #283), and table writes are not allowed from `take_events` batches.
+loads the current entries from PostgreSQL (ingest's `ingest_watchlist` view: the system of
+record, so a restarted in-memory broker loses nothing), then follows the watchlist topic
+from its beginning, reading every partition; entry versions make the replay idempotent.
+New and changed entries are checked against the recent reports (late hits); cancelled
+ones emit `HitsWithdrawn`.
 
-Reports (sightings, incidents) are consumed by a consumer group of the workers, in
-`getmany` batches (faust's per-message stream costs ~150 µs a message here). Each batch's
-hits are sent together and acknowledged before its offsets are committed (at least once);
-downstream drops repeats by the deterministic hit id. A report that cannot be decoded or
-matched goes to the dead-letter topic and the stream goes on. New and changed entries are
-checked against the recent reports (late hits); cancelled ones emit `HitsWithdrawn`.
+Reports (sightings, incidents) are consumed by a consumer group of the workers. Each
+batch's hits are acknowledged before its offsets are committed (at least once), and the
+hits of up to `MAX_BATCHES_IN_FLIGHT` batches travel while the next is matched;
+downstream drops repeats by the deterministic hit id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import time
-from collections import deque
+from collections import Counter
 from datetime import timedelta
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
 
 import asyncpg
 import faust
-from aiokafka import AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from faust.contrib.asgi import serve_asgi
 from mode import Service
 
-from services.matcher.engine import Match, MatchingEngine, gc_paused
-from services.matcher.late import RecentReports, Report, late_hits, report_subjects
+from services.matcher.engine import MatchingEngine, gc_paused
+from services.matcher.hits import hits_for, late_hits
+from services.matcher.late import RecentReports
 from services.matcher.settings import MatcherSettings
 from shared import metrics
 from shared.events import (
     HitFound,
     HitsWithdrawn,
-    Subject,
     WatchlistEntry,
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
-    encode_event,
     utcnow,
 )
 from shared.http import install_metrics
-from shared.kafka import (
-    DeadLetterSink,
-    create_consumer,
-    create_producer,
-    publish_all,
-    record_lag,
-)
+from shared.stream import Message, Outcome, Stream, StreamRunner
 from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST
 
 log = logging.getLogger(__name__)
 
 MAX_BATCHES_IN_FLIGHT = 4
 """Batches whose hits may be on their way to the broker while the next one is matched."""
-HIT_NAMESPACE = uuid5(NAMESPACE_URL, "https://giapranh.example/hits")
-
-
-def hit_id(source_event_id: UUID, entry: WatchlistEntry) -> UUID:
-    """One id per report and entry, whatever the entry's version: a redelivered report, or
-    an updated entry re-checked by late matching, repeats the id and downstream drops it."""
-    return uuid5(HIT_NAMESPACE, f"{source_event_id}:{entry.entry_id}")
-
-
-def build_hit(report: Report, subject: Subject, match: Match, late: bool) -> HitFound:
-    return HitFound(
-        occurred_at=utcnow(),
-        correlation_id=report.correlation(),
-        hit_id=hit_id(report.event_id, match.entry),
-        entry=match.entry,
-        source_event_id=report.event_id,
-        source_type=report.type,
-        subject=subject,
-        place=report.place,
-        seen_at=report.occurred_at,
-        reported_at=report.recorded_at,
-        score=match.score,
-        reasons=match.reasons,
-        late=late,
-    )
 
 
 def _log_hit(hit: HitFound) -> None:
@@ -95,19 +67,6 @@ def _log_hit(hit: HitFound) -> None:
              hit.score, extra={"event_id": hit.event_id, "correlation_id": hit.correlation(),
                                "hit_id": hit.hit_id, "entry_id": hit.entry.entry_id,
                                "unit": hit.place.unit_code})
-
-
-def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
-    hits: dict[str, HitFound] = {}
-    for subject in report_subjects(report):
-        started = time.perf_counter()
-        matches = engine.match(subject, at=report.occurred_at)
-        metrics.MATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.MATCH_CANDIDATES.observe(engine.last_candidates)
-        for match in matches:
-            if match.entry.entry_id not in hits:
-                hits[match.entry.entry_id] = build_hit(report, subject, match, late=False)
-    return list(hits.values())
 
 
 def calm_garbage_collector() -> None:
@@ -123,7 +82,7 @@ def calm_garbage_collector() -> None:
 
 
 class MatcherRuntime(Service):
-    """The worker's adapters and state: engine, database pool, producer, dead letters."""
+    """The worker's state (engine, recent reports) and its two streams."""
 
     def __init__(self, settings: MatcherSettings, **kwargs: Any):
         super().__init__(**kwargs)
@@ -132,29 +91,43 @@ class MatcherRuntime(Service):
         self.recent = RecentReports(timedelta(days=settings.late_match_window_days),
                                     settings.late_match_max_reports)
         self.ready = asyncio.Event()
-        self.consuming = asyncio.Event()
-        """Set while the report consumer holds partitions."""
-        self._producer: AIOKafkaProducer | None = None
-        self._dead_letters: DeadLetterSink | None = None
+        """Set once the watchlist snapshot and the recent reports are loaded."""
+        self.reports = StreamRunner(settings, Stream(
+            name="matcher.reports", service="matcher", specs=(SIGHTINGS, INCIDENTS),
+            group_id=f"{settings.matcher_group_id}.reports",
+            batch_size=settings.matcher_batch_size, in_flight=MAX_BATCHES_IN_FLIGHT,
+        ), self.match_reports)
+        self.watchlist = StreamRunner(settings, Stream(
+            name="matcher.watchlist", service="matcher", specs=(WATCHLIST,), group_id=None,
+            batch_size=settings.matcher_batch_size,
+        ), self.apply_watchlist_changes)
+
+    @property
+    def consuming(self) -> bool:
+        """True while the report stream holds partitions."""
+        return self.reports.ready.is_set()
 
     async def on_start(self) -> None:
         await self._load_watchlist_snapshot()
         await self._load_recent_reports()
         calm_garbage_collector()
-        self._producer = create_producer(self.settings, client_id="giapranh-matcher")
-        await self._producer.start()
-        self._dead_letters = DeadLetterSink(self._producer, self.settings, "matcher")
         self.ready.set()
 
-    async def on_stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
+    @Service.task
+    async def _run_reports(self) -> None:
+        await self.ready.wait()
+        await self.reports.run()
+
+    @Service.task
+    async def _run_watchlist(self) -> None:
+        await self.ready.wait()
+        await self.watchlist.run()
 
     async def _load_watchlist_snapshot(self) -> None:
         conn = await asyncpg.connect(self.settings.database_url)
         try:
             rows = await conn.fetch(
-                "SELECT entry::text, version, cancelled_at FROM watchlist_entries"
+                "SELECT entry::text, version, cancelled_at FROM ingest_watchlist"
             )
         finally:
             await conn.close()
@@ -170,174 +143,80 @@ class MatcherRuntime(Service):
         log.info("watchlist snapshot loaded: %d active entries", len(self.engine))
 
     async def _load_recent_reports(self) -> None:
-        specs = {spec.value_types[0].__name__: spec for spec in (SIGHTINGS, INCIDENTS)}
         conn = await asyncpg.connect(self.settings.database_url)
         try:
             rows = await conn.fetch(
-                """SELECT occurred_at, payload::text FROM events
-                    WHERE type = ANY($1::text[]) AND occurred_at >= now() - $2::interval
-                    ORDER BY occurred_at""",
-                list(specs), self.recent.window,
+                """SELECT occurred_at, payload::text FROM ingest_reports
+                    WHERE occurred_at >= now() - $1::interval ORDER BY occurred_at""",
+                self.recent.window,
             )
         finally:
             await conn.close()
         self.recent.extend((row["occurred_at"], row["payload"].encode()) for row in rows)
         log.info("recent reports loaded for late matching: %d", len(self.recent))
 
-    @Service.task
-    async def _follow_watchlist(self) -> None:
-        await self.ready.wait()
-        topic = self.settings.topic(WATCHLIST.name)
-        consumer = create_consumer(self.settings, group_id=None, client_id="giapranh-matcher-wl")
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-            await consumer.seek_to_beginning()
-            while not self.should_stop:
-                batch = await consumer.getmany(timeout_ms=500)
-                changed: list[WatchlistEntry] = []
-                for records in batch.values():
-                    for record in records:
-                        entry = await self._apply_watchlist_record(record)
-                        if entry is not None:
-                            changed.append(entry)
-                if changed:
-                    await self._send_late_hits(changed)
-                if batch:
-                    self._update_size_gauge()
-        finally:
-            await consumer.stop()
+    async def match_reports(self, messages: list[Message]) -> Outcome:
+        """The report stream's handler: each report's hits, to be published."""
+        outcome = Outcome()
+        matched: Counter[str] = Counter()
+        for message in messages:
+            report = message.event
+            try:
+                hits = hits_for(self.engine, report)
+            except Exception as exc:  # noqa: BLE001 - one bad report must not stop the stream
+                outcome.failed.append((message, exc))
+                continue
+            self.recent.add(report.occurred_at, message.record.value)
+            matched[report.type] += 1
+            for hit in hits:
+                metrics.HITS.labels(category=hit.entry.category.value, mode="live").inc()
+                _log_hit(hit)
+                outcome.publish.append((HITS, hit))
+        for report_type, count in matched.items():
+            metrics.MATCHER_EVENTS.labels(type=report_type).inc(count)
+        return outcome
 
-    async def _apply_watchlist_record(self, record: Any) -> WatchlistEntry | None:
-        """Apply one change; the entry to check against recent reports, if it changed."""
-        try:
-            change = WATCHLIST.decode(record.value)
-        except Exception as exc:  # noqa: BLE001 - any undecodable change is parked
-            assert self._dead_letters is not None
-            await self._dead_letters.park(record, exc)
-            await self._dead_letters.flush()
-            return None
-        assert self._producer is not None
-        if isinstance(change, WatchlistEntryUpserted):
-            if self.engine.upsert(change.entry):
-                return change.entry
-        elif isinstance(change, WatchlistEntryCancelled):
-            if self.engine.cancel(change.entry_id, change.version):
-                withdrawn = HitsWithdrawn(
-                    occurred_at=utcnow(), correlation_id=change.correlation(),
-                    entry_id=change.entry_id, owner_unit=change.owner_unit,
-                    version=change.version, reason=change.reason,
-                )
-                await self._producer.send_and_wait(
-                    self.settings.topic(HITS.name), encode_event(withdrawn),
-                    key=change.entry_id.encode())
-        return None
+    async def apply_watchlist_changes(self, messages: list[Message]) -> Outcome:
+        """The watchlist follower's handler: apply each change to the engine; withdraw the
+        hits of cancelled entries; check new and changed entries against the recent
+        reports (NCIC's delayed inquiry), the reports decoded once for the whole batch."""
+        outcome = Outcome()
+        changed: list[tuple[Message, WatchlistEntry]] = []
+        for message in messages:
+            change = message.event
+            if isinstance(change, WatchlistEntryUpserted):
+                if self.engine.upsert(change.entry):
+                    changed.append((message, change.entry))
+            elif isinstance(change, WatchlistEntryCancelled):
+                if self.engine.cancel(change.entry_id, change.version):
+                    outcome.publish.append((HITS, HitsWithdrawn(
+                        occurred_at=utcnow(), correlation_id=change.correlation(),
+                        entry_id=change.entry_id, owner_unit=change.owner_unit,
+                        version=change.version, reason=change.reason,
+                    )))
+        if changed:
+            outcome = outcome.merge(await asyncio.to_thread(self._late_hits, changed))
+        self._update_size_gauge()
+        return outcome
 
-    async def _send_late_hits(self, entries: list[WatchlistEntry]) -> None:
-        """Check new or changed entries against the recent reports (NCIC's delayed inquiry);
-        the reports are decoded once for all the entries of a batch."""
-        assert self._producer is not None
-        window = self.recent
-
-        def check() -> list[HitFound]:
-            reports = window.within(utcnow())
-            return [hit for entry in entries
-                    for hit in late_hits(self.engine, entry.entry_id, reports, build_hit)]
-
-        found = await asyncio.to_thread(check)
-        for hit in found:
-            metrics.HITS.labels(category=hit.entry.category.value, mode="late").inc()
-            _log_hit(hit)
-        await publish_all(self._producer, (
-            (self.settings.topic(HITS.name), hit.entry.entry_id.encode(), encode_event(hit))
-            for hit in found
-        ))
+    def _late_hits(self, changed: list[tuple[Message, WatchlistEntry]]) -> Outcome:
+        outcome = Outcome()
+        reports = self.recent.within(utcnow())
+        for message, entry in changed:
+            try:
+                found = late_hits(self.engine, entry.entry_id, reports)
+            except Exception as exc:  # noqa: BLE001 - parked with its change, the rest go on
+                outcome.failed.append((message, exc))
+                continue
+            for hit in found:
+                metrics.HITS.labels(category=hit.entry.category.value, mode="late").inc()
+                _log_hit(hit)
+                outcome.publish.append((HITS, hit))
+        return outcome
 
     def _update_size_gauge(self) -> None:
         for category, size in self.engine.size_by_category().items():
             metrics.WATCHLIST_SIZE.labels(category=category).set(size)
-
-    @Service.task
-    async def _consume_reports(self) -> None:
-        """The report stream: a consumer group over sightings and incidents, in batches.
-
-        Batches are pipelined: while the hits of up to `MAX_BATCHES_IN_FLIGHT` batches
-        travel to the broker, the next batch is fetched and matched. A batch's offsets are
-        committed only after its hits were acknowledged and the batch before it was
-        committed (at least once, commits in order). faust's per-message stream costs ~150 µs
-        a message here (5.8k/s measured with `take_events`); `getmany` batches avoid that.
-        """
-        await self.ready.wait()
-        specs = {self.settings.topic(spec.name): spec for spec in (SIGHTINGS, INCIDENTS)}
-        consumer = create_consumer(
-            self.settings, *specs, group_id=f"{self.settings.matcher_group_id}.reports",
-            client_id="giapranh-matcher",
-        )
-        await consumer.start()
-        in_flight: deque[asyncio.Task[None]] = deque()
-        try:
-            while not self.should_stop:
-                batch = await consumer.getmany(timeout_ms=500,
-                                               max_records=self.settings.matcher_batch_size)
-                if consumer.assignment():
-                    self.consuming.set()
-                if not batch:
-                    continue
-                outgoing: list[tuple[str, bytes, bytes]] = []
-                for partition, records in batch.items():
-                    outgoing += await self.match_reports(records, specs[partition.topic])
-                offsets = {partition: records[-1].offset + 1
-                           for partition, records in batch.items()}
-                if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
-                    await in_flight.popleft()  # the oldest batch is acknowledged and committed
-                in_flight.append(asyncio.create_task(self._deliver(
-                    consumer, outgoing, offsets, in_flight[-1] if in_flight else None)))
-            while in_flight:
-                await in_flight.popleft()
-        finally:
-            for task in in_flight:
-                task.cancel()
-            for task in in_flight:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            self.consuming.clear()
-            await consumer.stop()
-
-    async def _deliver(self, consumer: Any, outgoing: list[tuple[str, bytes, bytes]],
-                       offsets: dict[Any, int], previous: asyncio.Task[None] | None) -> None:
-        """Send a batch's hits and wait for the broker's acknowledgement; then, once the
-        previous batch is committed, commit this one (offsets only ever move forward past
-        acknowledged hits)."""
-        assert self._producer is not None and self._dead_letters is not None
-        await publish_all(self._producer, outgoing)
-        await self._dead_letters.flush()
-        if previous is not None:
-            await previous
-        await consumer.commit(offsets)
-        await record_lag(consumer, "matcher")
-
-    async def match_reports(self, messages: list[Any], spec: Any) -> list[tuple[str, bytes, bytes]]:
-        """Match one batch of report messages: the hits to send; park what fails."""
-        assert self._dead_letters is not None
-        hits_topic = self.settings.topic(HITS.name)
-        outgoing: list[tuple[str, bytes, bytes]] = []
-        matched = 0
-        for message in messages:
-            try:
-                report = spec.decode(message.value)
-                hits = hits_for(self.engine, report)
-                self.recent.add(report.occurred_at, message.value)
-            except Exception as exc:  # noqa: BLE001 - one bad report must not stop the stream
-                await self._dead_letters.park(message, exc)
-                continue
-            matched += 1
-            for hit in hits:
-                metrics.HITS.labels(category=hit.entry.category.value, mode="live").inc()
-                _log_hit(hit)
-                outgoing.append((hits_topic, hit.entry.entry_id.encode(), encode_event(hit)))
-        metrics.MATCHER_EVENTS.labels(type=spec.value_types[0].__name__).inc(matched)
-        return outgoing
 
 
 def create_app(settings: MatcherSettings) -> faust.App:
@@ -366,14 +245,14 @@ def create_app(settings: MatcherSettings) -> faust.App:
     @web.get("/healthz")
     async def healthz() -> dict[str, object]:
         return {"status": "ok" if runtime.ready.is_set() else "starting",
-                "reports": "consuming" if runtime.consuming.is_set() else "waiting",
+                "reports": "consuming" if runtime.consuming else "waiting",
                 "watchlist_entries": len(runtime.engine)}
 
     @web.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = runtime.ready.is_set() and runtime.consuming.is_set()
+        ready = runtime.ready.is_set() and runtime.consuming
         return JSONResponse({"ready": ready, "checks": {"watchlist_loaded": runtime.ready.is_set(),
-                                                        "broker": runtime.consuming.is_set()}},
+                                                        "broker": runtime.consuming}},
                             status_code=200 if ready else 503)
 
     serve_asgi(app, web, host=settings.matcher_host, port=settings.matcher_port)

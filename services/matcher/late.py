@@ -1,6 +1,8 @@
-"""Late matching, like NCIC's delayed inquiry: a new or changed watchlist entry is checked
-against the reports of the last days, so a subject sighted yesterday and listed today
-still raises an alert (marked late).
+"""The window of recent reports that late matching checks new entries against.
+
+Like NCIC's delayed inquiry: a new or changed watchlist entry is checked against the
+reports of the last days, so a subject sighted yesterday and listed today still raises an
+alert (marked late; `hits.late_hits`).
 
 `RecentReports` keeps the reports of the window in memory, oldest first, bounded in count,
 as the bytes they arrived as: a hundred thousand decoded reports would be millions of
@@ -13,25 +15,13 @@ of 100,000 reports.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import Field, TypeAdapter
 
-from services.matcher.engine import Match, MatchingEngine
-from shared.events import HitFound, IncidentReported, SightingReported, Subject
-
-Report = SightingReported | IncidentReported
-HitBuilder = Callable[[Report, Subject, Match, bool], HitFound]
-
-
-def report_subjects(report: Report) -> list[Subject]:
-    if isinstance(report, SightingReported):
-        return [report.subject]
-    vehicles = [Subject(plate=v.plate, description=v.description) for v in report.vehicles]
-    return [*report.suspects, *vehicles]
-
+from services.matcher.hits import Report
 
 _reports = TypeAdapter(Annotated[Report, Field(discriminator="type")])
 
@@ -57,16 +47,3 @@ class RecentReports:
         while self._reports and self._reports[0][0] < oldest:
             self._reports.popleft()
         return [_reports.validate_json(raw) for at, raw in list(self._reports) if at >= oldest]
-
-
-def late_hits(engine: MatchingEngine, entry_id: str, reports: Iterable[Report],
-              build: HitBuilder) -> list[HitFound]:
-    """Hits of `entry_id` among `reports`, built by `build(report, subject, match, late)`."""
-    found = []
-    for report in reports:
-        for subject in report_subjects(report):
-            match = engine.match_entry(subject, entry_id, at=report.occurred_at)
-            if match is not None:
-                found.append(build(report, subject, match, True))
-                break
-    return found

@@ -18,17 +18,14 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from services.notifier import api
 from services.notifier.cap import render_cap
-from services.notifier.channels import (
-    SseChannel,
-    WebhookChannel,
-    WebhookDispatcher,
-    WebhookPolicy,
-)
+from services.notifier.channels import SseChannel
 from services.notifier.clock import Clock, SystemClock
-from services.notifier.consumer import HitConsumer
+from services.notifier.consumer import hit_stream
 from services.notifier.feed import AlertFeed
+from services.notifier.service import AlertService
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import AlertStore, Deadlines
+from services.notifier.webhooks import WebhookChannel, WebhookDispatcher, WebhookPolicy
+from services.notifier.workflow import Deadlines
 from shared import metrics
 from shared.auth import KeyStore
 from shared.db import create_pool
@@ -38,15 +35,15 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-async def watch_deadlines(store: AlertStore, interval: float) -> None:
+async def watch_deadlines(alerts: AlertService, interval: float) -> None:
     """Escalate missed confirmation deadlines and keep the overdue gauge current."""
     while True:
         try:
-            escalated = await store.escalate_overdue()
+            escalated = await alerts.escalate_overdue()
             if escalated:
                 log.warning("escalated %d alert(s) past their confirmation deadline",
                             len(escalated))
-            metrics.OVERDUE_ALERTS.set(await store.count_overdue())
+            metrics.OVERDUE_ALERTS.set(await alerts.count_overdue())
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("deadline check failed, retrying: %r", exc)
         await asyncio.sleep(interval)
@@ -58,7 +55,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings)
-        store = AlertStore(
+        alerts = AlertService(
             pool, clock=clock, channels=[SseChannel(), WebhookChannel()],
             deadlines=Deadlines(timedelta(seconds=settings.urgent_deadline_seconds),
                                 timedelta(seconds=settings.routine_deadline_seconds)),
@@ -66,10 +63,10 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         )
 
         async def render(alert_id: UUID, unit_code: str, kind: str, fmt: str) -> bytes:
-            view = await store.alert_for_unit(alert_id, unit_code)
+            view = await alerts.alert_for_unit(alert_id, unit_code)
             if fmt == "cap":
-                return render_cap(view, sender=settings.cap_sender,
-                                  recipients=await store.recipients(alert_id))
+                return render_cap(view.model_dump(), sender=settings.cap_sender,
+                                  recipients=await alerts.recipients(alert_id))
             return json.dumps(jsonable_encoder({"kind": kind, "alert": view}),
                               ensure_ascii=False).encode()
 
@@ -80,22 +77,21 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                 max_backoff_seconds=settings.webhook_retry_max_seconds,
                 timeout_seconds=settings.webhook_timeout_seconds),
             clock, poll_seconds=settings.webhook_poll_seconds)
-        consumer = HitConsumer(store, settings)
-        app.state.settings = settings
-        app.state.pool = pool
-        app.state.store = store
-        app.state.hit_consumer = consumer
+        hits = hit_stream(settings, alerts)
         feed = AlertFeed(settings.database_url)
         await feed.start()
+        app.state.settings = settings
+        app.state.alerts = alerts
         app.state.feed = feed
+        app.state.hit_consumer = hits
         set_state(app, ServiceState(
             pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
-            readiness={"broker": consumer.ready.is_set},
-            health=lambda: {"hit_consumer": "ready" if consumer.ready.is_set() else "starting"}))
+            readiness={"broker": hits.ready.is_set},
+            health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting"}))
         try:
-            async with (background(consumer.run(), "hit-consumer"),
+            async with (background(hits.run(), "hit-consumer"),
                         background(dispatcher.run(), "webhook-dispatcher"),
-                        background(watch_deadlines(store, settings.deadline_check_seconds),
+                        background(watch_deadlines(alerts, settings.deadline_check_seconds),
                                    "deadline-watch")):
                 yield
         finally:

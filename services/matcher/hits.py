@@ -1,0 +1,76 @@
+"""Hits: what a match of a report against a listed entry becomes (pure, no I/O).
+
+Used alike by the report stream (live hits) and by late matching (new or changed entries
+checked against recent reports), so both name a hit the same way and a repeat is dropped
+downstream by its id.
+"""
+
+from __future__ import annotations
+
+import time
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from services.matcher.engine import Match, MatchingEngine
+from shared import metrics
+from shared.events import HitFound, IncidentReported, SightingReported, Subject, utcnow
+
+Report = SightingReported | IncidentReported
+HIT_NAMESPACE = uuid5(NAMESPACE_URL, "https://giapranh.example/hits")
+
+
+def hit_id(source_event_id: UUID, entry_id: str) -> UUID:
+    """One id per report and entry, whatever the entry's version: a redelivered report, or
+    an updated entry re-checked by late matching, repeats the id and downstream drops it."""
+    return uuid5(HIT_NAMESPACE, f"{source_event_id}:{entry_id}")
+
+
+def report_subjects(report: Report) -> list[Subject]:
+    """Who a report is about: a sighting's subject, an incident's suspects and vehicles."""
+    if isinstance(report, SightingReported):
+        return [report.subject]
+    vehicles = [Subject(plate=v.plate, description=v.description) for v in report.vehicles]
+    return [*report.suspects, *vehicles]
+
+
+def build_hit(report: Report, subject: Subject, match: Match, *, late: bool) -> HitFound:
+    return HitFound(
+        occurred_at=utcnow(),
+        correlation_id=report.correlation(),
+        hit_id=hit_id(report.event_id, match.entry.entry_id),
+        entry=match.entry,
+        source_event_id=report.event_id,
+        source_type=report.type,
+        subject=subject,
+        place=report.place,
+        seen_at=report.occurred_at,
+        reported_at=report.recorded_at,
+        score=match.score,
+        reasons=match.reasons,
+        late=late,
+    )
+
+
+def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
+    """The live hits of a report: one per listed entry, however many of its subjects match."""
+    hits: dict[str, HitFound] = {}
+    for subject in report_subjects(report):
+        started = time.perf_counter()
+        matches = engine.match(subject, at=report.occurred_at)
+        metrics.MATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.MATCH_CANDIDATES.observe(engine.last_candidates)
+        for match in matches:
+            if match.entry.entry_id not in hits:
+                hits[match.entry.entry_id] = build_hit(report, subject, match, late=False)
+    return list(hits.values())
+
+
+def late_hits(engine: MatchingEngine, entry_id: str, reports: list[Report]) -> list[HitFound]:
+    """The hits of `entry_id` among earlier `reports` (NCIC's delayed inquiry)."""
+    found = []
+    for report in reports:
+        for subject in report_subjects(report):
+            match = engine.match_entry(subject, entry_id, at=report.occurred_at)
+            if match is not None:
+                found.append(build_hit(report, subject, match, late=True))
+                break
+    return found

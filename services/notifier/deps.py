@@ -1,0 +1,35 @@
+"""FastAPI dependencies of the notifier API, as `Annotated` aliases."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.notifier.feed import AlertFeed
+from services.notifier.service import AlertService
+from services.notifier.settings import NotifierSettings
+from services.notifier.webhooks import Webhooks
+from shared.http import CurrentUnit, service_state
+
+__all__ = ["Alerts", "CurrentUnit", "Feed", "Settings", "UnitWebhooks"]
+
+
+def _alerts(request: Request) -> AlertService:
+    return request.app.state.alerts
+
+
+def _feed(request: Request) -> AlertFeed:
+    return request.app.state.feed
+
+
+def _settings(request: Request) -> NotifierSettings:
+    return request.app.state.settings
+
+
+def _webhooks(request: Request) -> Webhooks:
+    return Webhooks(service_state(request).pool)
+
+
+Alerts = Annotated[AlertService, Depends(_alerts)]
+Feed = Annotated[AlertFeed, Depends(_feed)]
+Settings = Annotated[NotifierSettings, Depends(_settings)]
+UnitWebhooks = Annotated[Webhooks, Depends(_webhooks)]

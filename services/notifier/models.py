@@ -1,0 +1,124 @@
+"""What the notifier's API answers with: typed response models, and the alert view built
+from a stored row for the unit asking."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from services.notifier.directory import Directory
+from services.notifier.workflow import Action, Outcome, Status, actions, is_overdue
+from shared.events import Category, MatchReason, Place, Subject, Urgency, WatchlistEntry
+
+WebhookFormat = Literal["json", "cap"]
+
+
+class AlertView(BaseModel):
+    """An alert as one recipient unit sees it: the hit, its state, and what it may do."""
+
+    alert_id: UUID
+    hit_id: UUID
+    status: Status
+    raised_at: datetime
+    updated_at: datetime
+    category: Category
+    urgency: Urgency
+    confirm_by: datetime | None = Field(description="Confirmation deadline while awaited.")
+    overdue: bool
+    escalation_level: int
+    entry: WatchlistEntry = Field(description="The listed entry, as it was when it hit.")
+    subject: Subject = Field(description="The subject as the reporting officer typed it.")
+    place: Place
+    seen_at: datetime
+    score: float
+    match_reasons: list[MatchReason]
+    late: bool = Field(description="Found by re-checking an earlier report against a new "
+                       "or changed entry.")
+    owner_unit: str
+    seen_unit: str
+    unit_names: dict[str, str] = Field(description="Unit names as they were when raised.")
+    correlation_id: UUID
+    why_you: list[str] = Field(description="Why this unit received the alert.")
+    delivered_at: datetime
+    acknowledged_at: datetime | None = Field(description="When this unit acknowledged it.")
+    first_acknowledged_at: datetime | None
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_note: str | None
+    closed_at: datetime | None
+    outcome: Outcome | None
+    actions: list[Action] = Field(description="The steps this unit may take now.")
+
+
+class HistoryStep(BaseModel):
+    at: datetime
+    action: str
+    unit_code: str | None
+    detail: str | None
+
+
+class UnitView(BaseModel):
+    """The calling unit, as the directory knows it."""
+
+    code: str
+    name: str
+    kind: str
+    parent_code: str | None
+    role: str
+
+
+class WebhookView(BaseModel):
+    url: str
+    format: WebhookFormat
+    created_at: datetime
+
+
+class WebhookCreated(BaseModel):
+    url: str
+    format: WebhookFormat
+    secret: str = Field(description="The signing secret; shown this once only.")
+
+
+def alert_view(row: Any, unit_code: str, now: datetime, directory: Directory) -> AlertView:
+    """The view of a stored alert (a row of `repository.ALERT_COLUMNS`) for `unit_code`."""
+    hit = row["hit"]
+    status = row["status"]
+    return AlertView.model_validate({
+        "alert_id": row["alert_id"],
+        "hit_id": row["hit_id"],
+        "status": status,
+        "raised_at": row["raised_at"],
+        "updated_at": row["updated_at"],
+        "category": row["category"],
+        "urgency": row["urgency"],
+        "confirm_by": row["confirm_by"] if status in ("raised", "acknowledged") else None,
+        "overdue": is_overdue(status, row["escalation_level"], row["confirm_by"], now),
+        "escalation_level": row["escalation_level"],
+        "entry": hit["entry"],
+        "subject": hit["subject"],
+        "place": hit["place"],
+        "seen_at": row["seen_at"],
+        "score": row["score"],
+        "match_reasons": hit["reasons"],
+        "late": row["late"],
+        "owner_unit": row["owner_unit"],
+        "seen_unit": row["seen_unit"],
+        "unit_names": row["units"],
+        "correlation_id": row["correlation_id"],
+        "why_you": list(row["reasons"]),
+        "delivered_at": row["delivered_at"],
+        "acknowledged_at": row["acknowledged_at"],
+        "first_acknowledged_at": row["first_acknowledged_at"],
+        "decided_at": row["decided_at"],
+        "decided_by": row["decided_by"],
+        "decision_note": row["decision_note"],
+        "closed_at": row["closed_at"],
+        "outcome": row["outcome"],
+        "actions": actions(unit_code, status=status,
+                           acknowledged=row["acknowledged_at"] is not None,
+                           owner=row["owner_unit"], seen_unit=row["seen_unit"],
+                           directory=directory),
+    })

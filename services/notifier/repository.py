@@ -1,0 +1,225 @@
+"""The notifier's SQL: alerts, their deliveries (one per recipient unit) and history.
+
+Nothing here decides anything: the service (`service.py`) calls these inside its
+transactions, after the workflow rules (`workflow.py`) said yes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from services.notifier.workflow import OPEN, Escalation, StatusFilter
+
+ALERT_COLUMNS = """a.alert_id, a.hit_id, a.entry_id, a.entry_version, a.category,
+    a.owner_unit, a.seen_unit, a.source_event_id, a.correlation_id, a.seen_at, a.score,
+    a.late, a.status, a.raised_at, a.hit, a.urgency, a.confirm_by, a.escalation_level,
+    a.acknowledged_at AS first_acknowledged_at, a.decided_at, a.decided_by, a.decision_note,
+    a.closed_at, a.outcome, a.updated_at, a.units, d.unit_code, d.reasons, d.delivered_at,
+    d.acknowledged_at"""
+
+_STATUS_FILTERS = {
+    "all": "TRUE",
+    "open": "a.status IN ('raised', 'acknowledged', 'confirmed', 'rejected')",
+    "overdue": "a.status IN ('raised', 'acknowledged') "
+               "AND (a.escalation_level > 0 OR a.confirm_by <= $3)",
+    "closed": "a.status IN ('closed', 'withdrawn')",
+}
+
+ALERT_INSERT_COLUMNS = (
+    "alert_id", "hit_id", "entry_id", "entry_version", "category", "owner_unit", "seen_unit",
+    "source_event_id", "correlation_id", "seen_at", "score", "late", "hit", "urgency",
+    "confirm_by", "units")
+
+
+class AlertRepository:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    # ------------------------------------------------------------------ raising
+
+    @staticmethod
+    async def insert_alerts(conn: asyncpg.Connection, columns: dict[str, list[object]],
+                            now: datetime) -> set[UUID]:
+        """Insert alerts given column-wise (`ALERT_INSERT_COLUMNS`); the hit ids inserted
+        (a hit id already stored makes nothing)."""
+        rows = await conn.fetch(
+            f"""INSERT INTO alerts ({", ".join(ALERT_INSERT_COLUMNS)}, raised_at, updated_at)
+                SELECT *, $17::timestamptz, $17::timestamptz FROM unnest(
+                    $1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[],
+                    $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::real[],
+                    $12::bool[], $13::jsonb[], $14::text[], $15::timestamptz[], $16::jsonb[])
+                ON CONFLICT (hit_id) DO NOTHING
+                RETURNING hit_id""",
+            *(columns[name] for name in ALERT_INSERT_COLUMNS), now)
+        return {row["hit_id"] for row in rows}
+
+    @staticmethod
+    async def insert_deliveries(
+        conn: asyncpg.Connection,
+        rows: Sequence[tuple[UUID, str, list[str], str | None, datetime]],
+    ) -> None:
+        """(alert id, unit, reasons, unit name, delivered at) rows."""
+        await conn.executemany(
+            "INSERT INTO deliveries (alert_id, unit_code, reasons, unit_name, delivered_at) "
+            "VALUES ($1, $2, $3, $4, $5)", rows)
+
+    @staticmethod
+    async def add_raised_history(conn: asyncpg.Connection, alert_ids: list[UUID],
+                                 details: list[str], now: datetime) -> None:
+        await conn.execute(
+            "INSERT INTO alert_history (alert_id, at, action, detail) "
+            "SELECT a, $2, 'raised', d FROM unnest($1::uuid[], $3::text[]) AS x (a, d)",
+            alert_ids, now, details)
+
+    @staticmethod
+    async def withdraw(conn: asyncpg.Connection, entry_id: str, now: datetime) -> list[UUID]:
+        """Withdraw the entry's open alerts; the ids withdrawn."""
+        rows = await conn.fetch(
+            "UPDATE alerts SET status = 'withdrawn', updated_at = $3 "
+            "WHERE entry_id = $1 AND status = ANY($2::text[]) RETURNING alert_id",
+            entry_id, list(OPEN), now)
+        return [row["alert_id"] for row in rows]
+
+    # ------------------------------------------------------------------ workflow
+
+    @staticmethod
+    async def lock(conn: asyncpg.Connection, alert_id: UUID,
+                   unit_code: str) -> asyncpg.Record | None:
+        """The alert's state and the unit's delivery, locked; None if not addressed to it."""
+        return await conn.fetchrow(
+            """SELECT a.status, a.owner_unit, a.seen_unit, a.urgency, a.raised_at,
+                      d.delivered_at, d.acknowledged_at
+                 FROM alerts a JOIN deliveries d USING (alert_id)
+                WHERE a.alert_id = $1 AND d.unit_code = $2
+                  FOR UPDATE OF a""", alert_id, unit_code)
+
+    @staticmethod
+    async def acknowledge(conn: asyncpg.Connection, alert_id: UUID, unit_code: str,
+                          now: datetime) -> None:
+        await conn.execute(
+            "UPDATE deliveries SET acknowledged_at = $3 "
+            "WHERE alert_id = $1 AND unit_code = $2", alert_id, unit_code, now)
+        await conn.execute(
+            """UPDATE alerts SET acknowledged_at = coalesce(acknowledged_at, $2),
+                      status = CASE WHEN status = 'raised' THEN 'acknowledged'
+                                    ELSE status END,
+                      updated_at = $2
+                WHERE alert_id = $1""", alert_id, now)
+
+    @staticmethod
+    async def decide(conn: asyncpg.Connection, alert_id: UUID, unit_code: str, status: str,
+                     note: str | None, now: datetime) -> None:
+        await conn.execute(
+            """UPDATE alerts SET status = $2, decided_at = $3, decided_by = $4,
+                      decision_note = $5, updated_at = $3,
+                      acknowledged_at = coalesce(acknowledged_at, $3)
+                WHERE alert_id = $1""", alert_id, status, now, unit_code, note)
+        await conn.execute(
+            "UPDATE deliveries SET acknowledged_at = coalesce(acknowledged_at, $3) "
+            "WHERE alert_id = $1 AND unit_code = $2", alert_id, unit_code, now)
+
+    @staticmethod
+    async def close(conn: asyncpg.Connection, alert_id: UUID, outcome: str,
+                    now: datetime) -> None:
+        await conn.execute(
+            "UPDATE alerts SET status = 'closed', outcome = $2, closed_at = $3, "
+            "updated_at = $3 WHERE alert_id = $1", alert_id, outcome, now)
+
+    @staticmethod
+    async def claim_overdue(conn: asyncpg.Connection, now: datetime,
+                            limit: int) -> list[asyncpg.Record]:
+        """Unconfirmed alerts past their deadline, locked (SKIP LOCKED: once per miss)."""
+        return await conn.fetch(
+            """SELECT alert_id, owner_unit, urgency, escalation_level, units FROM alerts
+                WHERE status IN ('raised', 'acknowledged') AND confirm_by <= $1
+                ORDER BY confirm_by LIMIT $2 FOR UPDATE SKIP LOCKED""", now, limit)
+
+    @staticmethod
+    async def escalate(conn: asyncpg.Connection, alert_id: UUID, step: Escalation,
+                       target_name: str | None, now: datetime) -> None:
+        if step.target is not None:
+            await conn.execute(
+                """INSERT INTO deliveries (alert_id, unit_code, reasons, unit_name,
+                                           delivered_at)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (alert_id, unit_code) DO UPDATE
+                   SET reasons = deliveries.reasons || EXCLUDED.reasons""",
+                alert_id, step.target, [step.reason], target_name, now)
+        await conn.execute(
+            """UPDATE alerts SET escalation_level = $2, confirm_by = $3,
+                      updated_at = $4, units = units || $5::jsonb
+                WHERE alert_id = $1""",
+            alert_id, step.level, step.confirm_by, now,
+            {step.target: target_name} if step.target else {})
+
+    async def count_overdue(self, now: datetime) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM alerts WHERE status IN ('raised', 'acknowledged') "
+            "AND (escalation_level > 0 OR confirm_by <= $1)", now)
+
+    @staticmethod
+    async def add_history(conn: asyncpg.Connection, alert_id: UUID, at: datetime, action: str,
+                          unit_code: str | None, detail: str | None) -> None:
+        await conn.execute(
+            "INSERT INTO alert_history (alert_id, at, action, unit_code, detail) "
+            "VALUES ($1, $2, $3, $4, $5)", alert_id, at, action, unit_code, detail)
+
+    @staticmethod
+    async def recipients(conn: asyncpg.Connection | asyncpg.Pool,
+                         alert_id: UUID) -> tuple[str, ...]:
+        rows = await conn.fetch(
+            "SELECT unit_code FROM deliveries WHERE alert_id = $1 ORDER BY unit_code", alert_id)
+        return tuple(row["unit_code"] for row in rows)
+
+    # ------------------------------------------------------------------ reads
+
+    async def alerts_for_unit(self, unit_code: str, limit: int, status: StatusFilter,
+                              now: datetime) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"""SELECT {ALERT_COLUMNS}
+                  FROM deliveries d JOIN alerts a USING (alert_id)
+                 WHERE d.unit_code = $1 AND {_STATUS_FILTERS[status]}
+                 ORDER BY a.raised_at DESC LIMIT $2""",
+            unit_code, limit, *([now] if status == "overdue" else []))
+
+    async def alert_for_unit(self, alert_id: UUID, unit_code: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            f"""SELECT {ALERT_COLUMNS}
+                  FROM deliveries d JOIN alerts a USING (alert_id)
+                 WHERE d.unit_code = $1 AND a.alert_id = $2""", unit_code, alert_id)
+
+    async def alerts_by_id(self, unit_code: str, alert_ids: list[UUID]) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"""SELECT {ALERT_COLUMNS}
+                  FROM deliveries d JOIN alerts a USING (alert_id)
+                 WHERE d.unit_code = $1 AND a.alert_id = ANY($2::uuid[])""",
+            unit_code, alert_ids)
+
+    async def feed_for_unit(self, unit_code: str, limit: int) -> list[asyncpg.Record]:
+        """The unit's alerts, latest change first, each with all its recipients."""
+        return await self.pool.fetch(
+            f"""SELECT {ALERT_COLUMNS},
+                       (SELECT array_agg(r.unit_code ORDER BY r.unit_code)
+                          FROM deliveries r WHERE r.alert_id = a.alert_id) AS recipients
+                  FROM deliveries d JOIN alerts a USING (alert_id)
+                 WHERE d.unit_code = $1 ORDER BY a.updated_at DESC LIMIT $2""",
+            unit_code, limit)
+
+    async def history(self, alert_id: UUID) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT at, action, unit_code, detail FROM alert_history WHERE alert_id = $1 "
+            "ORDER BY id", alert_id)
+
+    async def unit(self, code: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT code, name, kind, parent_code FROM units WHERE code = $1", code)

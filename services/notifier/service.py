@@ -1,0 +1,278 @@
+"""The notifier's use cases: hits in, alerts raised and worked, each change fanned out.
+
+Every change is written with its history row and handed to the delivery channels in the
+same transaction (`channels.py`), so a channel hears of exactly the changes committed.
+Who may do what and when is decided by `workflow.py`; the SQL is in `repository.py`;
+what a unit reads is built by `models.py`. Times come from an injectable clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from services.notifier import workflow
+from services.notifier.channels import AlertChange, Channel
+from services.notifier.clock import Clock
+from services.notifier.directory import Directory, DirectoryCache
+from services.notifier.models import AlertView, HistoryStep, alert_view
+from services.notifier.repository import ALERT_INSERT_COLUMNS, AlertRepository
+from services.notifier.targeting import choose_recipients
+from services.notifier.workflow import Deadlines, Outcome, StatusFilter
+from shared import metrics
+from shared.errors import NotFound
+from shared.events import HitFound, HitsWithdrawn, Recipient
+
+
+@dataclass(frozen=True)
+class NewAlert:
+    alert_id: UUID
+    hit: HitFound
+    recipients: tuple[Recipient, ...]
+
+
+@dataclass(frozen=True)
+class _Planned:
+    alert_id: UUID
+    hit: HitFound
+    recipients: list[Recipient]
+    names: dict[str, str]
+
+
+class AlertService:
+    def __init__(self, pool: asyncpg.Pool, *, clock: Clock, channels: list[Channel],
+                 deadlines: Deadlines, radius_km: float):
+        self._repo = AlertRepository(pool)
+        self._clock = clock
+        self._channels = channels
+        self._deadlines = deadlines
+        self._radius_km = radius_km
+        self.directory = DirectoryCache(pool)
+
+    # ------------------------------------------------------------------ hits in
+
+    async def store_hits(self, events: list[HitFound | HitsWithdrawn]) -> list[NewAlert]:
+        """Apply hits and withdrawals in their order, in one transaction.
+
+        A hit makes an alert with its deliveries unless its hit id was seen before; a
+        withdrawal closes the entry's open alerts (status `withdrawn`). Consecutive hits
+        are written together: a handful of statements per batch, not per hit.
+        """
+        created: list[NewAlert] = []
+        now = self._clock.now()
+        async with self._repo.transaction() as conn:
+            directory = await self.directory.get(conn)
+            run: list[HitFound] = []
+            for event in events:
+                if isinstance(event, HitsWithdrawn):
+                    created += await self._raise(conn, run, directory, now)
+                    run = []
+                    await self._withdraw(conn, event, now)
+                else:
+                    run.append(event)
+            created += await self._raise(conn, run, directory, now)
+        return created
+
+    def _plan(self, hits: list[HitFound], directory: Directory,
+              now: datetime) -> dict[UUID, _Planned]:
+        planned: dict[UUID, _Planned] = {}
+        for hit in hits:
+            if hit.hit_id in planned:
+                continue  # the same hit twice in one batch
+            recipients = choose_recipients(hit, directory, today=now.date(),
+                                           radius_km=self._radius_km)
+            names = {r.unit_code: directory.name(r.unit_code) for r in recipients}
+            for code in (hit.entry.owner_unit, hit.place.unit_code):
+                names.setdefault(code, directory.name(code))
+            planned[hit.hit_id] = _Planned(uuid4(), hit, recipients, names)
+        return planned
+
+    async def _raise(self, conn: asyncpg.Connection, hits: list[HitFound],
+                     directory: Directory, now: datetime) -> list[NewAlert]:
+        if not hits:
+            return []
+        planned = self._plan(hits, directory, now)
+        columns: dict[str, list[object]] = {name: [] for name in ALERT_INSERT_COLUMNS}
+        for plan in planned.values():
+            hit = plan.hit
+            urgency = hit.entry.effective_urgency()
+            for name, value in zip(ALERT_INSERT_COLUMNS, (
+                    plan.alert_id, hit.hit_id, hit.entry.entry_id, hit.entry.version,
+                    hit.entry.category.value, hit.entry.owner_unit, hit.place.unit_code,
+                    hit.source_event_id, hit.correlation(), hit.seen_at, hit.score, hit.late,
+                    hit.model_dump(mode="json"), urgency.value,
+                    now + self._deadlines.of(urgency), plan.names), strict=True):
+                columns[name].append(value)
+        inserted = await self._repo.insert_alerts(conn, columns, now)
+        # Redelivered hits (their alert exists already) make nothing.
+        fresh = [plan for hit_id, plan in planned.items() if hit_id in inserted]
+        if not fresh:
+            return []
+        await self._repo.insert_deliveries(conn, [
+            (plan.alert_id, r.unit_code, list(r.reasons), plan.names.get(r.unit_code), now)
+            for plan in fresh for r in plan.recipients])
+        await self._repo.add_raised_history(
+            conn, [plan.alert_id for plan in fresh],
+            [workflow.raised_detail(len(plan.recipients), plan.hit.entry.effective_urgency(),
+                                    self._deadlines) for plan in fresh], now)
+        await self._publish(conn, [
+            AlertChange(plan.alert_id, "raised", "raised",
+                        tuple(r.unit_code for r in plan.recipients), plan.hit.reported_at)
+            for plan in fresh], now)
+        return [NewAlert(plan.alert_id, plan.hit, tuple(plan.recipients)) for plan in fresh]
+
+    async def _withdraw(self, conn: asyncpg.Connection, event: HitsWithdrawn,
+                        now: datetime) -> None:
+        for alert_id in await self._repo.withdraw(conn, event.entry_id, now):
+            await self._repo.add_history(conn, alert_id, now, "withdrawn", event.owner_unit,
+                                         event.reason)
+            await self._publish(conn, [AlertChange(
+                alert_id, "cancelled", "withdrawn",
+                await self._repo.recipients(conn, alert_id))], now)
+            metrics.ALERT_ACTIONS.labels(action="withdrawn").inc()
+
+    # ------------------------------------------------------------------ workflow
+
+    async def acknowledge(self, alert_id: UUID, unit_code: str) -> AlertView:
+        """The unit's duty desk has seen the alert (repeating it changes nothing)."""
+        now = self._clock.now()
+        async with self._repo.transaction() as conn:
+            row = await self._locked(conn, alert_id, unit_code)
+            if row["acknowledged_at"] is None:
+                await self._repo.acknowledge(conn, alert_id, unit_code, now)
+                await self._changed(conn, alert_id, "acknowledged", unit_code, None, now)
+                metrics.TIME_TO_ACKNOWLEDGE.observe(
+                    max(0.0, (now - row["delivered_at"]).total_seconds()))
+        return await self.alert_for_unit(alert_id, unit_code)
+
+    async def decide(self, alert_id: UUID, unit_code: str, confirmed: bool,
+                     note: str | None) -> AlertView:
+        """The listing unit (or a unit above it) confirms the subject is still wanted, or
+        rejects the hit."""
+        now = self._clock.now()
+        async with self._repo.transaction() as conn:
+            row = await self._locked(conn, alert_id, unit_code)
+            status = workflow.check_decision(
+                unit_code, status=row["status"], owner=row["owner_unit"],
+                directory=await self.directory.get(conn), confirmed=confirmed)
+            await self._repo.decide(conn, alert_id, unit_code, status, note, now)
+            await self._changed(conn, alert_id, status, unit_code, note, now)
+            metrics.TIME_TO_CONFIRM.labels(urgency=row["urgency"]).observe(
+                max(0.0, (now - row["raised_at"]).total_seconds()))
+        return await self.alert_for_unit(alert_id, unit_code)
+
+    async def close(self, alert_id: UUID, unit_code: str, outcome: Outcome,
+                    note: str | None) -> AlertView:
+        """Record how it ended; the seen unit, the listing unit or a unit above it may."""
+        now = self._clock.now()
+        async with self._repo.transaction() as conn:
+            row = await self._locked(conn, alert_id, unit_code)
+            workflow.check_closing(unit_code, status=row["status"], owner=row["owner_unit"],
+                                   seen_unit=row["seen_unit"],
+                                   directory=await self.directory.get(conn))
+            await self._repo.close(conn, alert_id, outcome, now)
+            await self._changed(conn, alert_id, "closed", unit_code,
+                                outcome + (f": {note}" if note else ""), now)
+        return await self.alert_for_unit(alert_id, unit_code)
+
+    async def escalate_overdue(self, limit: int = 100) -> list[UUID]:
+        """Re-notify and escalate every alert whose confirmation deadline has passed.
+
+        Safe in several instances at once: overdue rows are claimed with SKIP LOCKED and
+        each escalation moves the deadline on, so one miss escalates once.
+        """
+        now = self._clock.now()
+        escalated: list[UUID] = []
+        async with self._repo.transaction() as conn:
+            rows = await self._repo.claim_overdue(conn, now, limit)
+            if rows:
+                directory = await self.directory.get(conn)
+            for row in rows:
+                step = workflow.escalation(
+                    owner=row["owner_unit"], level=row["escalation_level"],
+                    urgency=row["urgency"], directory=directory, deadlines=self._deadlines,
+                    now=now)
+                target_name = directory.name(step.target) if step.target else None
+                await self._repo.escalate(conn, row["alert_id"], step, target_name, now)
+                if step.target is not None:
+                    metrics.ALERTS_BY_UNIT.labels(unit=step.target).inc()
+                await self._changed(conn, row["alert_id"], "escalated", step.target,
+                                    step.detail, now)
+                escalated.append(row["alert_id"])
+        return escalated
+
+    async def count_overdue(self) -> int:
+        """Unconfirmed alerts that missed at least one deadline."""
+        return await self._repo.count_overdue(self._clock.now())
+
+    # ------------------------------------------------------------------ reads
+
+    async def alerts_for_unit(self, unit_code: str, limit: int = 100,
+                              status: StatusFilter = "all") -> list[AlertView]:
+        rows = await self._repo.alerts_for_unit(unit_code, limit, status, self._clock.now())
+        directory = await self.directory.get()
+        return [self._view(row, unit_code, directory) for row in rows]
+
+    async def alert_for_unit(self, alert_id: UUID, unit_code: str) -> AlertView:
+        row = await self._repo.alert_for_unit(alert_id, unit_code)
+        if row is None:
+            raise _not_found(alert_id, unit_code)
+        return self._view(row, unit_code, await self.directory.get())
+
+    async def alerts_by_id(self, unit_code: str, alert_ids: list[UUID]) -> dict[UUID, AlertView]:
+        """The unit's views of these alerts (those addressed to it), by alert id."""
+        rows = await self._repo.alerts_by_id(unit_code, alert_ids)
+        directory = await self.directory.get()
+        return {row["alert_id"]: self._view(row, unit_code, directory) for row in rows}
+
+    async def history(self, alert_id: UUID, unit_code: str) -> list[HistoryStep]:
+        await self.alert_for_unit(alert_id, unit_code)  # isolation
+        return [HistoryStep(**dict(row)) for row in await self._repo.history(alert_id)]
+
+    async def recipients(self, alert_id: UUID) -> list[str]:
+        return list(await self._repo.recipients(self._repo.pool, alert_id))
+
+    async def feed_for_unit(self, unit_code: str,
+                            limit: int = 100) -> list[tuple[AlertView, list[str]]]:
+        """The unit's alerts with their latest change, newest change first, each with all
+        its recipients (Atom): one query, not one per alert."""
+        rows = await self._repo.feed_for_unit(unit_code, limit)
+        directory = await self.directory.get()
+        return [(self._view(row, unit_code, directory), list(row["recipients"]))
+                for row in rows]
+
+    async def unit(self, code: str) -> asyncpg.Record | None:
+        return await self._repo.unit(code)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _locked(self, conn: asyncpg.Connection, alert_id: UUID,
+                      unit_code: str) -> asyncpg.Record:
+        row = await self._repo.lock(conn, alert_id, unit_code)
+        if row is None:
+            raise _not_found(alert_id, unit_code)
+        return row
+
+    async def _changed(self, conn: asyncpg.Connection, alert_id: UUID, action: str,
+                       unit_code: str | None, detail: str | None, now: datetime) -> None:
+        """Record a workflow step: history, every recipient told, counted."""
+        await self._repo.add_history(conn, alert_id, now, action, unit_code, detail)
+        await self._publish(conn, [AlertChange(
+            alert_id, "updated", action, await self._repo.recipients(conn, alert_id))], now)
+        metrics.ALERT_ACTIONS.labels(action=action).inc()
+
+    async def _publish(self, conn: asyncpg.Connection, changes: list[AlertChange],
+                       now: datetime) -> None:
+        for channel in self._channels:
+            await channel.enqueue(conn, changes, now)
+
+    def _view(self, row: asyncpg.Record, unit_code: str, directory: Directory) -> AlertView:
+        return alert_view(row, unit_code, self._clock.now(), directory)
+
+
+def _not_found(alert_id: UUID, unit_code: str) -> NotFound:
+    # Also for alerts that exist but were not addressed to this unit.
+    return NotFound(f"no alert {alert_id} for unit {unit_code}", field="alert_id")

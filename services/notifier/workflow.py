@@ -1,0 +1,128 @@
+"""The alert workflow: states, transitions, who may take each step, deadlines (no I/O).
+
+An alert's life: `raised` -> `acknowledged` (a recipient's duty desk saw it) -> `confirmed`
+or `rejected` (the listing unit, or a unit above it, says whether the subject is still
+wanted) -> `closed` with an outcome (`detained`, `not_located`, `false_match`). A cancelled
+entry `withdraws` its open alerts. Confirmation is due `urgent` or `routine` after raising
+(NCIC: 10 minutes, 1 hour); each missed deadline re-notifies every recipient and adds the
+next unit up the listing unit's chain of command.
+
+Every rule here is a plain function of the alert's state, the unit asking and the
+directory, so the service, the views (`actions`) and the tests share one answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from services.notifier.directory import Directory
+from shared.errors import Forbidden, InvalidTransition
+from shared.events import Urgency
+
+Status = Literal["raised", "acknowledged", "confirmed", "rejected", "closed", "withdrawn"]
+OPEN: tuple[Status, ...] = ("raised", "acknowledged", "confirmed", "rejected")
+AWAITING_CONFIRMATION: tuple[Status, ...] = ("raised", "acknowledged")
+DECIDED: tuple[Status, ...] = ("confirmed", "rejected")
+Outcome = Literal["detained", "not_located", "false_match"]
+StatusFilter = Literal["all", "open", "overdue", "closed"]
+Action = Literal["acknowledge", "confirm", "reject", "close"]
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    urgent: timedelta
+    routine: timedelta
+
+    def of(self, urgency: str) -> timedelta:
+        return self.urgent if urgency == Urgency.URGENT else self.routine
+
+
+def minutes(period: timedelta) -> str:
+    return f"{period.total_seconds() / 60:g} min"
+
+
+def deciders(directory: Directory, owner: str) -> set[str]:
+    """Who may confirm or reject: the listing unit (or its successor) and the units above."""
+    return {directory.current(owner), *directory.ancestors(owner)}
+
+
+def closers(directory: Directory, owner: str, seen_unit: str) -> set[str]:
+    """Who may close: the deciders and the unit where the subject was seen."""
+    return deciders(directory, owner) | {directory.current(seen_unit)}
+
+
+def is_overdue(status: str, escalation_level: int, confirm_by: datetime | None,
+               now: datetime) -> bool:
+    return status in AWAITING_CONFIRMATION and (
+        escalation_level > 0 or (confirm_by is not None and confirm_by <= now))
+
+
+def actions(unit: str, *, status: str, acknowledged: bool, owner: str, seen_unit: str,
+            directory: Directory) -> list[Action]:
+    """The steps `unit` may take on an alert now (the desk shows them as buttons)."""
+    found: list[Action] = []
+    may_decide = unit in deciders(directory, owner)
+    if status in OPEN and not acknowledged:
+        found.append("acknowledge")
+    if status in AWAITING_CONFIRMATION and may_decide:
+        found += ["confirm", "reject"]
+    if status in DECIDED and (may_decide or unit == directory.current(seen_unit)):
+        found.append("close")
+    return found
+
+
+def check_decision(unit: str, *, status: str, owner: str, directory: Directory,
+                   confirmed: bool) -> Status:
+    """The status a confirmation or rejection by `unit` leads to, or why it may not."""
+    action: Status = "confirmed" if confirmed else "rejected"
+    if unit not in deciders(directory, owner):
+        raise Forbidden(f"only the listing unit {owner} or a unit above it can "
+                        f"{action[:-1]} this alert", field="alert_id")
+    if status not in AWAITING_CONFIRMATION:
+        raise InvalidTransition(
+            f"alert is {status}; only a raised or acknowledged alert can be {action}",
+            field="status")
+    return action
+
+
+def check_closing(unit: str, *, status: str, owner: str, seen_unit: str,
+                  directory: Directory) -> None:
+    if unit not in closers(directory, owner, seen_unit):
+        raise Forbidden("only the unit where the subject was seen, the listing unit "
+                        "or a unit above it can close this alert", field="alert_id")
+    if status not in DECIDED:
+        raise InvalidTransition(
+            f"alert is {status}; it must be confirmed or rejected by the "
+            "listing unit before it is closed", field="status")
+
+
+@dataclass(frozen=True)
+class Escalation:
+    level: int
+    target: str | None
+    """The next unit up the listing unit's chain, added as a recipient; None at the top."""
+    detail: str
+    reason: str | None
+    """Why the target receives the alert (its `why_you`)."""
+    confirm_by: datetime
+
+
+def escalation(*, owner: str, level: int, urgency: str, directory: Directory,
+               deadlines: Deadlines, now: datetime) -> Escalation:
+    """What a missed confirmation deadline does: the next level, the unit it reaches, and
+    a new deadline."""
+    period = deadlines.of(urgency)
+    level += 1
+    chain = directory.ancestors(owner)
+    target = chain[level - 1] if level <= len(chain) else None
+    detail = f"{owner} did not confirm within {minutes(period)} (deadline {level})"
+    reason = f"escalated: {detail}" if target is not None else None
+    if target is not None:
+        detail += f"; escalated to {target}"
+    return Escalation(level, target, detail, reason, now + period)
+
+
+def raised_detail(recipients: int, urgency: str, deadlines: Deadlines) -> str:
+    return f"{recipients} recipient(s), confirm within {minutes(deadlines.of(urgency))}"

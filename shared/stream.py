@@ -1,0 +1,284 @@
+"""One consumer shape for every topic: the stream runner.
+
+Every consumer of giapranh is a `StreamRunner` around a handler. The runner owns the poll
+loop (nothing else calls `getmany`); the handler is the service's logic and never touches
+Kafka:
+
+    poll a batch -> decode each record by its topic's spec (undecodable: dead letter)
+      -> handler(messages) -> Outcome(publish, failed, after_ack)
+      -> publish the outcome's events on their topics (keyed and encoded by the spec)
+         and park the failed messages on the dead-letter topic, awaiting acknowledgement
+      -> outcome.after_ack() (e.g. record that a batch's verdicts are out)
+      -> commit the batch's next offsets (consumer groups only)
+
+Ordering and at-least-once: a batch's offsets are committed only after its events were
+acknowledged by the broker, its after-ack step is done and the batch before it was
+committed. With `in_flight > 1` the next batch is polled and handled while earlier ones'
+events travel to the broker (pipelining pays where handling is CPU work, as matching);
+commits still happen in order. A crash re-delivers everything after the last commit, so
+handlers must be idempotent (event ids, unique keys).
+
+Failures, one policy for all:
+- a record that does not decode is parked on the dead-letter topic with the error;
+- a handler that raises a transient error (database or broker unreachable) has its batch
+  retried, with backoff, until it succeeds; nothing is committed past it;
+- a handler that raises anything else has its batch handled again one message at a time,
+  and only the messages that still fail are parked (a poison message never blocks the
+  stream and never crash-loops the service);
+- a broker error anywhere in the loop drops the clients and starts over from the last
+  commit, with backoff (`run` never returns until cancelled).
+
+Streams without a group (`group_id=None`) read every partition of their topics from the
+beginning and commit nothing: the matcher's watchlist follower, which every worker reads
+whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from shared import metrics
+from shared.kafka import (
+    DeadLetterSink,
+    create_consumer,
+    create_producer,
+    ensure_topics,
+    publish_all,
+)
+from shared.settings import CommonSettings
+from shared.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 5.0
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, KafkaError,
+    asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError,
+    asyncpg.TransactionRollbackError, asyncpg.OperatorInterventionError,
+)
+"""Errors that say "not now" (a peer unreachable, a deadlock), not "never": retried."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded record."""
+
+    record: ConsumerRecord
+    spec: TopicSpec
+    event: Any
+
+
+@dataclass
+class Outcome:
+    """What handling a batch produced."""
+
+    publish: list[tuple[TopicSpec, Any]] = field(default_factory=list)
+    """Events to publish, each on its topic, in this order (per-key order holds)."""
+    failed: list[tuple[Message, BaseException]] = field(default_factory=list)
+    """Messages the handler could not process: parked on the dead-letter topic."""
+    after_ack: Callable[[], Awaitable[None]] | None = None
+    """Run once every event was acknowledged, before the offsets are committed."""
+
+    def merge(self, other: Outcome) -> Outcome:
+        steps = [step for step in (self.after_ack, other.after_ack) if step is not None]
+
+        async def both() -> None:
+            for step in steps:
+                await step()
+
+        return Outcome(self.publish + other.publish, self.failed + other.failed,
+                       both if steps else None)
+
+
+class Handler(Protocol):
+    async def __call__(self, messages: list[Message]) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What a runner consumes and how."""
+
+    name: str
+    """Label of the stream's metrics and logs, e.g. `matcher.reports`."""
+    service: str
+    """The consuming service (dead letters name it)."""
+    specs: tuple[TopicSpec, ...]
+    group_id: str | None
+    """Consumer group; None: every partition from the beginning, no commits."""
+    batch_size: int = 500
+    in_flight: int = 1
+    """Batches whose events may travel to the broker while the next one is handled."""
+
+
+class StreamRunner:
+    def __init__(self, settings: CommonSettings, stream: Stream, handler: Handler):
+        self._settings = settings
+        self._stream = stream
+        self._handler = handler
+        self._specs = {settings.topic(spec.name): spec for spec in stream.specs}
+        self.ready = asyncio.Event()
+        """Set while the runner holds partitions (its group joined, or every partition
+        assigned); cleared while it reconnects."""
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting with backoff after any broker failure."""
+        backoff = 0.1
+        while True:
+            started = time.monotonic()
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure reconnects
+                self.ready.clear()
+                metrics.STREAM_RESTARTS.labels(stream=self._stream.name).inc()
+                if time.monotonic() - started > 30:
+                    backoff = 0.1  # it ran a while: this is a new outage
+                log.warning("stream %s failed, reconnecting in %.1f s: %r",
+                            self._stream.name, backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _consume(self) -> None:
+        stream, settings = self._stream, self._settings
+        # A restarted broker may have lost the topics (Tansu keeps them in memory).
+        await ensure_topics(settings)
+        producer = create_producer(settings, client_id=f"giapranh-{stream.name}")
+        consumer = create_consumer(
+            settings, *(() if stream.group_id is None else self._specs), group_id=stream.group_id,
+            client_id=f"giapranh-{stream.name}")
+        try:
+            await producer.start()
+            await consumer.start()
+            if stream.group_id is None:
+                await self._assign_everything(consumer, producer)
+            await self._loop(consumer, producer)
+        finally:
+            self.ready.clear()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _assign_everything(self, consumer: AIOKafkaConsumer,
+                                 producer: AIOKafkaProducer) -> None:
+        partitions = [TopicPartition(topic, p) for topic in self._specs
+                      for p in sorted(await producer.partitions_for(topic))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        self.ready.set()
+
+    async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        stream = self._stream
+        dead_letters = DeadLetterSink(producer, self._settings, stream.service)
+        in_flight: deque[asyncio.Task[None]] = deque()
+        try:
+            while True:
+                while in_flight and in_flight[0].done():
+                    in_flight.popleft().result()  # raises a delivery's failure
+                batch = await consumer.getmany(timeout_ms=500, max_records=stream.batch_size)
+                if stream.group_id is not None and consumer.assignment():
+                    self.ready.set()
+                if not batch:
+                    continue
+                started = time.perf_counter()
+                messages = await self._decode(batch, dead_letters)
+                outcome = await self._handle(messages)
+                offsets = {partition: records[-1].offset + 1
+                           for partition, records in batch.items()}
+                if len(in_flight) >= stream.in_flight:
+                    await in_flight.popleft()  # the oldest batch is delivered and committed
+                in_flight.append(asyncio.create_task(self._deliver(
+                    consumer, producer, dead_letters, outcome, offsets, started,
+                    sum(len(records) for records in batch.values()),
+                    in_flight[-1] if in_flight else None)))
+        finally:
+            for task in in_flight:
+                task.cancel()
+            for task in in_flight:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _decode(self, batch: dict[TopicPartition, list[ConsumerRecord]],
+                      dead_letters: DeadLetterSink) -> list[Message]:
+        messages = []
+        for partition, records in batch.items():
+            spec = self._specs[partition.topic]
+            for record in records:
+                try:
+                    messages.append(Message(record, spec, spec.decode(record.value)))
+                except Exception as exc:  # noqa: BLE001 - whatever does not decode is parked
+                    await dead_letters.park(record, exc)
+        return messages
+
+    async def _handle(self, messages: list[Message]) -> Outcome:
+        """The handler's outcome; transient errors retried, others isolated per message."""
+        if not messages:
+            return Outcome()
+        try:
+            return await self._retrying(messages)
+        except Exception as exc:  # noqa: BLE001 - find the message at fault
+            if len(messages) == 1:
+                return Outcome(failed=[(messages[0], exc)])
+            log.warning("stream %s: a batch of %d failed (%r); handling it one by one",
+                        self._stream.name, len(messages), exc)
+        outcome = Outcome()
+        for message in messages:
+            try:
+                outcome = outcome.merge(await self._retrying([message]))
+            except Exception as exc:  # noqa: BLE001 - this one is poison
+                outcome.failed.append((message, exc))
+        return outcome
+
+    async def _retrying(self, messages: list[Message]) -> Outcome:
+        backoff = 0.1
+        while True:
+            try:
+                return await self._handler(messages)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("stream %s: cannot handle a batch now, retrying in %.1f s: %r",
+                            self._stream.name, backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _deliver(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                       dead_letters: DeadLetterSink, outcome: Outcome,
+                       offsets: dict[TopicPartition, int], started: float, size: int,
+                       previous: asyncio.Task[None] | None) -> None:
+        for message, error in outcome.failed:
+            await dead_letters.park(message.record, error)
+        await publish_all(producer, (spec.record(self._settings, event)
+                                     for spec, event in outcome.publish))
+        await dead_letters.flush()
+        if outcome.after_ack is not None:
+            await outcome.after_ack()
+        if previous is not None:
+            await previous
+        if self._stream.group_id is not None:
+            await consumer.commit(offsets)
+        name = self._stream.name
+        metrics.STREAM_BATCH_MESSAGES.labels(stream=name).observe(size)
+        metrics.STREAM_BATCH_SECONDS.labels(stream=name).observe(time.perf_counter() - started)
+        await record_lag(consumer, name)
+
+
+async def record_lag(consumer: AIOKafkaConsumer, stream: str) -> None:
+    """Set `giapranh_consumer_lag` from the last fetch's high-water marks."""
+    lag = 0
+    for partition in consumer.assignment():
+        high = consumer.highwater(partition)
+        if high is not None:
+            lag += max(0, high - await consumer.position(partition))
+    metrics.CONSUMER_LAG.labels(stream=stream).set(lag)
