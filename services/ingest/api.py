@@ -37,7 +37,7 @@ from shared.events import (
     utcnow,
 )
 from shared.http import json_body, json_body_openapi
-from shared.topics import INCIDENTS, SIGHTINGS
+from shared.topics import INCIDENTS, SIGHTINGS, TopicSpec
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
@@ -154,9 +154,8 @@ def _fingerprint(body: Contract) -> bytes:
     return request_hash(body.model_dump_json(exclude={"event_id"}))
 
 
-async def _publish(event: Event, body: Contract, store: Store, topic: str) -> EventAccepted:
-    result = await store.record(event, topic=topic, key=event.producer_unit or "",
-                                fingerprint=_fingerprint(body))
+async def _publish(event: Event, body: Contract, store: Store, spec: TopicSpec) -> EventAccepted:
+    result = await store.record(event, spec=spec, fingerprint=_fingerprint(body))
     return _accepted(result, event.producer_unit or "")
 
 
@@ -173,8 +172,7 @@ async def report_sighting(
 ) -> EventAccepted:
     """Report a person or vehicle seen at a place and time."""
     await _check_reports([body], store, settings)
-    return await _publish(_sighting(body, unit.unit_code, utcnow()), body, store,
-                          SIGHTINGS.name)
+    return await _publish(_sighting(body, unit.unit_code, utcnow()), body, store, SIGHTINGS)
 
 
 @router.post("/sightings/batch", status_code=status.HTTP_202_ACCEPTED,
@@ -188,11 +186,11 @@ async def report_sightings(
     await _check_reports(body.sightings, store, settings, prefix="sightings.")
     now = utcnow()
     reports = [
-        Report(_sighting(item, unit.unit_code, now), unit.unit_code, _fingerprint(item))
+        Report(_sighting(item, unit.unit_code, now), _fingerprint(item))
         for item in body.sightings
     ]
     try:
-        results = await store.record_many(reports, topic=SIGHTINGS.name)
+        results = await store.record_many(reports, spec=SIGHTINGS)
     except Conflict as conflict:
         raise Conflict(conflict.message, field=f"sightings.{conflict.field}") from None
     views = [_view(result) for result in results]
@@ -216,7 +214,7 @@ async def report_incident(
         producer_unit=unit.unit_code, incident_type=body.incident_type, summary=body.summary,
         place=body.place, suspects=body.suspects, vehicles=body.vehicles,
     )
-    return await _publish(event, body, store, INCIDENTS.name)
+    return await _publish(event, body, store, INCIDENTS)
 
 
 @router.put("/watchlist/{entry_id}", response_model=EntryStored)

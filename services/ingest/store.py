@@ -17,11 +17,10 @@ from shared.events import (
     WatchlistEntry,
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
-    encode_event,
     utcnow,
 )
 from shared.settings import CommonSettings
-from shared.topics import WATCHLIST
+from shared.topics import WATCHLIST, TopicSpec
 
 OUTBOX_CHANNEL = "giapranh_outbox"
 
@@ -37,10 +36,9 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Report:
-    """One event to accept: its outbox key and the fingerprint of the request body."""
+    """One event to accept, with the fingerprint of the request body it came from."""
 
     event: Event
-    key: str
     fingerprint: bytes
 
 
@@ -59,27 +57,27 @@ class IngestStore:
         )
         return codes - {row["code"] for row in known}
 
-    async def record(
-        self, event: Event, *, topic: str, key: str, fingerprint: bytes
-    ) -> Accepted:
+    async def record(self, event: Event, *, spec: TopicSpec, fingerprint: bytes) -> Accepted:
         """Store `event` and its outbox row, or recognise a retry of the same request.
 
         A retry (same event id, same unit, same body fingerprint) returns the original
         acceptance and writes nothing; the same id with another body is a 409.
         """
-        [accepted] = await self.record_many([Report(event, key, fingerprint)], topic=topic)
+        [accepted] = await self.record_many([Report(event, fingerprint)], spec=spec)
         return accepted
 
-    async def record_many(self, reports: list[Report], *, topic: str) -> list[Accepted]:
-        """Store a batch of events and their outbox rows in one transaction, all or none."""
+    async def record_many(self, reports: list[Report], *, spec: TopicSpec) -> list[Accepted]:
+        """Store a batch of events and their outbox rows in one transaction, all or none.
+        Each outbox row is the event as `spec` publishes it (topic, key, encoding)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await self._record(conn, reports, topic=topic)
+            return await self._record(conn, reports, spec=spec)
 
     async def _record(
-        self, conn: asyncpg.Connection, reports: list[Report], *, topic: str
+        self, conn: asyncpg.Connection, reports: list[Report], *, spec: TopicSpec
     ) -> list[Accepted]:
         events = [r.event for r in reports]
-        encoded = [encode_event(e) for e in events]
+        records = [spec.record(self._settings, e) for e in events]
+        encoded = [value for _, _, value in records]
         inserted = {
             row["event_id"]: row["recorded_at"]
             for row in await conn.fetch(
@@ -96,14 +94,15 @@ class IngestStore:
                 [e.occurred_at for e in events], [e.recorded_at for e in events], encoded,
             )
         }
-        fresh = [(r, payload) for r, payload in zip(reports, encoded, strict=True)
+        fresh = [(r, record) for r, record in zip(reports, records, strict=True)
                  if r.event.event_id in inserted]
         if fresh:
             await conn.execute(
                 """INSERT INTO outbox (event_id, topic, key, payload)
                    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])""",
-                [r.event.event_id for r, _ in fresh], [self._settings.topic(topic)] * len(fresh),
-                [r.key for r, _ in fresh], [payload for _, payload in fresh],
+                [r.event.event_id for r, _ in fresh], [topic for _, (topic, _, _) in fresh],
+                [key.decode() for _, (_, key, _) in fresh],
+                [value for _, (_, _, value) in fresh],
             )
             await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
         repeated = {
@@ -177,8 +176,7 @@ class IngestStore:
                 occurred_at=utcnow(), producer_unit=unit_code, entry=stored
             )
             [accepted] = await self._record(
-                conn, [Report(event, stored.entry_id, request_hash(event.model_dump_json()))],
-                topic=WATCHLIST.name,
+                conn, [Report(event, request_hash(event.model_dump_json()))], spec=WATCHLIST,
             )
             return stored, accepted
 
@@ -213,8 +211,7 @@ class IngestStore:
                 owner_unit=unit_code, version=version, reason=reason,
             )
             [accepted] = await self._record(
-                conn, [Report(event, entry_id, request_hash(event.model_dump_json()))],
-                topic=WATCHLIST.name,
+                conn, [Report(event, request_hash(event.model_dump_json()))], spec=WATCHLIST,
             )
             return accepted
 

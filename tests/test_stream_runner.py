@@ -1,0 +1,146 @@
+"""The shared stream runner against the real broker: what reaches the output and the
+dead-letter topic, and what is committed, when a handler fails in each way it can."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.events import DeadLetter, HitsWithdrawn, Place, SightingReported, Subject
+from shared.kafka import create_producer, publish_all
+from shared.settings import CommonSettings
+from shared.stream import Message, Outcome, Stream, StreamRunner
+from shared.topics import DEAD_LETTER, HITS, SIGHTINGS
+from tests.conftest import eventually, read_topic
+
+
+def sighting(name: str) -> SightingReported:
+    return SightingReported(occurred_at=datetime.now(UTC), producer_unit="CA-31212",
+                            subject=Subject(name=name), place=Place(unit_code="CA-31212"))
+
+
+def withdrawal_for(report: SightingReported) -> HitsWithdrawn:
+    """Any event on the hits topic will do: one per report handled, named after it."""
+    return HitsWithdrawn(occurred_at=datetime.now(UTC), entry_id=f"E-{report.subject.name}",
+                         owner_unit="CA-30307", version=1, reason="test")
+
+
+async def produce(settings: CommonSettings, *events: SightingReported) -> None:
+    producer = create_producer(settings, client_id="test")
+    await producer.start()
+    try:
+        await publish_all(producer, (SIGHTINGS.record(settings, e) for e in events))
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(runner: StreamRunner) -> AsyncIterator[None]:
+    task = asyncio.create_task(runner.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def committed(settings: CommonSettings, group: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = settings.topic(SIGHTINGS.name)
+        total = 0
+        for partition in range(settings.topic_partitions):
+            total += await consumer.committed(TopicPartition(topic, partition)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+def settings(env, topics) -> CommonSettings:
+    return env.settings(CommonSettings)
+
+
+async def test_a_failing_message_is_dead_lettered_alone_and_the_batch_is_committed(
+    settings, env
+):
+    handled: list[str] = []
+
+    async def handle(messages: list[Message]) -> Outcome:
+        if any(m.event.subject.name == "POISON" for m in messages):
+            raise ValueError("cannot handle poison")
+        handled.extend(m.event.subject.name for m in messages)
+        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages])
+
+    group = f"{settings.topic_prefix}runner"
+    runner = StreamRunner(settings, Stream("test.poison", "test", (SIGHTINGS,), group), handle)
+    names = ["A", "B", "POISON", "C", "D"]
+    await produce(settings, *(sighting(name) for name in names))
+    async with running(runner):
+        out = await read_topic(env, settings.topic(HITS.name), 4, settle=0.5)
+        letters = await read_topic(env, settings.topic(DEAD_LETTER.name), 1, settle=0.3)
+        await eventually(lambda: _equals(committed(settings, group), 5),
+                         what="every offset committed")
+    assert sorted(HITS.decode(r.value).entry_id for r in out) == ["E-A", "E-B", "E-C", "E-D"]
+    [letter] = [DeadLetter.model_validate_json(r.value) for r in letters]
+    assert letter.service == "test" and "cannot handle poison" in letter.error
+    assert SIGHTINGS.decode(letter.payload).subject.name == "POISON"
+    assert sorted(handled) == ["A", "B", "C", "D"]
+
+
+async def _equals(value, expected) -> bool:
+    return await value == expected
+
+
+async def test_a_transient_failure_is_retried_until_it_passes_and_nothing_is_lost(
+    settings, env
+):
+    failures = 2
+
+    async def handle(messages: list[Message]) -> Outcome:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ConnectionRefusedError("database unreachable")
+        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages])
+
+    group = f"{settings.topic_prefix}transient"
+    runner = StreamRunner(settings, Stream("test.transient", "test", (SIGHTINGS,), group),
+                          handle)
+    await produce(settings, sighting("A"), sighting("B"))
+    async with running(runner):
+        out = await read_topic(env, settings.topic(HITS.name), 2, settle=0.5)
+        await eventually(lambda: _equals(committed(settings, group), 2), what="the commit")
+    assert sorted(HITS.decode(r.value).entry_id for r in out) == ["E-A", "E-B"]
+    assert failures == 0
+
+
+async def test_a_stream_without_a_group_reads_every_partition_in_every_runner(settings):
+    seen: list[list[str]] = [[], []]
+
+    def recorder(into: list[str]):
+        async def handle(messages: list[Message]) -> Outcome:
+            into.extend(m.event.subject.name for m in messages)
+            return Outcome()
+        return handle
+
+    # Published before the runners start: they read from the beginning.
+    names = [f"S{n}" for n in range(20)]
+    await produce(settings, *(sighting(n).model_copy(update={"producer_unit": f"CA-{n}"})
+                              for n in names))  # keys spread over the partitions
+    runners = [StreamRunner(settings, Stream(f"test.all{i}", "test", (SIGHTINGS,), None),
+                            recorder(seen[i])) for i in range(2)]
+    async with running(runners[0]), running(runners[1]):
+        async def both_read_everything() -> bool:
+            return all(sorted(s) == sorted(names) for s in seen)
+
+        await eventually(both_read_everything, what="both runners to read all 20")
+        assert all(runner.ready.is_set() for runner in runners)
