@@ -71,9 +71,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 """Errors that say "not now" (a peer unreachable, a deadlock), not "never": retried."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
-    """One decoded record."""
+    """One decoded record (not frozen: a frozen dataclass costs a microsecond more per
+    message, which the report stream pays 50,000 times a second)."""
 
     record: ConsumerRecord
     spec: TopicSpec
@@ -213,12 +214,14 @@ class StreamRunner:
 
     async def _decode(self, batch: dict[TopicPartition, list[ConsumerRecord]],
                       dead_letters: DeadLetterSink) -> list[Message]:
-        messages = []
+        messages: list[Message] = []
+        append = messages.append
         for partition, records in batch.items():
             spec = self._specs[partition.topic]
+            decode = spec.adapter.validate_json
             for record in records:
                 try:
-                    messages.append(Message(record, spec, spec.decode(record.value)))
+                    append(Message(record, spec, decode(record.value)))
                 except Exception as exc:  # noqa: BLE001 - whatever does not decode is parked
                     await dead_letters.park(record, exc)
         return messages

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -158,16 +157,17 @@ class MatcherRuntime(Service):
     async def match_reports(self, messages: list[Message]) -> Outcome:
         """The report stream's handler: each report's hits, to be published."""
         outcome = Outcome()
-        matched: Counter[str] = Counter()
+        matched: dict[str, int] = {}
+        engine, keep = self.engine, self.recent.add
         for message in messages:
             report = message.event
             try:
-                hits = hits_for(self.engine, report)
+                hits = hits_for(engine, report)
             except Exception as exc:  # noqa: BLE001 - one bad report must not stop the stream
                 outcome.failed.append((message, exc))
                 continue
-            self.recent.add(report.occurred_at, message.record.value)
-            matched[report.type] += 1
+            keep(report.occurred_at, message.record.value)
+            matched[report.type] = matched.get(report.type, 0) + 1
             for hit in hits:
                 metrics.HITS.labels(category=hit.entry.category.value, mode="live").inc()
                 _log_hit(hit)
