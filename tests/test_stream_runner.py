@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 
 import pytest
@@ -74,7 +74,8 @@ async def test_a_failing_message_is_dead_lettered_alone_and_the_batch_is_committ
 ):
     handled: list[str] = []
 
-    async def handle(messages: list[Message]) -> Outcome:
+    async def handle(batch: Iterable[Message]) -> Outcome:
+        messages = list(batch)
         if any(m.event.subject.name == "POISON" for m in messages):
             raise ValueError("cannot handle poison")
         handled.extend(m.event.subject.name for m in messages)
@@ -105,8 +106,9 @@ async def test_a_transient_failure_is_retried_until_it_passes_and_nothing_is_los
 ):
     failures = 2
 
-    async def handle(messages: list[Message]) -> Outcome:
+    async def handle(batch: Iterable[Message]) -> Outcome:
         nonlocal failures
+        messages = list(batch)
         if failures:
             failures -= 1
             raise ConnectionRefusedError("database unreachable")
@@ -127,7 +129,7 @@ async def test_a_stream_without_a_group_reads_every_partition_in_every_runner(se
     seen: list[list[str]] = [[], []]
 
     def recorder(into: list[str]):
-        async def handle(messages: list[Message]) -> Outcome:
+        async def handle(messages: Iterable[Message]) -> Outcome:
             into.extend(m.event.subject.name for m in messages)
             return Outcome()
         return handle

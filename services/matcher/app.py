@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -154,7 +155,7 @@ class MatcherRuntime(Service):
         self.recent.extend((row["occurred_at"], row["payload"].encode()) for row in rows)
         log.info("recent reports loaded for late matching: %d", len(self.recent))
 
-    async def match_reports(self, messages: list[Message]) -> Outcome:
+    async def match_reports(self, messages: Iterable[Message]) -> Outcome:
         """The report stream's handler: each report's hits, to be published."""
         outcome = Outcome()
         matched: dict[str, int] = {}
@@ -176,7 +177,7 @@ class MatcherRuntime(Service):
             metrics.MATCHER_EVENTS.labels(type=report_type).inc(count)
         return outcome
 
-    async def apply_watchlist_changes(self, messages: list[Message]) -> Outcome:
+    async def apply_watchlist_changes(self, messages: Iterable[Message]) -> Outcome:
         """The watchlist follower's handler: apply each change to the engine; withdraw the
         hits of cancelled entries; check new and changed entries against the recent
         reports (NCIC's delayed inquiry), the reports decoded once for the whole batch."""

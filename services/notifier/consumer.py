@@ -10,6 +10,7 @@ is unique per hit id, so a redelivered hit creates nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from services.notifier.service import AlertService, NewAlert
 from services.notifier.settings import NotifierSettings
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def hit_stream(settings: NotifierSettings, alerts: AlertService) -> StreamRunner:
-    async def handle(messages: list[Message]) -> Outcome:
+    async def handle(messages: Iterable[Message]) -> Outcome:
         created = await alerts.store_hits([message.event for message in messages])
         return Outcome(publish=[(ALERTS, announcement(alert)) for alert in created])
 
