@@ -173,7 +173,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(settings: CommonSettings, *, migrate: bool = True) -> asyncpg.Pool:
+async def create_pool(settings: CommonSettings, *, migrate: bool = True,
+                      max_size: int | None = None) -> asyncpg.Pool:
     """Open the pool; with `migrate`, bring the schema up to date first."""
     if migrate:
         conn = await asyncpg.connect(settings.database_url)
@@ -184,7 +185,7 @@ async def create_pool(settings: CommonSettings, *, migrate: bool = True) -> asyn
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
-        max_size=settings.db_pool_max_size,
+        max_size=max_size or settings.db_pool_max_size,
         init=_init_connection,
         reset=_keep_session,
     )

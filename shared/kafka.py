@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
@@ -66,14 +67,16 @@ def create_consumer(
 
 
 async def publish_all(
-    producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes]]
+    producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes]],
+    *, watch: LogWatch | None = None,
 ) -> int:
     """Send (topic, key, value) records and wait until the broker acknowledged all of them.
 
     Records are grouped into as few producer batches as fit, per partition, in the given
     order, so per-key order holds; the partition of a key is the one Kafka's default
     partitioner picks (murmur2), as for any other producer. One future per batch instead
-    of one per message keeps bulk publishing cheap.
+    of one per message keeps bulk publishing cheap. With `watch`, the offsets the broker
+    acknowledged are remembered, so a log that loses them is noticed (`LogWatch`).
     """
     partitioner = DefaultPartitioner()
     partitions: dict[str, list[int]] = {}
@@ -83,17 +86,82 @@ async def publish_all(
             partitions[topic] = sorted(await producer.partitions_for(topic))
         partition = partitioner(key, partitions[topic], partitions[topic])
         grouped.setdefault((topic, partition), []).append((key, value))
-    pending = []
+    pending: list[tuple[asyncio.Future[Any], int]] = []
     for (topic, partition), messages in grouped.items():
-        batch = producer.create_batch()
+        batch, count = producer.create_batch(), 0
         for key, value in messages:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
+                pending.append((await producer.send_batch(batch, topic, partition=partition),
+                                count))
+                batch, count = producer.create_batch(), 0
                 batch.append(key=key, value=value, timestamp=None)
-        pending.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*pending)
+            count += 1
+        pending.append((await producer.send_batch(batch, topic, partition=partition), count))
+    acknowledged = await asyncio.gather(*(future for future, _ in pending))
+    if watch is not None:
+        for metadata, (_, count) in zip(acknowledged, pending, strict=True):
+            watch.expect(metadata.topic_partition, metadata.offset + count)
     return sum(len(messages) for messages in grouped.values())
+
+
+class LogWatch:
+    """Notices a broker that lost its log.
+
+    A broker whose log is lost (Tansu keeps it in memory; an Apache Kafka topic deleted
+    and recreated) goes on acknowledging sends, so producers and consumers see nothing
+    wrong. A watch remembers how long each partition's log is known to be (the offsets a
+    producer had acknowledged, or a consumer had read) and `check` compares that with
+    the broker's metadata: a topic missing, or a partition whose log ends before what
+    was known, is a loss. What was published and not yet confirmed consumed must then
+    be published again from PostgreSQL (each caller knows what that is).
+    """
+
+    def __init__(self, settings: CommonSettings, client_id: str, interval: float = 2.0):
+        self._settings = settings
+        self._client_id = client_id
+        self.interval = interval
+        self._known: dict[TopicPartition, int] = {}
+        self._client: AIOKafkaConsumer | None = None
+        self._next_check = 0.0
+        self.last_ok: float | None = None
+        """Wall-clock time (epoch seconds) of the last check that found the log whole."""
+
+    def expect(self, partition: TopicPartition, end_offset: int) -> None:
+        """The log of `partition` is known to hold offsets below `end_offset`."""
+        if end_offset > self._known.get(partition, 0):
+            self._known[partition] = end_offset
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next_check
+
+    async def check(self, topics: Iterable[str]) -> set[str]:
+        """The topics whose log was lost since the last check (empty: none). Forgets what
+        it knew of them, so one loss is reported once."""
+        self._next_check = time.monotonic() + self.interval
+        if self._client is None:
+            client = AIOKafkaConsumer(bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                                      client_id=self._client_id, enable_auto_commit=False,
+                                      request_timeout_ms=5000)
+            await client.start()
+            self._client = client
+        listed = await self._client.topics()
+        wanted = set(topics) | {tp.topic for tp in self._known}
+        lost = {topic for topic in wanted if topic not in listed}
+        present = [tp for tp in self._known if tp.topic not in lost]
+        if present:
+            ends = await self._client.end_offsets(present)
+            lost |= {tp.topic for tp in present if ends.get(tp, 0) < self._known[tp]}
+        for tp in [tp for tp in self._known if tp.topic in lost]:
+            del self._known[tp]
+        if not lost:
+            self.last_ok = time.time()
+        return lost
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.stop()
 
 
 async def ensure_topics(

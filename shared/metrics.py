@@ -34,6 +34,26 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest outbox row not yet published (0 when none; last relay round).",
 )
 
+OUTBOX_REDRIVEN = Counter(
+    "giapranh_outbox_redriven_total",
+    "Published events queued for publishing again, by reason (no_verdict: the matcher gave "
+    "none in time; log_lost: the broker lost its log).", ["reason"],
+)
+REPORTS_WITHOUT_VERDICT = Gauge(
+    "giapranh_reports_without_verdict",
+    "Published reports and watchlist changes that the matcher has not confirmed after the "
+    "grace period (last reconciliation round).",
+)
+REPORTS_WITHOUT_VERDICT_AGE = Gauge(
+    "giapranh_reports_without_verdict_oldest_age_seconds",
+    "Age of the oldest published report or watchlist change still without a verdict "
+    "(0 when none).",
+)
+REPORTS_STUCK = Gauge(
+    "giapranh_reports_stuck",
+    "Published reports and watchlist changes still without a verdict after every redrive.",
+)
+
 # --- matcher
 MATCHER_EVENTS = Counter(
     "giapranh_matcher_events_total", "Sightings and incidents matched, by event type.", ["type"]
@@ -53,6 +73,32 @@ MATCH_CANDIDATES = Histogram(
 WATCHLIST_SIZE = Gauge(
     "giapranh_watchlist_entries", "Active watchlist entries held by this matcher, by category.",
     ["category"],
+)
+
+HITS_REDRIVEN = Counter(
+    "giapranh_hits_redriven_total",
+    "Hits published again because no alert existed for them, by reason (no_alert, "
+    "log_lost).", ["reason"],
+)
+HITS_UNDELIVERED = Gauge(
+    "giapranh_hits_undelivered",
+    "Hits emitted longer ago than the grace period with no alert yet (last round).",
+)
+HITS_STUCK = Gauge(
+    "giapranh_hits_stuck", "Hits still without an alert after every redrive (last round).",
+)
+WITHDRAWALS_REDRIVEN = Counter(
+    "giapranh_withdrawals_redriven_total",
+    "HitsWithdrawn published again because a cancelled entry still had open alerts.",
+)
+LATE_HITS_CAPPED = Counter(
+    "giapranh_late_hits_capped_total",
+    "Late hits not raised because one unit's new entries matched the same report more "
+    "times than the cap (a flood of look-alikes).",
+)
+OVERSIZED_BUCKETS = Counter(
+    "giapranh_matcher_oversized_buckets_total",
+    "Index buckets over the engine's bucket size met by queries (narrowed, never skipped).",
 )
 
 # --- notifier
@@ -119,6 +165,11 @@ STREAM_BATCH_SECONDS = Histogram(
     "giapranh_stream_batch_seconds",
     "Time from a batch's poll until it was delivered and committed, by stream.",
     ["stream"], buckets=LATENCY_BUCKETS,
+)
+LOG_LOSSES = Counter(
+    "giapranh_log_losses_total",
+    "Times a service found that the broker had lost a topic's log, by service and topic.",
+    ["service", "topic"],
 )
 STREAM_RESTARTS = Counter(
     "giapranh_stream_restarts_total",

@@ -32,6 +32,13 @@ Failures, one policy for all:
 Streams without a group (`group_id=None`) read every partition of their topics from the
 beginning and commit nothing: the matcher's watchlist follower, which every worker reads
 whole.
+
+A lost log (a broker restarted empty, a topic recreated) is noticed by a `LogWatch`
+every couple of seconds, from what the runner read and what the broker acknowledged: the
+topics are created again; if an output topic lost its log, the stream's `on_log_lost`
+hook says what to publish again from PostgreSQL; if an input topic did, the runner starts
+over (a group reads from its committed offsets, which a lost log lost too, so from the
+earliest; a group-less stream from the beginning).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from aiokafka.errors import KafkaError
 from shared import metrics
 from shared.kafka import (
     DeadLetterSink,
+    LogWatch,
     create_consumer,
     create_producer,
     ensure_topics,
@@ -154,6 +162,13 @@ class Stream:
     batch_size: int = 500
     in_flight: int = 1
     """Batches whose events may travel to the broker while the next one is handled."""
+    on_log_lost: Callable[[set[str]], Awaitable[list[tuple[TopicSpec, Any]]]] | None = None
+    """Called with the full names of the output topics whose log was lost; returns what to
+    publish again (from PostgreSQL)."""
+
+
+class LogLost(Exception):
+    """An input topic's log was lost: the runner starts over."""
 
 
 class StreamRunner:
@@ -165,6 +180,7 @@ class StreamRunner:
         self.ready = asyncio.Event()
         """Set while the runner holds partitions (its group joined, or every partition
         assigned); cleared while it reconnects."""
+        self._watch = LogWatch(settings, client_id=f"giapranh-{stream.name}-logwatch")
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff after any broker failure."""
@@ -201,6 +217,7 @@ class StreamRunner:
             await self._loop(consumer, producer)
         finally:
             self.ready.clear()
+            await self._watch.close()
             with contextlib.suppress(Exception):
                 await consumer.stop()
             with contextlib.suppress(Exception):
@@ -222,6 +239,8 @@ class StreamRunner:
             while True:
                 while in_flight and in_flight[0].done():
                     in_flight.popleft().result()  # raises a delivery's failure
+                if self._watch.due():
+                    await self._check_log(producer)
                 batch = await consumer.getmany(timeout_ms=500, max_records=stream.batch_size)
                 if stream.group_id is not None and consumer.assignment():
                     self.ready.set()
@@ -235,6 +254,8 @@ class StreamRunner:
                     await dead_letters.park(record, error)
                 offsets = {partition: records[-1].offset + 1
                            for partition, records in batch.items()}
+                for partition, offset in offsets.items():
+                    self._watch.expect(partition, offset)
                 if len(in_flight) >= stream.in_flight:
                     await in_flight.popleft()  # the oldest batch is delivered and committed
                 in_flight.append(asyncio.create_task(self._deliver(
@@ -247,6 +268,26 @@ class StreamRunner:
             for task in in_flight:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _check_log(self, producer: AIOKafkaProducer) -> None:
+        lost = await self._watch.check(self._specs)
+        if not lost:
+            return
+        service = self._stream.service
+        for topic in lost:
+            metrics.LOG_LOSSES.labels(service=service, topic=topic).inc()
+        log.warning("stream %s: the broker lost the log of %s", self._stream.name,
+                    ", ".join(sorted(lost)))
+        await ensure_topics(self._settings)
+        outputs = lost - set(self._specs)
+        if outputs and self._stream.on_log_lost is not None:
+            again = await self._stream.on_log_lost(outputs)
+            await publish_all(producer, (spec.record(self._settings, event)
+                                         for spec, event in again), watch=self._watch)
+            log.warning("stream %s: published %d event(s) again from PostgreSQL",
+                        self._stream.name, len(again))
+        if lost & set(self._specs):
+            raise LogLost(f"the log of {', '.join(sorted(lost & set(self._specs)))} was lost")
 
     async def _handle(self, messages: Batch) -> Outcome:
         """The handler's outcome; transient errors retried, others isolated per message."""
@@ -284,7 +325,7 @@ class StreamRunner:
         for message, error in outcome.failed:
             await dead_letters.park(message.record, error)
         await publish_all(producer, (spec.record(self._settings, event)
-                                     for spec, event in outcome.publish))
+                                     for spec, event in outcome.publish), watch=self._watch)
         await dead_letters.flush()
         if outcome.after_ack is not None:
             await outcome.after_ack()

@@ -154,11 +154,12 @@ async def test_metrics_count_accepted_events_and_rejections_by_reason(ingest, di
 async def test_readiness_reports_the_database_and_the_broker(ingest, notifier, env):
     from tests.conftest import eventually
 
-    async def ready(client):
+    async def ready(client, **more):
         response = await client.get("/readyz")
         return response.status_code == 200 and response.json()["checks"] == {
-            "database": True, "broker": True}
+            "database": True, "broker": True, **more}
 
-    await eventually(lambda: ready(ingest), what="ingest ready")
+    # Ingest also vouches that every report it published got the matcher's verdict.
+    await eventually(lambda: ready(ingest, verdicts=True), what="ingest ready")
     await eventually(lambda: ready(notifier), what="notifier ready")
     assert (await ingest.get("/healthz")).json()["status"] == "ok"

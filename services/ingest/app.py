@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from services.ingest import admin, api
+from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
@@ -21,13 +22,15 @@ def create_app(settings: IngestSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings)
         relay = OutboxRelay(pool, settings)
+        reconciler = Reconciler(pool, settings)
         app.state.settings = settings
         app.state.store = IngestStore(pool, settings)
         set_state(app, ServiceState(
             pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
-            readiness={"broker": lambda: relay.connected}))
+            readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy}))
         try:
-            async with background(relay.run(), "outbox-relay"):
+            async with (background(relay.run(), "outbox-relay"),
+                        background(reconciler.run(), "reconciler")):
                 yield
         finally:
             await pool.close()

@@ -11,6 +11,14 @@ backs off and retries; requests keep being accepted into the outbox meanwhile.
 
 Wake-up: `NOTIFY giapranh_outbox` from the writer wakes the relay at once; it also polls
 every `relay_idle_seconds` in case a notification was missed.
+
+A lost log: a broker that restarts empty (Tansu) or a topic recreated goes on
+acknowledging sends, so a relay that only waited for acknowledgements would never notice
+that what it published is gone. A `LogWatch` compares what the broker acknowledged with
+its metadata every couple of seconds; on a loss the relay recreates the topics and
+publishes again every row not yet verified as consumed (`reconciler.py` verifies rows
+against the matcher's verdicts, and re-drives on its own what a loss between two checks
+leaves behind).
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
-from shared.kafka import create_producer, ensure_topics, publish_all
+from shared.kafka import LogWatch, create_producer, ensure_topics, publish_all
+from shared.topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,8 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._listener: asyncpg.Connection | None = None
         self._next_backlog_reading = 0.0
+        self._watch = LogWatch(settings, client_id="giapranh-ingest-logwatch")
+        self._topics = [settings.topic(spec.name) for spec in ALL_TOPICS]
 
     @property
     def connected(self) -> bool:
@@ -57,6 +68,8 @@ class OutboxRelay:
                 self._wake.clear()
                 try:
                     producer = await self._ensure_producer()
+                    if self._watch.due():
+                        await self._check_log()
                     sent = await self.relay_once(producer)
                     backoff = 0.1
                 except asyncio.CancelledError:
@@ -65,6 +78,7 @@ class OutboxRelay:
                     metrics.OUTBOX_RELAY_ERRORS.inc()
                     log.warning("outbox relay round failed, retrying in %.1f s: %r", backoff, exc)
                     await self._drop_producer()
+                    await self._watch.close()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
@@ -72,6 +86,7 @@ class OutboxRelay:
                     await self._idle()
         finally:
             await self._drop_producer()
+            await self._watch.close()
             if self._listener is not None:
                 await self._listener.close()
 
@@ -92,7 +107,7 @@ class OutboxRelay:
             await publish_all(producer, (
                 (row["topic"], row["key"].encode() if row["key"] else None, row["payload"])
                 for row in rows
-            ))
+            ), watch=self._watch)
             await conn.execute(
                 "UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1::bigint[])",
                 [row["id"] for row in rows],
@@ -109,6 +124,17 @@ class OutboxRelay:
                 metrics.OUTBOX_OLDEST_AGE.set(float(backlog["age"]))
         metrics.OUTBOX_RELAYED.inc(len(rows))
         return len(rows)
+
+    async def _check_log(self) -> None:
+        """Publish again what a lost log took with it: every row not verified yet."""
+        lost = await self._watch.check(self._topics)
+        if not lost:
+            return
+        await ensure_topics(self._settings)
+        count = await redrive_unverified(self._pool)
+        metrics.OUTBOX_REDRIVEN.labels(reason="log_lost").inc(count)
+        log.warning("the broker lost the log of %s: publishing %d unverified event(s) again",
+                    ", ".join(sorted(lost)), count)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -140,3 +166,12 @@ class OutboxRelay:
             await asyncio.wait_for(self._wake.wait(), self._settings.relay_idle_seconds)
         except TimeoutError:
             pass
+
+
+async def redrive_unverified(pool: asyncpg.Pool) -> int:
+    """Queue every published row that is not verified yet for publishing again."""
+    status = await pool.execute(
+        "UPDATE outbox SET dispatched_at = NULL "
+        "WHERE verified_at IS NULL AND dispatched_at IS NOT NULL")
+    await pool.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+    return int(status.split()[-1])

@@ -18,3 +18,16 @@ class IngestSettings(CommonSettings):
     max_future_skew_seconds: float = Field(
         300, ge=0, description="How far in the future an event's occurred_at may be."
     )
+    reconcile_after_seconds: float = Field(
+        30, gt=0, le=3600,
+        description="A published report or watchlist change with no matcher verdict after "
+        "this long is published again (the wait doubles with each attempt).")
+    reconcile_interval_seconds: float = Field(
+        5, gt=0, le=300, description="How often published events are checked for verdicts.")
+    reconcile_max_redrives: int = Field(
+        5, ge=0, le=100,
+        description="Publications again before an event without a verdict counts as stuck.")
+    reconcile_alarm_seconds: float = Field(
+        120, gt=0,
+        description="/readyz fails while a published event has waited longer than this for "
+        "its verdict, or one is stuck.")

@@ -26,14 +26,18 @@ downstream drops repeats by the deterministic hit id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import faust
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from faust.contrib.asgi import serve_asgi
@@ -42,8 +46,11 @@ from mode import Service
 from services.matcher.engine import MatchingEngine, gc_paused
 from services.matcher.hits import hits_for, late_hits
 from services.matcher.late import RecentReports
+from services.matcher.ledger import Ledger
+from services.matcher.reconcile import HitReconciler, Policy, startup_changes
 from services.matcher.settings import MatcherSettings
 from shared import metrics
+from shared.db import create_pool
 from shared.events import (
     HitFound,
     HitsWithdrawn,
@@ -53,13 +60,16 @@ from shared.events import (
     utcnow,
 )
 from shared.http import install_metrics
-from shared.stream import Message, Outcome, Stream, StreamRunner
-from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST
+from shared.kafka import create_producer, publish_all
+from shared.stream import TRANSIENT_ERRORS, Message, Outcome, Stream, StreamRunner
+from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST, TopicSpec
 
 log = logging.getLogger(__name__)
 
 MAX_BATCHES_IN_FLIGHT = 4
 """Batches whose hits may be on their way to the broker while the next one is matched."""
+LATE_HITS_PER_REPORT_AND_OWNER = 3
+"""Late hits one batch of entry changes may raise on one report for one listing unit."""
 
 
 def _log_hit(hit: HitFound) -> None:
@@ -82,7 +92,7 @@ def calm_garbage_collector() -> None:
 
 
 class MatcherRuntime(Service):
-    """The worker's state (engine, recent reports) and its two streams."""
+    """The worker's state (engine, recent reports), its two streams and its reconciliation."""
 
     def __init__(self, settings: MatcherSettings, **kwargs: Any):
         super().__init__(**kwargs)
@@ -90,16 +100,23 @@ class MatcherRuntime(Service):
         self.engine = MatchingEngine()
         self.recent = RecentReports(timedelta(days=settings.late_match_window_days),
                                     settings.late_match_max_reports)
-        self.ready = asyncio.Event()
+        self.loaded = asyncio.Event()
         """Set once the watchlist snapshot and the recent reports are loaded."""
+        self.ready = asyncio.Event()
+        """Set once what changed while no matcher ran is processed too: the streams start."""
+        self._hits_lost = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._ledger: Ledger | None = None
+        self._producer: AIOKafkaProducer | None = None
         self.reports = StreamRunner(settings, Stream(
             name="matcher.reports", service="matcher", specs=(SIGHTINGS, INCIDENTS),
             group_id=f"{settings.matcher_group_id}.reports",
             batch_size=settings.matcher_batch_size, in_flight=MAX_BATCHES_IN_FLIGHT,
+            on_log_lost=self._on_hits_lost,
         ), self.match_reports)
         self.watchlist = StreamRunner(settings, Stream(
             name="matcher.watchlist", service="matcher", specs=(WATCHLIST,), group_id=None,
-            batch_size=settings.matcher_batch_size,
+            batch_size=settings.matcher_batch_size, on_log_lost=self._on_hits_lost,
         ), self.apply_watchlist_changes)
 
     @property
@@ -107,10 +124,39 @@ class MatcherRuntime(Service):
         """True while the report stream holds partitions."""
         return self.reports.ready.is_set()
 
+    @property
+    def ledger(self) -> Ledger:
+        assert self._ledger is not None, "the matcher has not started"
+        return self._ledger
+
     async def on_start(self) -> None:
+        self._pool = await create_pool(self.settings, max_size=4)
+        self._ledger = Ledger(self._pool)
         await self._load_watchlist_snapshot()
         await self._load_recent_reports()
         calm_garbage_collector()
+        self.loaded.set()
+
+    async def on_stop(self) -> None:
+        await self._drop_producer()
+        if self._pool is not None:
+            await self._pool.close()
+
+    @Service.task
+    async def _catch_up(self) -> None:
+        """Process what changed while no matcher ran, then let the streams start."""
+        await self.loaded.wait()
+        backoff = 0.1
+        while not self.should_stop:
+            try:
+                await self._process_missed_changes()
+                break
+            except TRANSIENT_ERRORS as exc:
+                log.warning("catching up with watchlist changes failed, retrying in %.1f s: "
+                            "%r", backoff, exc)
+                await self._drop_producer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         self.ready.set()
 
     @Service.task
@@ -123,14 +169,72 @@ class MatcherRuntime(Service):
         await self.ready.wait()
         await self.watchlist.run()
 
+    @Service.task
+    async def _reconcile(self) -> None:
+        """Hits with no alert and withdrawals that withdrew nothing, published again."""
+        await self.ready.wait()
+        settings = self.settings
+        reconciler = HitReconciler(self.engine, self.ledger, Policy(
+            timedelta(seconds=settings.matcher_redrive_after_seconds),
+            settings.matcher_max_redrives))
+        next_cleanup = 0.0
+        while not self.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hits_lost.wait(),
+                                       settings.matcher_reconcile_seconds)
+            everything = self._hits_lost.is_set()
+            self._hits_lost.clear()
+            try:
+                again = await reconciler.round(everything=everything)
+                if again:
+                    await self._publish(again)
+                if time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + 3600
+                    await self.ledger.forget_older_than(
+                        utcnow() - timedelta(days=settings.matcher_record_days))
+            except TRANSIENT_ERRORS as exc:
+                log.warning("reconciliation round failed, retrying: %r", exc)
+                await self._drop_producer()
+                if everything:
+                    self._hits_lost.set()
+
+    async def _on_hits_lost(self, topics: set[str]) -> list[tuple[TopicSpec, Any]]:
+        if self.settings.topic(HITS.name) in topics:
+            self._hits_lost.set()  # the reconciliation publishes every unresolved hit again
+        return []
+
+    async def _publish(self, events: list[tuple[TopicSpec, Any]]) -> None:
+        if self._producer is None:
+            producer = create_producer(self.settings, client_id="giapranh-matcher-reconcile")
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        await publish_all(self._producer, (spec.record(self.settings, event)
+                                           for spec, event in events))
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _process_missed_changes(self) -> None:
+        entries, withdrawals, versions = await startup_changes(self.ledger)
+        if not versions:
+            return
+        hits, failures = await asyncio.to_thread(self._late_hits, entries)
+        for entry, error in failures:
+            log.error("late check of entry %s failed: %r", entry.entry_id, error)
+        await self._publish([*((HITS, w) for w in withdrawals), *((HITS, h) for h in hits)])
+        await self.ledger.record_entries(versions, hits)
+        log.info("caught up with %d watchlist change(s) made while no matcher ran: %d late "
+                 "hit(s), %d withdrawal(s)", len(versions), len(hits), len(withdrawals))
+
     async def _load_watchlist_snapshot(self) -> None:
-        conn = await asyncpg.connect(self.settings.database_url)
-        try:
-            rows = await conn.fetch(
-                "SELECT entry::text, version, cancelled_at FROM ingest_watchlist"
-            )
-        finally:
-            await conn.close()
+        rows = await self.ledger.snapshot()
         with gc_paused():
             for row in rows:
                 if row["cancelled_at"] is None:
@@ -143,22 +247,17 @@ class MatcherRuntime(Service):
         log.info("watchlist snapshot loaded: %d active entries", len(self.engine))
 
     async def _load_recent_reports(self) -> None:
-        conn = await asyncpg.connect(self.settings.database_url)
-        try:
-            rows = await conn.fetch(
-                """SELECT occurred_at, payload::text FROM ingest_reports
-                    WHERE occurred_at >= now() - $1::interval ORDER BY occurred_at""",
-                self.recent.window,
-            )
-        finally:
-            await conn.close()
+        rows = await self.ledger.recent_reports(self.recent.window)
         self.recent.extend((row["occurred_at"], row["payload"].encode()) for row in rows)
         log.info("recent reports loaded for late matching: %d", len(self.recent))
 
     async def match_reports(self, messages: Iterable[Message]) -> Outcome:
-        """The report stream's handler: each report's hits, to be published."""
+        """The report stream's handler: each report's hits, to be published; once they
+        are acknowledged, the verdicts and hits are recorded."""
         outcome = Outcome()
         matched: dict[str, int] = {}
+        verdicts: list[tuple[UUID, int]] = []
+        emitted: list[HitFound] = []
         engine, keep = self.engine, self.recent.add
         for message in messages:
             report = message.event
@@ -169,51 +268,85 @@ class MatcherRuntime(Service):
                 continue
             keep(report.occurred_at, message.record.value)
             matched[report.type] = matched.get(report.type, 0) + 1
+            verdicts.append((report.event_id, len(hits)))
             for hit in hits:
                 metrics.HITS.labels(category=hit.entry.category.value, mode="live").inc()
                 _log_hit(hit)
                 outcome.publish.append((HITS, hit))
+                emitted.append(hit)
         for report_type, count in matched.items():
             metrics.MATCHER_EVENTS.labels(type=report_type).inc(count)
+        if verdicts:
+            ledger = self.ledger
+            outcome.after_ack = lambda: ledger.record_reports(verdicts, emitted)
         return outcome
 
     async def apply_watchlist_changes(self, messages: Iterable[Message]) -> Outcome:
         """The watchlist follower's handler: apply each change to the engine; withdraw the
         hits of cancelled entries; check new and changed entries against the recent
-        reports (NCIC's delayed inquiry), the reports decoded once for the whole batch."""
+        reports (NCIC's delayed inquiry), the reports decoded once for the whole batch.
+        Once that is acknowledged, the versions processed are recorded."""
         outcome = Outcome()
         changed: list[tuple[Message, WatchlistEntry]] = []
+        versions: dict[str, int] = {}
         for message in messages:
             change = message.event
             if isinstance(change, WatchlistEntryUpserted):
+                versions[change.entry.entry_id] = change.entry.version
                 if self.engine.upsert(change.entry):
                     changed.append((message, change.entry))
             elif isinstance(change, WatchlistEntryCancelled):
+                versions[change.entry_id] = change.version
                 if self.engine.cancel(change.entry_id, change.version):
                     outcome.publish.append((HITS, HitsWithdrawn(
                         occurred_at=utcnow(), correlation_id=change.correlation(),
                         entry_id=change.entry_id, owner_unit=change.owner_unit,
                         version=change.version, reason=change.reason,
                     )))
+        late: list[HitFound] = []
         if changed:
-            outcome = outcome.merge(await asyncio.to_thread(self._late_hits, changed))
+            late, failures = await asyncio.to_thread(
+                self._late_hits, [entry for _, entry in changed])
+            by_entry = {entry.entry_id: message for message, entry in changed}
+            outcome.failed += [(by_entry[entry.entry_id], error) for entry, error in failures]
+            outcome.publish += [(HITS, hit) for hit in late]
         self._update_size_gauge()
+        if versions:
+            ledger = self.ledger
+            outcome.after_ack = lambda: ledger.record_entries(versions, late)
         return outcome
 
-    def _late_hits(self, changed: list[tuple[Message, WatchlistEntry]]) -> Outcome:
-        outcome = Outcome()
+    def _late_hits(self, entries: list[WatchlistEntry]
+                   ) -> tuple[list[HitFound], list[tuple[WatchlistEntry, Exception]]]:
+        """The late hits of these entries among the recent reports, at most
+        `LATE_HITS_PER_REPORT_AND_OWNER` per report and listing unit: a unit that lists
+        many look-alikes at once must not bury the desks under late alerts."""
+        found: list[HitFound] = []
+        failures: list[tuple[WatchlistEntry, Exception]] = []
         reports = self.recent.within(utcnow())
-        for message, entry in changed:
+        per_report: dict[tuple[UUID, str], int] = {}
+        capped = 0
+        for entry in entries:
             try:
-                found = late_hits(self.engine, entry.entry_id, reports)
+                hits = late_hits(self.engine, entry.entry_id, reports)
             except Exception as exc:  # noqa: BLE001 - parked with its change, the rest go on
-                outcome.failed.append((message, exc))
+                failures.append((entry, exc))
                 continue
-            for hit in found:
+            for hit in hits:
+                key = (hit.source_event_id, hit.entry.owner_unit)
+                if per_report.get(key, 0) >= LATE_HITS_PER_REPORT_AND_OWNER:
+                    capped += 1
+                    continue
+                per_report[key] = per_report.get(key, 0) + 1
                 metrics.HITS.labels(category=hit.entry.category.value, mode="late").inc()
                 _log_hit(hit)
-                outcome.publish.append((HITS, hit))
-        return outcome
+                found.append(hit)
+        if capped:
+            metrics.LATE_HITS_CAPPED.inc(capped)
+            log.warning("%d late hit(s) not raised: more than %d entries of one unit matched "
+                        "the same report in one batch of changes", capped,
+                        LATE_HITS_PER_REPORT_AND_OWNER)
+        return found, failures
 
     def _update_size_gauge(self) -> None:
         for category, size in self.engine.size_by_category().items():

@@ -23,3 +23,12 @@ class MatcherSettings(CommonSettings):
     matcher_data_dir: Path = Field(
         Path(".giapranh/matcher"), description="faust's working directory for this worker."
     )
+    matcher_reconcile_seconds: float = Field(
+        5, gt=0, le=300, description="How often hits without an alert are looked for.")
+    matcher_redrive_after_seconds: float = Field(
+        30, gt=0, le=3600,
+        description="A hit with no alert after this long is published again.")
+    matcher_max_redrives: int = Field(
+        5, ge=0, le=100, description="Publications again before a hit counts as stuck.")
+    matcher_record_days: float = Field(
+        7, gt=0, description="How long verdicts and delivered hits are kept.")

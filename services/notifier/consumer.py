@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
 
 from services.notifier.service import AlertService, NewAlert
 from services.notifier.settings import NotifierSettings
 from shared import metrics
 from shared.events import AlertRaised, utcnow
 from shared.stream import Message, Outcome, Stream, StreamRunner
-from shared.topics import ALERTS, HITS
+from shared.topics import ALERTS, HITS, TopicSpec
 
 log = logging.getLogger(__name__)
+REANNOUNCE_WINDOW = timedelta(minutes=5)
+"""After the broker lost the alerts topic, alerts raised this recently are announced again
+(its readers are outside the core pipeline and drop repeats by alert id)."""
 
 
 def hit_stream(settings: NotifierSettings, alerts: AlertService) -> StreamRunner:
@@ -27,9 +32,17 @@ def hit_stream(settings: NotifierSettings, alerts: AlertService) -> StreamRunner
         created = await alerts.store_hits([message.event for message in messages])
         return Outcome(publish=[(ALERTS, announcement(alert)) for alert in created])
 
+    async def announce_again(topics: set[str]) -> list[tuple[TopicSpec, Any]]:
+        """The broker lost the alerts topic's log: announce the recent alerts again."""
+        if settings.topic(ALERTS.name) not in topics:
+            return []
+        return [(ALERTS, event) for event in
+                await alerts.raised_since(utcnow() - REANNOUNCE_WINDOW)]
+
     return StreamRunner(settings, Stream(
         name="notifier.hits", service="notifier", specs=(HITS,),
         group_id=settings.notifier_group_id, batch_size=settings.notifier_batch_size,
+        on_log_lost=announce_again,
     ), handle)
 
 

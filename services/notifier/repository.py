@@ -215,6 +215,16 @@ class AlertRepository:
                  WHERE d.unit_code = $1 ORDER BY a.updated_at DESC LIMIT $2""",
             unit_code, limit)
 
+    async def raised_since(self, since: datetime) -> list[asyncpg.Record]:
+        """Alerts raised since `since`, each with its first recipients and their reasons."""
+        return await self.pool.fetch(
+            """SELECT a.alert_id, a.hit_id, a.entry_id, a.category, a.correlation_id,
+                      a.raised_at, array_agg(d.unit_code ORDER BY d.unit_code) AS units,
+                      array_agg(array_to_json(d.reasons)::text ORDER BY d.unit_code) AS reasons
+                 FROM alerts a JOIN deliveries d USING (alert_id)
+                WHERE a.raised_at >= $1 AND d.delivered_at = a.raised_at
+                GROUP BY a.alert_id ORDER BY a.raised_at""", since)
+
     async def history(self, alert_id: UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(
             "SELECT at, action, unit_code, detail FROM alert_history WHERE alert_id = $1 "

@@ -8,6 +8,7 @@ what a unit reads is built by `models.py`. Times come from an injectable clock.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -24,7 +25,7 @@ from services.notifier.targeting import choose_recipients
 from services.notifier.workflow import Deadlines, Outcome, StatusFilter
 from shared import metrics
 from shared.errors import NotFound
-from shared.events import HitFound, HitsWithdrawn, Recipient
+from shared.events import AlertRaised, HitFound, HitsWithdrawn, Recipient
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,18 @@ class AlertService:
         directory = await self.directory.get()
         return [(self._view(row, unit_code, directory), list(row["recipients"]))
                 for row in rows]
+
+    async def raised_since(self, since: datetime) -> list[AlertRaised]:
+        """The `AlertRaised` of every alert raised since `since`, rebuilt from the alerts
+        and their first deliveries (to publish again after the broker lost them)."""
+        return [AlertRaised(
+            occurred_at=row["raised_at"], correlation_id=row["correlation_id"],
+            alert_id=row["alert_id"], hit_id=row["hit_id"], entry_id=row["entry_id"],
+            category=row["category"],
+            recipients=tuple(Recipient(unit_code=unit, reasons=tuple(json.loads(reasons)))
+                             for unit, reasons in zip(row["units"], row["reasons"],
+                                                      strict=True)),
+        ) for row in await self._repo.raised_since(since)]
 
     async def unit(self, code: str) -> asyncpg.Record | None:
         return await self._repo.unit(code)
