@@ -214,7 +214,7 @@ async def read_topic(env: TestEnv, topic: str, count: int, *, settle: float = 0.
 
 
 class MatcherProcess:
-    def __init__(self, env: TestEnv, port: int):
+    def __init__(self, env: TestEnv, port: int, **extra_env: str):
         self.port = port
         self.log_path = env.tmp_path / f"matcher-{port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -224,6 +224,7 @@ class MatcherProcess:
                 GIAPRANH_MATCHER_PORT=str(port),
                 GIAPRANH_MATCHER_DATA_DIR=str(env.tmp_path / f"matcher-{port}"),
                 GIAPRANH_LOG_LEVEL="INFO",
+                **extra_env,
             ),
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
