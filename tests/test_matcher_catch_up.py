@@ -111,3 +111,73 @@ async def test_a_hit_the_broker_dropped_is_published_again_from_the_matchers_rec
         assert await pool.fetchval("SELECT redriven FROM matcher_hits") == 1
     finally:
         matcher.stop()
+
+
+async def test_a_report_published_but_never_matched_is_published_again_and_alerts(
+    env, pool, topics, directory, notifier, matcher
+):
+    """Ingest published a sighting the broker then lost (marked dispatched, never on the
+    topic): with no verdict after the grace period it is published again, and alerts;
+    meanwhile /readyz says so."""
+    from services.ingest.app import create_app
+    from services.ingest.settings import IngestSettings
+    from services.ingest.store import IngestStore
+    from shared.events import Place, SightingReported, Subject
+    from shared.topics import SIGHTINGS
+    from tests.conftest import _serve
+
+    owner = directory["CA-30307"]
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2,
+                            reconcile_after_seconds=1, reconcile_interval_seconds=0.2,
+                            reconcile_alarm_seconds=1)
+    store = IngestStore(pool, settings)
+    await store.upsert_watchlist_entry(
+        _entry("LX-HUNG", "CA-30307"), unit_code="CA-30307")
+    lost = SightingReported(occurred_at=datetime.now(UTC), producer_unit="CA-31212",
+                            subject=Subject(national_id="089091004217"),
+                            place=Place(unit_code="CA-31212"))
+    await store.record(lost, spec=SIGHTINGS, fingerprint=b"x")
+    await pool.execute("UPDATE outbox SET dispatched_at = now() - interval '5 seconds' "
+                       "WHERE event_id = $1", lost.event_id)
+    async for ingest in _serve(create_app(settings)):
+        [alert] = await eventually(lambda: alerts_on(notifier, owner, "LX-HUNG"), timeout=30,
+                                   what="the lost sighting's alert")
+        assert alert["correlation_id"] == str(lost.event_id)
+        assert await pool.fetchval("SELECT redriven FROM outbox WHERE event_id = $1",
+                                   lost.event_id) == 1
+
+        async def verified() -> bool:
+            return await pool.fetchval(
+                "SELECT verified_at IS NOT NULL FROM outbox WHERE event_id = $1", lost.event_id)
+
+        await eventually(verified, what="the sighting verified")
+        ready = await ingest.get("/readyz")
+        assert ready.json()["checks"]["verdicts"] is True
+
+
+def _entry(entry_id, owner):
+    from shared.events import WatchlistEntry
+
+    return WatchlistEntry(entry_id=entry_id, owner_unit=owner, **HUNG)
+
+
+async def test_readiness_fails_while_a_published_report_waits_for_its_verdict(
+    env, pool, topics, directory
+):
+    from services.ingest.app import create_app
+    from services.ingest.settings import IngestSettings
+    from tests.conftest import _serve
+
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2, reconcile_after_seconds=1,
+                            reconcile_interval_seconds=0.2, reconcile_alarm_seconds=2,
+                            reconcile_max_redrives=1)
+    async for ingest in _serve(create_app(settings)):  # and no matcher at all
+        await ingest.post("/v1/sightings", json=SIGHTING, headers=bearer(directory["CA-31212"]))
+
+        async def alarmed() -> bool:
+            response = await ingest.get("/readyz")
+            return response.status_code == 503 and response.json()["checks"]["verdicts"] is False
+
+        await eventually(alarmed, timeout=20, what="/readyz to report the missing verdict")
+        metrics = (await ingest.get("/metrics")).text
+        assert "giapranh_reports_without_verdict 1.0" in metrics
