@@ -55,3 +55,14 @@ class PayloadTooLarge(GiapranhError):
 class Unprocessable(GiapranhError):
     status_code = 422
     code = "invalid"
+
+
+class TooManyRequests(GiapranhError):
+    """Over a rate limit: try again after `retry_after` seconds (the `Retry-After` header)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
-from shared.errors import GiapranhError, PayloadTooLarge, Unauthorized
+from shared.errors import GiapranhError, PayloadTooLarge, TooManyRequests, Unauthorized
 
 
 @dataclass
@@ -81,6 +82,8 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         if exc.field:
             body["field"] = exc.field
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return JSONResponse({"error": body}, status_code=exc.status_code, headers=headers)
 
 

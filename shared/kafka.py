@@ -86,21 +86,21 @@ async def publish_all(
             partitions[topic] = sorted(await producer.partitions_for(topic))
         partition = partitioner(key, partitions[topic], partitions[topic])
         grouped.setdefault((topic, partition), []).append((key, value))
-    pending: list[tuple[asyncio.Future[Any], int]] = []
+    pending: list[asyncio.Future[Any]] = []
     for (topic, partition), messages in grouped.items():
-        batch, count = producer.create_batch(), 0
+        batch = producer.create_batch()
         for key, value in messages:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                pending.append((await producer.send_batch(batch, topic, partition=partition),
-                                count))
-                batch, count = producer.create_batch(), 0
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
-            count += 1
-        pending.append((await producer.send_batch(batch, topic, partition=partition), count))
-    acknowledged = await asyncio.gather(*(future for future, _ in pending))
+        pending.append(await producer.send_batch(batch, topic, partition=partition))
+    acknowledged = await asyncio.gather(*pending)
     if watch is not None:
-        for metadata, (_, count) in zip(acknowledged, pending, strict=True):
-            watch.expect(metadata.topic_partition, metadata.offset + count)
+        for metadata in acknowledged:
+            # The batch's first offset: Tansu reports a partition's end as the start of
+            # its last batch + 1, not its last offset + 1 (Kafka reports more).
+            watch.expect(metadata.topic_partition, metadata.offset + 1)
     return sum(len(messages) for messages in grouped.values())
 
 
@@ -110,9 +110,8 @@ class LogWatch:
     A broker whose log is lost (Tansu keeps it in memory; an Apache Kafka topic deleted
     and recreated) goes on acknowledging sends, so producers and consumers see nothing
     wrong. A watch remembers how long each partition's log is known to be (the offsets a
-    producer had acknowledged, or a consumer had read) and `check` compares that with
-    the broker's metadata: a topic missing, or a partition whose log ends before what
-    was known, is a loss. What was published and not yet confirmed consumed must then
+    producer had acknowledged) and `check` compares that with the broker's metadata: a
+    topic missing, or a partition whose log ends before what was known, is a loss. What was published and not yet confirmed consumed must then
     be published again from PostgreSQL (each caller knows what that is).
     """
 

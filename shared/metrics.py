@@ -91,10 +91,10 @@ WITHDRAWALS_REDRIVEN = Counter(
     "giapranh_withdrawals_redriven_total",
     "HitsWithdrawn published again because a cancelled entry still had open alerts.",
 )
-LATE_HITS_CAPPED = Counter(
-    "giapranh_late_hits_capped_total",
-    "Late hits not raised because one unit's new entries matched the same report more "
-    "times than the cap (a flood of look-alikes).",
+HITS_CAPPED = Counter(
+    "giapranh_hits_capped_total",
+    "Hits not raised because more look-alike entries of one unit matched one reported "
+    "subject than the cap (a flood of copies), by live/late.", ["mode"],
 )
 OVERSIZED_BUCKETS = Counter(
     "giapranh_matcher_oversized_buckets_total",

@@ -34,8 +34,8 @@ beginning and commit nothing: the matcher's watchlist follower, which every work
 whole.
 
 A lost log (a broker restarted empty, a topic recreated) is noticed by a `LogWatch`
-every couple of seconds, from what the runner read and what the broker acknowledged: the
-topics are created again; if an output topic lost its log, the stream's `on_log_lost`
+every couple of seconds (an input topic missing, or an output partition shorter than
+what the broker acknowledged): the topics are created again; if an output topic lost its log, the stream's `on_log_lost`
 hook says what to publish again from PostgreSQL; if an input topic did, the runner starts
 over (a group reads from its committed offsets, which a lost log lost too, so from the
 earliest; a group-less stream from the beginning).
@@ -254,8 +254,6 @@ class StreamRunner:
                     await dead_letters.park(record, error)
                 offsets = {partition: records[-1].offset + 1
                            for partition, records in batch.items()}
-                for partition, offset in offsets.items():
-                    self._watch.expect(partition, offset)
                 if len(in_flight) >= stream.in_flight:
                     await in_flight.popleft()  # the oldest batch is delivered and committed
                 in_flight.append(asyncio.create_task(self._deliver(

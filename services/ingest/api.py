@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Path, Query, status
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
-from services.ingest.deps import CurrentUnit, Settings, Store
+from services.ingest.deps import CurrentUnit, Settings, Store, WatchlistWriter
 from services.ingest.store import (
     Accepted,
     EventStatus,
@@ -219,7 +219,7 @@ async def report_incident(
 
 @router.put("/watchlist/{entry_id}", response_model=EntryStored)
 async def upsert_watchlist_entry(
-    entry_id: Annotated[EntryId, Path()], body: WatchlistEntryFields, unit: CurrentUnit,
+    entry_id: Annotated[EntryId, Path()], body: WatchlistEntryFields, unit: WatchlistWriter,
     store: Store,
 ) -> EntryStored:
     """Create or update one of the calling unit's watchlist entries."""
@@ -251,7 +251,7 @@ async def get_watchlist_entry(
 
 @router.post("/watchlist/{entry_id}/cancel", response_model=EventAccepted)
 async def cancel_watchlist_entry(
-    entry_id: Annotated[EntryId, Path()], body: CancelIn, unit: CurrentUnit, store: Store
+    entry_id: Annotated[EntryId, Path()], body: CancelIn, unit: WatchlistWriter, store: Store
 ) -> EventAccepted:
     """Cancel an entry (e.g. the subject was arrested): it stops raising alerts at once."""
     result = await store.cancel_watchlist_entry(

@@ -15,6 +15,7 @@ from services.ingest.store import IngestStore
 from shared.auth import KeyStore
 from shared.db import create_pool
 from shared.http import ServiceState, background, create_http_app, set_state
+from shared.ratelimit import RateLimit
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
@@ -24,7 +25,10 @@ def create_app(settings: IngestSettings) -> FastAPI:
         relay = OutboxRelay(pool, settings)
         reconciler = Reconciler(pool, settings)
         app.state.settings = settings
-        app.state.store = IngestStore(pool, settings)
+        app.state.store = IngestStore(pool, settings,
+                                      max_lookalikes=settings.max_lookalikes_per_unit)
+        app.state.watchlist_writes = RateLimit(settings.watchlist_writes_per_minute,
+                                               "watchlist changes")
         set_state(app, ServiceState(
             pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy}))

@@ -7,9 +7,10 @@ from fastapi import Depends, Request
 
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
+from shared.auth import Principal
 from shared.http import CurrentUnit, service_state
 
-__all__ = ["CurrentUnit", "Database", "Settings", "Store"]
+__all__ = ["CurrentUnit", "Database", "Settings", "Store", "WatchlistWriter"]
 
 
 def _store(request: Request) -> IngestStore:
@@ -24,7 +25,15 @@ def _pool(request: Request) -> asyncpg.Pool:
     return service_state(request).pool
 
 
+async def _watchlist_write(request: Request, unit: CurrentUnit) -> Principal:
+    """The caller, once its key's watchlist-write budget allows one more change."""
+    request.app.state.watchlist_writes.take(unit.key_id)
+    return unit
+
+
 Store = Annotated[IngestStore, Depends(_store)]
+WatchlistWriter = Annotated[Principal, Depends(_watchlist_write)]
+"""The calling unit, for a watchlist change (rate-limited per key)."""
 Settings = Annotated[IngestSettings, Depends(_settings)]
 Database = Annotated[asyncpg.Pool, Depends(_pool)]
 """The pool, for the shared directory functions (`shared.directory`)."""

@@ -31,3 +31,11 @@ class IngestSettings(CommonSettings):
         120, gt=0,
         description="/readyz fails while a published event has waited longer than this for "
         "its verdict, or one is stuck.")
+    max_lookalikes_per_unit: int = Field(
+        3, ge=1, le=10_000,
+        description="Active entries one unit may list with the same name and birth year, or "
+        "the same national id (422 above): copies must not crowd another unit's entry out.")
+    watchlist_writes_per_minute: float = Field(
+        120, gt=0,
+        description="Watchlist creations, updates and cancellations per API key and minute, "
+        "per ingest instance (429 with Retry-After above).")

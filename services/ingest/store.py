@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -11,12 +12,13 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, Field
 
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events import (
     Event,
     WatchlistEntry,
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
+    national_id_digits,
     utcnow,
 )
 from shared.settings import CommonSettings
@@ -46,10 +48,34 @@ def request_hash(canonical_body: str) -> bytes:
     return hashlib.sha256(canonical_body.encode()).digest()
 
 
+DEFAULT_MAX_LOOKALIKES = 3
+
+
+class TooManyLookalikes(Unprocessable):
+    code = "too_many_lookalikes"
+
+
+def fold(text: str) -> str:
+    """Lower case, no diacritics (đ -> d), single spaces: how look-alike names compare."""
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "d"))
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(plain.lower().split())
+
+
+def lookalike_keys(entry: WatchlistEntry) -> tuple[str | None, str | None]:
+    """(folded name | birth year, national id digits): entries sharing either look alike."""
+    year = entry.birth_year or (entry.birth_date.year if entry.birth_date else None)
+    name = f"{fold(entry.full_name)}|{year or ''}" if entry.full_name else None
+    digits = national_id_digits(entry.national_id) if entry.national_id else None
+    return name, digits or None
+
+
 class IngestStore:
-    def __init__(self, pool: asyncpg.Pool, settings: CommonSettings):
+    def __init__(self, pool: asyncpg.Pool, settings: CommonSettings, *,
+                 max_lookalikes: int = DEFAULT_MAX_LOOKALIKES):
         self._pool = pool
         self._settings = settings
+        self._max_lookalikes = max_lookalikes
 
     async def unknown_units(self, codes: set[str]) -> set[str]:
         known = await self._pool.fetch(
@@ -161,16 +187,20 @@ class IngestStore:
                 if unchanged.model_dump(mode="json") == current["entry"]:
                     return unchanged, None
             stored = entry.model_copy(update={"version": version, "owner_unit": unit_code})
+            name_key, id_key = lookalike_keys(stored)
+            await self._check_lookalikes(conn, stored, name_key, id_key)
             await conn.execute(
                 """INSERT INTO watchlist_entries
-                       (entry_id, owner_unit, category, version, entry, valid_until)
-                   VALUES ($1, $2, $3, $4, $5, $6)
+                       (entry_id, owner_unit, category, version, entry, valid_until, name_key,
+                        id_key)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                    ON CONFLICT (entry_id) DO UPDATE SET
                        category = EXCLUDED.category, version = EXCLUDED.version,
                        entry = EXCLUDED.entry, valid_until = EXCLUDED.valid_until,
+                       name_key = EXCLUDED.name_key, id_key = EXCLUDED.id_key,
                        cancelled_at = NULL, cancel_reason = NULL, updated_at = now()""",
                 stored.entry_id, unit_code, stored.category.value, version,
-                stored.model_dump(mode="json"), stored.valid_until,
+                stored.model_dump(mode="json"), stored.valid_until, name_key, id_key,
             )
             event = WatchlistEntryUpserted(
                 occurred_at=utcnow(), producer_unit=unit_code, entry=stored
@@ -179,6 +209,30 @@ class IngestStore:
                 conn, [Report(event, request_hash(event.model_dump_json()))], spec=WATCHLIST,
             )
             return stored, accepted
+
+    async def _check_lookalikes(self, conn: asyncpg.Connection, entry: WatchlistEntry,
+                                name_key: str | None, id_key: str | None) -> None:
+        """A unit may list at most `max_lookalikes` active entries with one name and birth
+        year, or one national id: copies of another unit's wanted person must not crowd
+        the real one out, nor bury the desks under their alerts."""
+        # One writer per unit at a time, so concurrent requests cannot pass the count.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                           f"lookalikes:{entry.owner_unit}")
+        for key, column, what, field in (
+                (name_key, "name_key", "this name and birth year", "full_name"),
+                (id_key, "id_key", "this national id", "national_id")):
+            if key is None:
+                continue
+            count = await conn.fetchval(
+                f"""SELECT count(*) FROM watchlist_entries
+                     WHERE owner_unit = $1 AND {column} = $2 AND cancelled_at IS NULL
+                       AND entry_id <> $3""", entry.owner_unit, key, entry.entry_id)
+            if count >= self._max_lookalikes:
+                raise TooManyLookalikes(
+                    f"unit {entry.owner_unit} already lists {count} active entries with "
+                    f"{what} (at most {self._max_lookalikes}, "
+                    "GIAPRANH_MAX_LOOKALIKES_PER_UNIT); update or cancel one of them",
+                    field=field)
 
     async def cancel_watchlist_entry(
         self, entry_id: str, *, unit_code: str, reason: str

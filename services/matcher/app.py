@@ -44,7 +44,7 @@ from faust.contrib.asgi import serve_asgi
 from mode import Service
 
 from services.matcher.engine import MatchingEngine, gc_paused
-from services.matcher.hits import hits_for, late_hits
+from services.matcher.hits import HITS_PER_SUBJECT_AND_OWNER, capped, hits_for, late_hits
 from services.matcher.late import RecentReports
 from services.matcher.ledger import Ledger
 from services.matcher.reconcile import HitReconciler, Policy, startup_changes
@@ -68,8 +68,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCHES_IN_FLIGHT = 4
 """Batches whose hits may be on their way to the broker while the next one is matched."""
-LATE_HITS_PER_REPORT_AND_OWNER = 3
-"""Late hits one batch of entry changes may raise on one report for one listing unit."""
 
 
 def _log_hit(hit: HitFound) -> None:
@@ -319,33 +317,25 @@ class MatcherRuntime(Service):
     def _late_hits(self, entries: list[WatchlistEntry]
                    ) -> tuple[list[HitFound], list[tuple[WatchlistEntry, Exception]]]:
         """The late hits of these entries among the recent reports, at most
-        `LATE_HITS_PER_REPORT_AND_OWNER` per report and listing unit: a unit that lists
-        many look-alikes at once must not bury the desks under late alerts."""
+        `HITS_PER_SUBJECT_AND_OWNER` per reported subject and listing unit: a unit that
+        lists many look-alikes at once must not bury the desks under late alerts."""
         found: list[HitFound] = []
         failures: list[tuple[WatchlistEntry, Exception]] = []
         reports = self.recent.within(utcnow())
-        per_report: dict[tuple[UUID, str], int] = {}
-        capped = 0
         for entry in entries:
             try:
-                hits = late_hits(self.engine, entry.entry_id, reports)
+                found += late_hits(self.engine, entry.entry_id, reports)
             except Exception as exc:  # noqa: BLE001 - parked with its change, the rest go on
                 failures.append((entry, exc))
-                continue
-            for hit in hits:
-                key = (hit.source_event_id, hit.entry.owner_unit)
-                if per_report.get(key, 0) >= LATE_HITS_PER_REPORT_AND_OWNER:
-                    capped += 1
-                    continue
-                per_report[key] = per_report.get(key, 0) + 1
-                metrics.HITS.labels(category=hit.entry.category.value, mode="late").inc()
-                _log_hit(hit)
-                found.append(hit)
-        if capped:
-            metrics.LATE_HITS_CAPPED.inc(capped)
-            log.warning("%d late hit(s) not raised: more than %d entries of one unit matched "
-                        "the same report in one batch of changes", capped,
-                        LATE_HITS_PER_REPORT_AND_OWNER)
+        found, left_out = capped(found)
+        if left_out:
+            metrics.HITS_CAPPED.labels(mode="late").inc(left_out)
+            log.warning("%d late hit(s) on look-alike entries of one unit not raised (at "
+                        "most %d per report, subject and unit)", left_out,
+                        HITS_PER_SUBJECT_AND_OWNER)
+        for hit in found:
+            metrics.HITS.labels(category=hit.entry.category.value, mode="late").inc()
+            _log_hit(hit)
         return found, failures
 
     def _update_size_gauge(self) -> None:

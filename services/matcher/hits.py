@@ -7,6 +7,7 @@ downstream by its id.
 
 from __future__ import annotations
 
+import logging
 import time
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -14,6 +15,7 @@ from services.matcher.engine import Match, MatchingEngine
 from shared import metrics
 from shared.events import HitFound, IncidentReported, SightingReported, Subject, utcnow
 
+log = logging.getLogger(__name__)
 Report = SightingReported | IncidentReported
 HIT_NAMESPACE = uuid5(NAMESPACE_URL, "https://giapranh.example/hits")
 
@@ -50,8 +52,32 @@ def build_hit(report: Report, subject: Subject, match: Match, *, late: bool) -> 
     )
 
 
+HITS_PER_SUBJECT_AND_OWNER = 3
+"""Hits one reported subject may raise on the entries of one listing unit. A unit may list
+only a few look-alikes (ingest refuses more); should more exist (a limit raised, old
+data), the best-scoring ones alert and the rest are counted and logged, so that copies
+cannot bury the desks."""
+
+
+def capped(hits: list[HitFound]) -> tuple[list[HitFound], int]:
+    """At most `HITS_PER_SUBJECT_AND_OWNER` hits per report, subject and listing unit, the
+    best-scoring first; and how many were left out."""
+    kept: list[HitFound] = []
+    seen: dict[tuple[UUID, str, str], int] = {}
+    left_out = 0
+    for hit in sorted(hits, key=lambda h: -h.score):
+        key = (hit.source_event_id, hit.entry.owner_unit, hit.subject.model_dump_json())
+        if seen.get(key, 0) >= HITS_PER_SUBJECT_AND_OWNER:
+            left_out += 1
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        kept.append(hit)
+    return kept, left_out
+
+
 def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
-    """The live hits of a report: one per listed entry, however many of its subjects match."""
+    """The live hits of a report: one per listed entry, however many of its subjects match
+    (and no more than `HITS_PER_SUBJECT_AND_OWNER` per subject and listing unit)."""
     hits: dict[str, HitFound] = {}
     for subject in report_subjects(report):
         started = time.perf_counter()
@@ -61,7 +87,15 @@ def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
         for match in matches:
             if match.entry.entry_id not in hits:
                 hits[match.entry.entry_id] = build_hit(report, subject, match, late=False)
-    return list(hits.values())
+    if len(hits) <= HITS_PER_SUBJECT_AND_OWNER:
+        return list(hits.values())
+    kept, left_out = capped(list(hits.values()))
+    if left_out:
+        metrics.HITS_CAPPED.labels(mode="live").inc(left_out)
+        log.warning("report %s: %d hit(s) on look-alike entries of one unit not raised "
+                    "(at most %d per subject and unit)", report.event_id, left_out,
+                    HITS_PER_SUBJECT_AND_OWNER)
+    return kept
 
 
 def late_hits(engine: MatchingEngine, entry_id: str, reports: list[Report]) -> list[HitFound]:
