@@ -40,6 +40,8 @@ from shared.settings import CommonSettings
 
 SERVICES = ("ingest", "matcher", "notifier")
 READY_TIMEOUT_SECONDS = 60.0
+RESTART_BACKOFF_SECONDS = 1.0
+MAX_RESTART_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class DevStack:
         self.broker = EmbeddedBroker(options.broker_port, self.logs / "broker.log", options.host)
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self._outputs: list[_Output] = []
+        self._lock: DevLock | None = None
         self._stop = threading.Event()
 
     def _check_ports(self) -> None:
@@ -289,20 +292,49 @@ class DevStack:
         keys = asyncio.run(self._prepare(env))
         for name in SERVICES:
             self._spawn(name, env)
-        o = self.options
-        lock.publish({"pid": os.getpid(), "ingest": o.url(o.ingest_port),
-                      "notifier": o.url(o.notifier_port), "matcher": o.url(o.matcher_port),
-                      "broker": self.broker.bootstrap_servers})
+        self._lock = lock
+        self._publish_details()
         self._wait_ready()
         print(self._banner(keys, started), flush=True)
-        while not self._stop.is_set():
-            for name, child in self.children.items():
-                if child.poll() is not None:
-                    print(f"giapranh dev: {name} exited with code {child.returncode}; "
-                          f"stopping (see {self.logs / (name + '.log')})", file=sys.stderr)
-                    return 1
-            self._stop.wait(0.5)
+        self._supervise(env)
         return 0
+
+    def _publish_details(self) -> None:
+        """Where the stack is, and its children's process ids, in the lock file."""
+        o = self.options
+        assert self._lock is not None
+        self._lock.publish({
+            "pid": os.getpid(), "ingest": o.url(o.ingest_port),
+            "notifier": o.url(o.notifier_port), "matcher": o.url(o.matcher_port),
+            "broker": self.broker.bootstrap_servers,
+            "children": {name: child.pid for name, child in self.children.items()}})
+
+    def _supervise(self, env: dict[str, str]) -> None:
+        """Restart a child that exits, after a backoff that doubles while it keeps
+        crashing (1 s up to 30 s; back to 1 s once it ran a minute), and say so."""
+        backoff = {name: RESTART_BACKOFF_SECONDS for name in SERVICES}
+        started = {name: time.monotonic() for name in SERVICES}
+        due: dict[str, float] = {}
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for name, child in list(self.children.items()):
+                if name in due or child.poll() is None:
+                    continue
+                if now - started[name] > 60:
+                    backoff[name] = RESTART_BACKOFF_SECONDS
+                due[name] = now + backoff[name]
+                print(f"giapranh dev: {name} exited with code {child.returncode}; restarting "
+                      f"in {backoff[name]:.0f} s (see {self.logs / (name + '.log')})",
+                      file=sys.stderr, flush=True)
+                backoff[name] = min(backoff[name] * 2, MAX_RESTART_BACKOFF_SECONDS)
+            for name, at in list(due.items()):
+                if now >= at and not self._stop.is_set():
+                    del due[name]
+                    self._spawn(name, env)
+                    self._publish_details()
+                    started[name] = time.monotonic()
+                    print(f"giapranh dev: {name} restarted", file=sys.stderr, flush=True)
+            self._stop.wait(0.2)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._stop.is_set():

@@ -28,6 +28,25 @@ from shared.topics import ALL_TOPICS, DEAD_LETTER, TopicSpec
 log = logging.getLogger(__name__)
 
 
+def cancel_requested() -> bool:
+    """Whether the running task itself was asked to stop, rather than hit by a
+    CancelledError escaping from one of aiokafka's own tasks (which happens when the
+    broker goes away: a failure to recover from, not a stop)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client that may be broken; only our own cancellation gets through."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        if cancel_requested():
+            raise
+    except Exception as exc:  # noqa: BLE001 - closing a broken client
+        log.debug("closing a Kafka client failed: %r", exc)
+
+
 def producer_options(settings: CommonSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
@@ -159,8 +178,7 @@ class LogWatch:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(Exception):
-                await client.stop()
+            await stop_quietly(client)
 
 
 async def ensure_topics(

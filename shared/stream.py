@@ -60,10 +60,12 @@ from shared import metrics
 from shared.kafka import (
     DeadLetterSink,
     LogWatch,
+    cancel_requested,
     create_consumer,
     create_producer,
     ensure_topics,
     publish_all,
+    stop_quietly,
 )
 from shared.settings import CommonSettings
 from shared.topics import TopicSpec
@@ -184,22 +186,29 @@ class StreamRunner:
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff after any broker failure."""
-        backoff = 0.1
+        self._backoff = 0.1
         while True:
             started = time.monotonic()
             try:
                 await self._consume()
             except asyncio.CancelledError:
-                raise
+                if cancel_requested():
+                    raise
+                # aiokafka lets a CancelledError of its own tasks escape when the broker
+                # goes away: that is a failure to recover from, not a stop.
+                await self._failed(RuntimeError("a Kafka client task was cancelled"), started)
             except Exception as exc:  # noqa: BLE001 - every failure reconnects
-                self.ready.clear()
-                metrics.STREAM_RESTARTS.labels(stream=self._stream.name).inc()
-                if time.monotonic() - started > 30:
-                    backoff = 0.1  # it ran a while: this is a new outage
-                log.warning("stream %s failed, reconnecting in %.1f s: %r",
-                            self._stream.name, backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await self._failed(exc, started)
+
+    async def _failed(self, exc: BaseException, started: float) -> None:
+        self.ready.clear()
+        metrics.STREAM_RESTARTS.labels(stream=self._stream.name).inc()
+        if time.monotonic() - started > 30:
+            self._backoff = 0.1  # it ran a while: this is a new outage
+        log.warning("stream %s failed, reconnecting in %.1f s: %r",
+                    self._stream.name, self._backoff, exc)
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _consume(self) -> None:
         stream, settings = self._stream, self._settings
@@ -218,10 +227,8 @@ class StreamRunner:
         finally:
             self.ready.clear()
             await self._watch.close()
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await stop_quietly(consumer)
+            await stop_quietly(producer)
 
     async def _assign_everything(self, consumer: AIOKafkaConsumer,
                                  producer: AIOKafkaProducer) -> None:

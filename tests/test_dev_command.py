@@ -53,6 +53,10 @@ def test_dev_starts_everything_raises_the_example_alert_and_stops_on_ctrl_c(tmp_
 
         wait_for(alert_visible, 10, "the example alert")
 
+        def alert_visible_list():
+            return httpx.get(f"http://127.0.0.1:{ports['notifier']}/v1/alerts",
+                             headers={"Authorization": f"Bearer {keys['CA-30307']}"}).json()
+
         bench = subprocess.run(
             [sys.executable, "-m", "giapranh.cli", "bench", "--data-dir", str(tmp_path / "data"),
              "--rate", "20", "--seconds", "2", "--hit-ratio", "0.5"],
@@ -61,6 +65,24 @@ def test_dev_starts_everything_raises_the_example_alert_and_stops_on_ctrl_c(tmp_
         # Half the sightings are of people on no list: 20 alerts expected, not 40.
         assert "20 sightings/s (50% matching): 20/20 alerts" in bench.stdout
         assert "highest sustained rate: 20 sightings/s" in bench.stdout
+
+        # A child that dies is restarted, and the console says so.
+        before = {alert["alert_id"] for alert in alert_visible_list()}
+        details = json.loads((tmp_path / "data" / "dev.lock").read_text())
+        os.kill(details["children"]["notifier"], signal.SIGKILL)
+        wait_for(lambda: b"notifier restarted" in output.read_bytes(), 30, "the restart")
+
+        def notifier_back():
+            try:
+                response = httpx.get(f"http://127.0.0.1:{ports['notifier']}/readyz", timeout=1)
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
+
+        wait_for(notifier_back, 60, "the restarted notifier to be ready")
+        assert b"notifier exited with code -9; restarting in 1 s" in output.read_bytes()
+        # The restarted notifier serves the same alerts (PostgreSQL kept them).
+        assert {alert["alert_id"] for alert in alert_visible_list()} == before
 
         twin = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert twin.returncode == 1

@@ -33,7 +33,14 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
-from shared.kafka import LogWatch, create_producer, ensure_topics, publish_all
+from shared.kafka import (
+    LogWatch,
+    cancel_requested,
+    create_producer,
+    ensure_topics,
+    publish_all,
+    stop_quietly,
+)
 from shared.topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
@@ -73,7 +80,11 @@ class OutboxRelay:
                     sent = await self.relay_once(producer)
                     backoff = 0.1
                 except asyncio.CancelledError:
-                    raise
+                    if cancel_requested():
+                        raise
+                    await self._drop_producer()  # a Kafka client task died under us
+                    await asyncio.sleep(backoff)
+                    continue
                 except Exception as exc:  # noqa: BLE001 - every failure is retried
                     metrics.OUTBOX_RELAY_ERRORS.inc()
                     log.warning("outbox relay round failed, retrying in %.1f s: %r", backoff, exc)
@@ -144,7 +155,7 @@ class OutboxRelay:
             try:
                 await producer.start()
             except BaseException:
-                await producer.stop()
+                await stop_quietly(producer)
                 raise
             self._producer = producer
         return self._producer
@@ -152,10 +163,7 @@ class OutboxRelay:
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                await producer.stop()
-            except Exception as exc:  # noqa: BLE001 - closing a broken client
-                log.debug("closing the relay producer failed: %r", exc)
+            await stop_quietly(producer)
 
     async def _listen(self) -> None:
         self._listener = await asyncpg.connect(self._settings.database_url)

@@ -60,7 +60,7 @@ from shared.events import (
     utcnow,
 )
 from shared.http import install_metrics
-from shared.kafka import create_producer, publish_all
+from shared.kafka import cancel_requested, create_producer, publish_all, stop_quietly
 from shared.stream import TRANSIENT_ERRORS, Message, Outcome, Stream, StreamRunner
 from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST, TopicSpec
 
@@ -149,7 +149,9 @@ class MatcherRuntime(Service):
             try:
                 await self._process_missed_changes()
                 break
-            except TRANSIENT_ERRORS as exc:
+            except (*TRANSIENT_ERRORS, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancel_requested():
+                    raise
                 log.warning("catching up with watchlist changes failed, retrying in %.1f s: "
                             "%r", backoff, exc)
                 await self._drop_producer()
@@ -190,7 +192,9 @@ class MatcherRuntime(Service):
                     next_cleanup = time.monotonic() + 3600
                     await self.ledger.forget_older_than(
                         utcnow() - timedelta(days=settings.matcher_record_days))
-            except TRANSIENT_ERRORS as exc:
+            except (*TRANSIENT_ERRORS, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancel_requested():
+                    raise
                 log.warning("reconciliation round failed, retrying: %r", exc)
                 await self._drop_producer()
                 if everything:
@@ -207,7 +211,7 @@ class MatcherRuntime(Service):
             try:
                 await producer.start()
             except BaseException:
-                await producer.stop()
+                await stop_quietly(producer)
                 raise
             self._producer = producer
         await publish_all(self._producer, (spec.record(self.settings, event)
@@ -216,8 +220,7 @@ class MatcherRuntime(Service):
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await stop_quietly(producer)
 
     async def _process_missed_changes(self) -> None:
         entries, withdrawals, versions = await startup_changes(self.ledger)
