@@ -41,6 +41,16 @@ def test_the_compose_file_has_the_whole_stack(compose):
     assert (ROOT / "Dockerfile").exists()
 
 
+def test_every_container_restarts_and_the_services_report_their_readiness(compose):
+    for name, service in compose["services"].items():
+        assert service.get("restart") == "unless-stopped", name
+    for name in SETTINGS:
+        service = compose["services"][name]
+        port = service["environment"][PORT_SETTING[name]]
+        check = " ".join(service["healthcheck"]["test"])
+        assert f"http://localhost:{port}/readyz" in check, name
+
+
 @pytest.mark.parametrize("name", SETTINGS)
 def test_every_variable_set_for_a_service_is_one_of_its_settings(compose, name):
     real = {f"GIAPRANH_{field.upper()}" for field in SETTINGS[name].model_fields}
