@@ -67,6 +67,49 @@ def bench(
 
 
 @app.command()
+def chaos(
+    sightings: Annotated[int, typer.Option(help="Sightings to send.")] = 10_000,
+    rate: Annotated[float, typer.Option(help="Sightings per second.")] = 200.0,
+    hit_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
+                                             help="Share of sightings that must alert.")] = 0.5,
+    short_broker_outage: Annotated[float, typer.Option(help="Seconds the broker is down the "
+                                                       "first time.")] = 3.0,
+    long_broker_outage: Annotated[float, typer.Option(help="Seconds the broker is down the "
+                                                      "second time.")] = 20.0,
+    settle_timeout: Annotated[float, typer.Option(help="Seconds to wait for every alert "
+                                                  "after the last sighting.")] = 300.0,
+    keep: Annotated[Path | None, typer.Option(help="Keep the stack's data and logs in this "
+                                              "directory.")] = None,
+) -> None:
+    """Send sightings while killing each service and restarting the broker; count every
+    expected alert (missing, duplicated) and the latency around each fault."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from giapranh.chaos import ChaosOptions, render, run
+
+    options = ChaosOptions(sightings=sightings, rate=rate, hit_ratio=hit_ratio,
+                           short_broker_outage=short_broker_outage,
+                           long_broker_outage=long_broker_outage, settle_timeout=settle_timeout)
+    console = Console()
+    console.print(f"{sightings} sightings at {rate:g}/s; faults: "
+                  + "; ".join(f"{f.name} at {f.at:.0f} s" for f in options.faults()))
+    with Progress(console=console, transient=True) as progress:
+        tasks: dict[str, object] = {}
+
+        def show(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(what, total=total)
+            progress.update(tasks[what], completed=done, total=total)  # type: ignore[arg-type]
+
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        report = asyncio.run(run(options, keep, show))
+    console.print(render(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
 def migrate() -> None:
     """Apply pending schema migrations to GIAPRANH_DATABASE_URL."""
     import asyncpg

@@ -59,6 +59,30 @@ class DevOptions:
         return f"http://{self.host}:{port}"
 
 
+def service_environment(*, dsn: str, bootstrap: str, host: str, ports: dict[str, int],
+                        data_dir: Path, log_level: str,
+                        extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the services on the embedded stack (`giapranh dev`, chaos)."""
+    return {
+        **os.environ,
+        "GIAPRANH_ENVIRONMENT": "development",
+        "GIAPRANH_DATABASE_URL": dsn,
+        "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false",
+        "GIAPRANH_KAFKA_SESSION_TIMEOUT_SECONDS": "2",
+        "GIAPRANH_KAFKA_FETCH_MAX_WAIT_MS": "20",
+        "GIAPRANH_TOPIC_PARTITIONS": "4",
+        "GIAPRANH_LOG_LEVEL": log_level,
+        "GIAPRANH_LOG_FORMAT": os.environ.get("GIAPRANH_LOG_FORMAT", "text"),
+        "GIAPRANH_INGEST_HOST": host, "GIAPRANH_INGEST_PORT": str(ports["ingest"]),
+        "GIAPRANH_NOTIFIER_HOST": host, "GIAPRANH_NOTIFIER_PORT": str(ports["notifier"]),
+        "GIAPRANH_MATCHER_HOST": host, "GIAPRANH_MATCHER_PORT": str(ports["matcher"]),
+        "GIAPRANH_MATCHER_DATA_DIR": str(data_dir / "matcher"),
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
 class AlreadyRunning(Exception):
     pass
 
@@ -159,23 +183,11 @@ class DevStack:
 
     def _environment(self, dsn: str) -> dict[str, str]:
         o = self.options
-        return {
-            **os.environ,
-            "GIAPRANH_ENVIRONMENT": "development",
-            "GIAPRANH_DATABASE_URL": dsn,
-            "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
-            "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false",
-            "GIAPRANH_KAFKA_SESSION_TIMEOUT_SECONDS": "2",
-            "GIAPRANH_KAFKA_FETCH_MAX_WAIT_MS": "20",
-            "GIAPRANH_TOPIC_PARTITIONS": "4",
-            "GIAPRANH_LOG_LEVEL": o.log_level,
-            "GIAPRANH_LOG_FORMAT": os.environ.get("GIAPRANH_LOG_FORMAT", "text"),
-            "GIAPRANH_INGEST_HOST": o.host, "GIAPRANH_INGEST_PORT": str(o.ingest_port),
-            "GIAPRANH_NOTIFIER_HOST": o.host, "GIAPRANH_NOTIFIER_PORT": str(o.notifier_port),
-            "GIAPRANH_MATCHER_HOST": o.host, "GIAPRANH_MATCHER_PORT": str(o.matcher_port),
-            "GIAPRANH_MATCHER_DATA_DIR": str(self.data_dir / "matcher"),
-            "PYTHONUNBUFFERED": "1",
-        }
+        return service_environment(
+            dsn=dsn, bootstrap=self.broker.bootstrap_servers, host=o.host,
+            ports={"ingest": o.ingest_port, "notifier": o.notifier_port,
+                   "matcher": o.matcher_port},
+            data_dir=self.data_dir, log_level=o.log_level)
 
     async def _prepare(self, env: dict[str, str]) -> dict[str, str]:
         settings = CommonSettings.model_validate(
