@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -107,6 +108,68 @@ def chaos(
         report = asyncio.run(run(options, keep, show))
     console.print(render(report))
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def replay(
+    since: Annotated[datetime, typer.Option(help="Replay events accepted from this time "
+                                            "(ISO 8601; no offset: UTC).")],
+    until: Annotated[datetime | None, typer.Option(help="... up to this time (default: "
+                                                   "now).")] = None,
+    topic: Annotated[list[str] | None, typer.Option(
+        help="Only this topic (sightings, incidents, watchlist); repeat.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait, with a progress bar, until a running "
+                                       "ingest has published them all.")] = True,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar="GIAPRANH_DATABASE_URL",
+        help="PostgreSQL DSN (giapranh dev prints it).")] = None,
+) -> None:
+    """Publish again, from PostgreSQL, the events accepted in a period: what a broker lost
+    reaches the matcher again; consumers drop what they had already seen."""
+    import asyncpg
+    from rich.progress import Progress
+
+    from services.ingest.reconciler import replay as replay_events
+    from shared.settings import CommonSettings
+    from shared.topics import INCIDENTS, SIGHTINGS, WATCHLIST
+
+    settings = CommonSettings(**({"database_url": database_url} if database_url else {}))
+    known = {spec.name: [t.__name__ for t in spec.value_types]
+             for spec in (SIGHTINGS, INCIDENTS, WATCHLIST)}
+    unknown = [name for name in topic or () if name not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown topic(s) {', '.join(unknown)}; choose from "
+                                 f"{', '.join(known)}", param_hint="--topic")
+    start, end = (_aware(since), _aware(until) if until else None)
+
+    async def go() -> int:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            count = await replay_events(
+                pool, start, end, [t for name in topic for t in known[name]] if topic else None)
+            typer.echo(f"{count} event(s) queued for publishing again")
+            if wait and count:
+                with Progress(transient=True) as progress:
+                    task = progress.add_task("published", total=count)
+                    while True:
+                        left = await pool.fetchval(
+                            "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL "
+                            "AND created_at >= $1 AND ($2::timestamptz IS NULL "
+                            "OR created_at < $2)", start, end)
+                        progress.update(task, completed=count - left)
+                        if left == 0:
+                            break
+                        await asyncio.sleep(0.5)
+                typer.echo("all published (is an ingest running? it does the publishing)")
+            return count
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @app.command()

@@ -150,13 +150,15 @@ def _seconds(value: float) -> timedelta:
 
 
 async def replay(pool: asyncpg.Pool, since: datetime, until: datetime | None = None,
-                 topics: list[str] | None = None) -> int:
-    """Publish again, from PostgreSQL, every event accepted in [since, until) (on these
-    full topic names, or all): `giapranh replay`. Consumers are idempotent, so a replay
-    is harmless; the relay of a running ingest does the publishing."""
+                 types: list[str] | None = None) -> int:
+    """Publish again, from PostgreSQL, every event accepted in [since, until) (of these
+    event types, or all): `giapranh replay`. Consumers are idempotent, so a replay is
+    harmless; the relay of a running ingest does the publishing."""
     status = await pool.execute(
-        """UPDATE outbox SET dispatched_at = NULL, verified_at = NULL
-            WHERE created_at >= $1 AND ($2::timestamptz IS NULL OR created_at < $2)
-              AND ($3::text[] IS NULL OR topic = ANY($3))""", since, until, topics)
+        """UPDATE outbox o SET dispatched_at = NULL, verified_at = NULL
+             FROM events e
+            WHERE e.event_id = o.event_id AND o.created_at >= $1
+              AND ($2::timestamptz IS NULL OR o.created_at < $2)
+              AND ($3::text[] IS NULL OR e.type = ANY($3))""", since, until, types)
     await pool.execute(f"NOTIFY {OUTBOX_CHANNEL}")
     return int(status.split()[-1])
