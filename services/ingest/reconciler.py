@@ -37,9 +37,7 @@ STUCK_PASS_EVERY = 12
 """Rows past the redrive limit are still checked (they heal when the matcher gets to
 them), but only every this many rounds."""
 
-_CHECK = """
-    SELECT o.id, o.redriven, o.dispatched_at,
-           CASE WHEN e.type IN ('SightingReported', 'IncidentReported') THEN EXISTS (
+_DONE = """CASE WHEN e.type IN ('SightingReported', 'IncidentReported') THEN EXISTS (
                     SELECT 1 FROM matcher_report_verdicts v WHERE v.event_id = o.event_id)
                 WHEN e.type = 'WatchlistEntryUpserted' THEN EXISTS (
                     SELECT 1 FROM matcher_processed_entries m
@@ -49,12 +47,36 @@ _CHECK = """
                     SELECT 1 FROM matcher_processed_entries m
                      WHERE m.entry_id = e.payload ->> 'entry_id'
                        AND m.version >= (e.payload ->> 'version')::int)
-                ELSE TRUE END AS done
+                ELSE TRUE END"""
+"""Whether the matcher has done with outbox row `o` of event `e`."""
+
+_CHECK = f"""
+    SELECT o.id, o.redriven, o.dispatched_at, {_DONE} AS done
       FROM outbox o JOIN events e USING (event_id)
      WHERE o.verified_at IS NULL AND o.dispatched_at IS NOT NULL
        AND o.dispatched_at < $1 AND (o.redriven < $2) = $3
      ORDER BY o.dispatched_at LIMIT $4
        FOR UPDATE OF o SKIP LOCKED"""
+
+
+async def redrive_unconfirmed(pool: asyncpg.Pool) -> int:
+    """The broker lost its log: queue every published row the matcher has not confirmed
+    yet for publishing again (those it confirmed are marked verified instead)."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            f"""SELECT o.id, {_DONE} AS done FROM outbox o JOIN events e USING (event_id)
+                 WHERE o.verified_at IS NULL AND o.dispatched_at IS NOT NULL
+                   FOR UPDATE OF o SKIP LOCKED""")
+        confirmed = [row["id"] for row in rows if row["done"]]
+        lost = [row["id"] for row in rows if not row["done"]]
+        if confirmed:
+            await conn.execute("UPDATE outbox SET verified_at = now() WHERE id = ANY($1)",
+                               confirmed)
+        if lost:
+            await conn.execute("UPDATE outbox SET dispatched_at = NULL WHERE id = ANY($1)",
+                               lost)
+            await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+    return len(lost)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import time
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from services.ingest.reconciler import redrive_unconfirmed
 from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
@@ -142,9 +143,10 @@ class OutboxRelay:
         if not lost:
             return
         await ensure_topics(self._settings)
-        count = await redrive_unverified(self._pool)
+        count = await redrive_unconfirmed(self._pool)
         metrics.OUTBOX_REDRIVEN.labels(reason="log_lost").inc(count)
-        log.warning("the broker lost the log of %s: publishing %d unverified event(s) again",
+        log.warning("the broker lost the log of %s: publishing %d event(s) not confirmed by "
+                    "the matcher again",
                     ", ".join(sorted(lost)), count)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
@@ -175,11 +177,3 @@ class OutboxRelay:
         except TimeoutError:
             pass
 
-
-async def redrive_unverified(pool: asyncpg.Pool) -> int:
-    """Queue every published row that is not verified yet for publishing again."""
-    status = await pool.execute(
-        "UPDATE outbox SET dispatched_at = NULL "
-        "WHERE verified_at IS NULL AND dispatched_at IS NOT NULL")
-    await pool.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-    return int(status.split()[-1])
