@@ -130,6 +130,7 @@ def replay(
     from rich.progress import Progress
 
     from services.ingest.reconciler import replay as replay_events
+    from services.ingest.reconciler import replay_pending
     from shared.settings import CommonSettings
     from shared.topics import INCIDENTS, SIGHTINGS, WATCHLIST
 
@@ -152,10 +153,7 @@ def replay(
                 with Progress(transient=True) as progress:
                     task = progress.add_task("published", total=count)
                     while True:
-                        left = await pool.fetchval(
-                            "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL "
-                            "AND created_at >= $1 AND ($2::timestamptz IS NULL "
-                            "OR created_at < $2)", start, end)
+                        left = await replay_pending(pool, start, end)
                         progress.update(task, completed=count - left)
                         if left == 0:
                             break

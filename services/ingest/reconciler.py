@@ -184,3 +184,11 @@ async def replay(pool: asyncpg.Pool, since: datetime, until: datetime | None = N
               AND ($3::text[] IS NULL OR e.type = ANY($3))""", since, until, types)
     await pool.execute(f"NOTIFY {OUTBOX_CHANNEL}")
     return int(status.split()[-1])
+
+
+async def replay_pending(pool: asyncpg.Pool, since: datetime,
+                         until: datetime | None = None) -> int:
+    """Events accepted in [since, until) not published (again) yet."""
+    return await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND created_at >= $1 "
+        "AND ($2::timestamptz IS NULL OR created_at < $2)", since, until)
