@@ -38,6 +38,7 @@ import httpx
 from giapranh.demo import DEMO_ENTRIES, seed_demo
 from giapranh.dev import SERVICES, service_environment
 from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
+from services.ingest.reconciler import unpublished
 from shared.db import create_pool
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.settings import CommonSettings
@@ -277,22 +278,20 @@ async def inject(stack: ChaosStack, fault: Fault, started: float,
 
 async def count(stack: ChaosStack, hit_ids: list[str], report: Report,
                 sent_at: dict[str, float]) -> None:
-    conn = await asyncpg.connect(stack.dsn)
+    pool = await asyncpg.create_pool(stack.dsn, min_size=1, max_size=1)
     try:
-        rows = await conn.fetch(
-            """SELECT a.correlation_id::text AS sighting, count(*) AS alerts,
-                      min(a.raised_at) AS raised_at,
-                      min((SELECT count(*) FROM deliveries d WHERE d.alert_id = a.alert_id))
-                        AS deliveries
-                 FROM alerts a WHERE a.entry_id = $1 AND a.correlation_id = ANY($2::uuid[])
-                GROUP BY a.correlation_id""", WANTED.entry_id, hit_ids)
-        report.unpublished = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
-        recorded = {str(r["event_id"]): r["recorded_at"] for r in await conn.fetch(
-            "SELECT event_id, recorded_at FROM events WHERE event_id = ANY($1::uuid[])",
-            hit_ids)}
+        # Through the services' read-only views and functions, as any outside reader.
+        rows = await pool.fetch(
+            """SELECT a.source_event_id::text AS sighting, count(*) AS alerts,
+                      min(a.raised_at) AS raised_at, min(a.recipients) AS deliveries,
+                      min(r.recorded_at) AS recorded_at
+                 FROM notifier_alert_states a
+                 JOIN ingest_reports r ON r.event_id = a.source_event_id
+                WHERE a.entry_id = $1 AND a.source_event_id = ANY($2::uuid[])
+                GROUP BY a.source_event_id""", WANTED.entry_id, hit_ids)
+        report.unpublished = await unpublished(pool)
     finally:
-        await conn.close()
+        await pool.close()
     report.expected = len(hit_ids)
     report.found = len(rows)
     report.missing = len(hit_ids) - len(rows)
@@ -300,11 +299,9 @@ async def count(stack: ChaosStack, hit_ids: list[str], report: Report,
     report.without_deliveries = sum(1 for r in rows if r["deliveries"] == 0)
     report.latencies = {}
     for row in rows:
-        at = recorded.get(row["sighting"])
-        if at is not None:
-            phase = _phase(report.faults, sent_at[row["sighting"]])
-            report.latencies.setdefault(phase, []).append(
-                (row["raised_at"] - at).total_seconds())
+        phase = _phase(report.faults, sent_at[row["sighting"]])
+        report.latencies.setdefault(phase, []).append(
+            (row["raised_at"] - row["recorded_at"]).total_seconds())
 
 
 def _phase(faults: list[tuple[Fault, float, float]], at: float) -> str:

@@ -192,3 +192,8 @@ async def replay_pending(pool: asyncpg.Pool, since: datetime,
     return await pool.fetchval(
         "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND created_at >= $1 "
         "AND ($2::timestamptz IS NULL OR created_at < $2)", since, until)
+
+
+async def unpublished(pool: asyncpg.Pool) -> int:
+    """Accepted events not published (again) yet."""
+    return await pool.fetchval("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
