@@ -44,7 +44,13 @@ from faust.contrib.asgi import serve_asgi
 from mode import Service
 
 from services.matcher.engine import MatchingEngine, gc_paused
-from services.matcher.hits import HITS_PER_SUBJECT_AND_OWNER, capped, hits_for, late_hits
+from services.matcher.hits import (
+    HITS_PER_SUBJECT_AND_OWNER,
+    capped,
+    hits_for,
+    late_hits,
+    late_hits_of,
+)
 from services.matcher.late import RecentReports
 from services.matcher.ledger import Ledger
 from services.matcher.reconcile import HitReconciler, Policy, startup_changes
@@ -325,11 +331,14 @@ class MatcherRuntime(Service):
         found: list[HitFound] = []
         failures: list[tuple[WatchlistEntry, Exception]] = []
         reports = self.recent.within(utcnow())
-        for entry in entries:
-            try:
-                found += late_hits(self.engine, entry.entry_id, reports)
-            except Exception as exc:  # noqa: BLE001 - parked with its change, the rest go on
-                failures.append((entry, exc))
+        try:
+            found = late_hits_of(self.engine, [entry.entry_id for entry in entries], reports)
+        except Exception:  # noqa: BLE001 - find the entry at fault, the rest go on
+            for entry in entries:
+                try:
+                    found += late_hits(self.engine, entry.entry_id, reports)
+                except Exception as exc:  # noqa: BLE001 - parked with its change
+                    failures.append((entry, exc))
         found, left_out = capped(found)
         if left_out:
             metrics.HITS_CAPPED.labels(mode="late").inc(left_out)
