@@ -78,8 +78,7 @@ class Ledger:
             await conn.execute(
                 """INSERT INTO matcher_verdicts (event_id, hits)
                    SELECT * FROM unnest($1::uuid[], $2::int[])
-                   ON CONFLICT (event_id) DO UPDATE
-                   SET hits = EXCLUDED.hits, verdict_at = now()""",
+                   ON CONFLICT (event_id) DO NOTHING""",
                 [event_id for event_id, _ in verdicts], [count for _, count in verdicts])
             if hits:
                 await conn.execute(_INSERT_HITS, *_hit_rows(hits))

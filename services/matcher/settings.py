@@ -31,4 +31,5 @@ class MatcherSettings(CommonSettings):
     matcher_max_redrives: int = Field(
         5, ge=0, le=100, description="Publications again before a hit counts as stuck.")
     matcher_record_days: float = Field(
-        7, gt=0, description="How long verdicts and delivered hits are kept.")
+        2, gt=0, description="How long verdicts and delivered hits are kept (ingest needs a "
+        "verdict only until it has verified the report, seconds to minutes).")
