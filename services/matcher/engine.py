@@ -14,7 +14,15 @@ letter off its own, so the crowd of namesakes with other middle names is never s
 One-letter typos in a surname or given name are found from the query side: the listed
 syllables one letter off (a symmetric-delete index over the vocabulary, not per entry)
 are probed too. `scan` scores every entry, and the tests hold the two to the same
-answers. Buckets larger than `MAX_BUCKET` are skipped: a more specific key must find those.
+answers.
+
+No bucket is ever skipped. One that grows past `MAX_BUCKET` becomes a crowd: its entries
+grouped by everything scoring reads (name and aliases, birth year and date, id, plates,
+validity), then by listing unit. A query scores each distinct identity of a crowd once
+and any query takes at most `COPIES_PER_OWNER` copies (entries alike in all of that) per
+listing unit (the rest counted in `omitted`): a unit that lists ten thousand copies of
+another unit's wanted person costs one scoring and cannot hide the real entry, which is
+its own identity or its own unit's.
 
 Scoring: points per feature, like a Fellegi-Sunter model; each feature that speaks adds
 a human-readable reason. Strong identifiers decide (id or plate exact); a name needs the
@@ -33,6 +41,7 @@ import contextlib
 import functools
 import gc
 import math
+import sys
 import unicodedata
 import weakref
 from collections import Counter
@@ -56,6 +65,8 @@ from shared.events import MatchReason, Subject, WatchlistEntry
 
 PRODUCTION_THRESHOLD = 0.75  # = 8 points
 MAX_BUCKET = 300
+COPIES_PER_OWNER = 3
+"""Matches one query takes from one identity of a crowd per listing unit."""
 MAX_NAME_EDITS = 2  # syllables one letter off that a name may still align with
 
 # Points of evidence (log-odds flavoured; 8 make an alert).
@@ -125,6 +136,7 @@ class _Record:
     id_int: int
     plates: tuple[str, ...]
     valid_until: datetime | None
+    owner: str
     raw: bytes
     name_key: object
     """What the name contribution depends on (name and aliases), shared by namesakes:
@@ -183,6 +195,7 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
         id_int=_digits_int(digits),
         plates=tuple(p for p in (compact_plate(p) for p in entry.plates) if p),
         valid_until=entry.valid_until,
+        owner=sys.intern(entry.owner_unit),
         raw=entry.model_dump_json(exclude_defaults=True).encode(),
         name_key=name if not aliases else (name, aliases),
     )
@@ -227,28 +240,48 @@ def _name_keys(r: _Record) -> tuple[str, int | None, set[str]] | None:
     return f"{folds[0]}|{folds[-1]}", r.birth_year, {ANY_MIDDLE, *folds[1:-1]}
 
 
-Bucket = int | list[int]
+def _identity(r: _Record) -> tuple[object, ...]:
+    """Everything scoring reads of an entry: entries alike in it score alike."""
+    return (r.name_key, r.birth_year, r.birth_date, r.id_digits, r.plates, r.valid_until)
 
 
-def _file(table: dict, key: object, slot: int) -> None:
-    bucket = table.get(key)
-    if bucket is None:
-        table[key] = slot
-    elif type(bucket) is int:
-        table[key] = [bucket, slot]
-    else:
-        bucket.append(slot)
+def _copies(r: _Record) -> tuple[object, ...]:
+    """Entries of one unit alike in everything scoring reads are copies: one query takes
+    only a few of them."""
+    return (r.owner, *_identity(r))
 
 
-def _unfile(table: dict, key: object, slot: int) -> None:
-    bucket = table.get(key)
-    if type(bucket) is int:
-        if bucket == slot:
-            del table[key]
-    elif bucket is not None:
-        bucket.remove(slot)
-        if len(bucket) == 1:
-            table[key] = bucket[0]
+class _Crowd:
+    """A bucket grown past the engine's bucket size: slots by identity, then by unit."""
+
+    __slots__ = ("groups", "size")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[object, ...], dict[str, list[int]]] = {}
+        self.size = 0
+
+    def add(self, record: _Record, slot: int) -> None:
+        by_owner = self.groups.setdefault(_identity(record), {})
+        by_owner.setdefault(record.owner, []).append(slot)
+        self.size += 1
+
+    def remove(self, record: _Record, slot: int) -> None:
+        identity = _identity(record)
+        by_owner = self.groups[identity]
+        slots = by_owner[record.owner]
+        slots.remove(slot)
+        if not slots:
+            del by_owner[record.owner]
+            if not by_owner:
+                del self.groups[identity]
+        self.size -= 1
+
+    def slots(self) -> list[int]:
+        return [slot for by_owner in self.groups.values() for slots in by_owner.values()
+                for slot in slots]
+
+
+Bucket = int | list[int] | _Crowd
 
 
 def _neighbourhood(fold: str) -> frozenset[str]:
@@ -380,6 +413,12 @@ class MatchingEngine:
         self._middle_memo: dict[str, tuple[str, ...]] = {}
         self.last_candidates = 0
         """How many entries the latest `match` call scored (for the candidates metric)."""
+        self.crowds_met = 0
+        """Crowds (buckets past `max_bucket`) met by queries so far (for a metric)."""
+        self.last_crowds: list[int] = []
+        """The sizes of the crowds the latest `match` met."""
+        self.last_omitted = 0
+        """Copies the latest `match` left out (over `COPIES_PER_OWNER` per unit)."""
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -431,7 +470,7 @@ class MatchingEngine:
                     self._middle_memo.clear()
                 self._middles[token.fold] += 1
         for key in set(_entry_keys(record)):
-            _file(self._index, key, slot)
+            self._file(self._index, key, slot, record)
         filed = _name_keys(record)
         if filed is not None:
             pair, year, keys = filed
@@ -442,7 +481,7 @@ class MatchingEngine:
             if table is None:
                 table = years[year] = {}
             for key in keys:
-                _file(table, key, slot)
+                self._file(table, key, slot, record)
         self._alias_names.update(alias.folded for alias in record.aliases)
         return True
 
@@ -470,14 +509,14 @@ class MatchingEngine:
         record = self._records[slot]
         assert record is not None
         for key in set(_entry_keys(record)):
-            _unfile(self._index, key, slot)
+            self._unfile(self._index, key, slot, record)
         filed = _name_keys(record)
         if filed is not None:
             pair, year, keys = filed
             years = self._pairs[pair]
             table = years[year]
             for key in keys:
-                _unfile(table, key, slot)
+                self._unfile(table, key, slot, record)
             if not table:
                 del years[year]
                 if not years:
@@ -491,23 +530,65 @@ class MatchingEngine:
             self._surnames[record.name.tokens[0].fold] -= 1
             self._middles.subtract(token.fold for token in record.name.tokens[1:-1])
 
+    def _file(self, table: dict, key: object, slot: int, record: _Record) -> None:
+        bucket = table.get(key)
+        if bucket is None:
+            table[key] = slot
+        elif type(bucket) is int:
+            table[key] = [bucket, slot]
+        elif type(bucket) is list:
+            bucket.append(slot)
+            if len(bucket) > self.max_bucket:
+                crowd = table[key] = _Crowd()
+                records = self._records
+                for member in bucket:
+                    crowd.add(records[member] if member != slot else record, member)
+        else:
+            bucket.add(record, slot)
+
+    def _unfile(self, table: dict, key: object, slot: int, record: _Record) -> None:
+        bucket = table.get(key)
+        if type(bucket) is int:
+            if bucket == slot:
+                del table[key]
+        elif type(bucket) is list:
+            bucket.remove(slot)
+            if len(bucket) == 1:
+                table[key] = bucket[0]
+        elif bucket is not None:
+            bucket.remove(record, slot)
+            if bucket.size <= self.max_bucket // 2:  # a list again, and no crowd reported
+                slots = bucket.slots()
+                if not slots:
+                    del table[key]
+                else:
+                    table[key] = slots[0] if len(slots) == 1 else slots
+
     # ------------------------------------------------------------------ matching
 
     def candidates(self, subject: Subject) -> set[int]:
-        """Slots retrieved by the query's keys (an inspection aid and a benchmark figure)."""
-        return self._candidates(_Query(subject))
+        """Slots retrieved by the query's keys (an inspection aid and a benchmark figure);
+        of a crowd, one slot per identity and unit."""
+        found, crowds = self._candidates(_Query(subject))
+        for crowd in crowds:
+            for by_owner in crowd.groups.values():
+                found.update(slots[0] for slots in by_owner.values())
+        return found
 
-    def _candidates(self, query: _Query) -> set[int]:
+    def _candidates(self, query: _Query) -> tuple[set[int], list[_Crowd]]:
         found: set[int] = set()
-        index, cap = self._index, self.max_bucket
+        crowds: dict[int, _Crowd] = {}
+        index = self._index
         for key in query.keys(self):
             bucket = index.get(key)
             if bucket is None:
                 continue
             if type(bucket) is int:
                 found.add(bucket)
-            elif len(bucket) <= cap:
+            elif type(bucket) is list:
                 found.update(bucket)
+            else:
+                crowds[id(bucket)] = bucket
         years = (None,) if query.year is None else (query.year - 1, query.year,
                                                     query.year + 1, None)
         pairs = self._pairs
@@ -525,9 +606,11 @@ class MatchingEngine:
                         continue
                     if type(bucket) is int:
                         found.add(bucket)
-                    elif len(bucket) <= cap:
+                    elif type(bucket) is list:
                         found.update(bucket)
-        return found
+                    else:
+                        crowds[id(bucket)] = bucket
+        return found, list(crowds.values())
 
     def _typo_neighbours(self, word: str) -> tuple[str, ...]:
         """The listed syllables one letter off `word`: a deletion of one is, or equals, a
@@ -583,8 +666,7 @@ class MatchingEngine:
         query = _Query(subject)
         caches = _Caches()
         needed = points_for(self.threshold)
-        candidates = self._candidates(query)
-        self.last_candidates = len(candidates)
+        candidates, crowds = self._candidates(query)
         records, vocabulary, threshold = self._records, self._vocabulary, self.threshold
         evaluate = _evaluate
         matches: list[Match] = []
@@ -594,21 +676,66 @@ class MatchingEngine:
         # give, unless a plate could make up for it; ids of another length say nothing).
         id_int = query.id_int if ID_DIFFERENT + BEST_BIRTH + BEST_NAME < needed else 0
         id_bits, plate = id_int.bit_length(), query.plate  # the same bit length: as many digits
-        for slot in candidates:
-            record = records[slot]
+
+        def judged(record: _Record | None) -> float | list[Reason | _Explained] | None:
             if (id_int and record is not None and record.id_int and record.id_int != id_int
                     and record.id_int.bit_length() == id_bits
                     and not (plate and record.plates)
                     and not _one_byte_apart(id_int, record.id_int)):
-                continue
+                return None
             if record is None or (record.valid_until is not None and record.valid_until < at):
-                continue
-            evaluated = evaluate(query, record, vocabulary, needed, caches)
+                return None
+            return evaluate(query, record, vocabulary, needed, caches)
+
+        scored = len(candidates)
+        kept: list[tuple[float, _Record, list[Reason | _Explained]]] = []
+        keep = kept.append
+        for slot in candidates:
+            record = records[slot]
+            evaluated = judged(record)
             if evaluated is not None and (score := score_of(evaluated[0])) >= threshold:
-                append(_alert(record, score, evaluated[1]))
+                keep((score, record, evaluated[1]))  # type: ignore[arg-type]
+        omitted = 0
+        if crowds:
+            self.crowds_met += len(crowds)
+            seen: set[tuple[object, ...]] = set()
+            for crowd in crowds:
+                for identity, by_owner in crowd.groups.items():
+                    if identity in seen:
+                        continue
+                    seen.add(identity)
+                    scored += 1
+                    first = next(iter(by_owner.values()))[0]
+                    evaluated = judged(records[first])
+                    if evaluated is None or (score := score_of(evaluated[0])) < threshold:
+                        continue
+                    for slots in by_owner.values():
+                        taken = [s for s in slots[:COPIES_PER_OWNER + 1] if s not in candidates]
+                        for slot in taken[:COPIES_PER_OWNER]:
+                            keep((score, records[slot], evaluated[1]))  # type: ignore[arg-type]
+                        omitted += max(0, len(slots) - COPIES_PER_OWNER)
+        # At most COPIES_PER_OWNER copies from one unit (entries alike in everything
+        # scoring reads): ingest refuses more, and building them all, an entry each,
+        # would cost more than everything else.
+        if len(kept) > COPIES_PER_OWNER:
+            kept.sort(key=lambda k: (-k[0], k[1].entry_id))
+            per_class: dict[tuple[object, ...], int] = {}
+            for score, record, reasons in kept:
+                copies = _copies(record)
+                taken_here = per_class.get(copies, 0)
+                if taken_here >= COPIES_PER_OWNER:
+                    omitted += 1
+                    continue
+                per_class[copies] = taken_here + 1
+                append(_alert(record, score, reasons))
+        else:
+            for score, record, reasons in kept:
+                append(_alert(record, score, reasons))
+        self.last_candidates = scored
+        self.last_crowds = [crowd.size for crowd in crowds]
+        self.last_omitted = omitted
         matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
         return matches
-
 
     def scan(self, subject: Subject, *, at: datetime) -> list[Match]:
         """`match` without the indexes: every entry is scored. Slow; the reference the

@@ -11,7 +11,7 @@ import logging
 import time
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from services.matcher.engine import Match, MatchingEngine
+from services.matcher.engine import COPIES_PER_OWNER, Match, MatchingEngine
 from shared import metrics
 from shared.events import HitFound, IncidentReported, SightingReported, Subject, utcnow
 
@@ -52,21 +52,44 @@ def build_hit(report: Report, subject: Subject, match: Match, *, late: bool) -> 
     )
 
 
-HITS_PER_SUBJECT_AND_OWNER = 3
-"""Hits one reported subject may raise on the entries of one listing unit. A unit may list
-only a few look-alikes (ingest refuses more); should more exist (a limit raised, old
-data), the best-scoring ones alert and the rest are counted and logged, so that copies
-cannot bury the desks."""
+HITS_PER_SUBJECT_AND_OWNER = COPIES_PER_OWNER
+"""Hits one reported subject may raise on copies (entries alike in every identifying
+field) of one listing unit. A unit may list only a few look-alikes (ingest refuses more);
+should more exist (a limit raised, old data), a few alert and the rest are counted and
+logged, so that copies cannot bury the desks."""
+
+
+_last_crowd_log = 0.0
+
+
+def _crowded(engine: MatchingEngine, report: Report) -> None:
+    """Count the crowds (index buckets past the engine's size) a report met; log it, at
+    most once a minute, since a flood of look-alikes would otherwise flood the log."""
+    global _last_crowd_log
+    metrics.OVERSIZED_BUCKETS.inc(len(engine.last_crowds))
+    if engine.last_omitted:
+        metrics.HITS_CAPPED.labels(mode="live").inc(engine.last_omitted)
+    now = time.monotonic()
+    if now - _last_crowd_log >= 60:
+        _last_crowd_log = now
+        log.warning("report %s met %d oversized index bucket(s) of %s entries (look-alikes "
+                    "listed many times?); %d copies left out", report.event_id,
+                    len(engine.last_crowds), ", ".join(map(str, engine.last_crowds)),
+                    engine.last_omitted)
 
 
 def capped(hits: list[HitFound]) -> tuple[list[HitFound], int]:
-    """At most `HITS_PER_SUBJECT_AND_OWNER` hits per report, subject and listing unit, the
-    best-scoring first; and how many were left out."""
+    """At most `HITS_PER_SUBJECT_AND_OWNER` hits per report, subject and copies of one
+    listing unit (entries alike in every identifying field), the best-scoring first; and
+    how many were left out."""
     kept: list[HitFound] = []
-    seen: dict[tuple[UUID, str, str], int] = {}
+    seen: dict[tuple[object, ...], int] = {}
     left_out = 0
-    for hit in sorted(hits, key=lambda h: -h.score):
-        key = (hit.source_event_id, hit.entry.owner_unit, hit.subject.model_dump_json())
+    for hit in sorted(hits, key=lambda h: (-h.score, h.entry.entry_id)):
+        entry = hit.entry
+        alike = (entry.full_name, entry.aliases, entry.birth_year, entry.birth_date,
+                 entry.national_id, entry.plates, entry.valid_until)
+        key = (hit.source_event_id, entry.owner_unit, hit.subject.model_dump_json(), alike)
         if seen.get(key, 0) >= HITS_PER_SUBJECT_AND_OWNER:
             left_out += 1
             continue
@@ -84,6 +107,8 @@ def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
         matches = engine.match(subject, at=report.occurred_at)
         metrics.MATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.MATCH_CANDIDATES.observe(engine.last_candidates)
+        if engine.last_crowds:
+            _crowded(engine, report)
         for match in matches:
             if match.entry.entry_id not in hits:
                 hits[match.entry.entry_id] = build_hit(report, subject, match, late=False)
