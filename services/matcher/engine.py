@@ -282,6 +282,7 @@ class _Crowd:
 
 
 Bucket = int | list[int] | _Crowd
+_NO_CROWDS: list = []  # shared, never appended to
 
 
 def _neighbourhood(fold: str) -> frozenset[str]:
@@ -415,7 +416,7 @@ class MatchingEngine:
         """How many entries the latest `match` call scored (for the candidates metric)."""
         self.crowds_met = 0
         """Crowds (buckets past `max_bucket`) met by queries so far (for a metric)."""
-        self.last_crowds: list[int] = []
+        self.last_crowds: list[int] = _NO_CROWDS
         """The sizes of the crowds the latest `match` met."""
         self.last_omitted = 0
         """Copies the latest `match` left out (over `COPIES_PER_OWNER` per unit)."""
@@ -575,9 +576,9 @@ class MatchingEngine:
                 found.update(slots[0] for slots in by_owner.values())
         return found
 
-    def _candidates(self, query: _Query) -> tuple[set[int], list[_Crowd]]:
+    def _candidates(self, query: _Query) -> tuple[set[int], list]:
         found: set[int] = set()
-        crowds: dict[int, _Crowd] = {}
+        crowds: dict[int, _Crowd] | None = None
         index = self._index
         for key in query.keys(self):
             bucket = index.get(key)
@@ -588,6 +589,7 @@ class MatchingEngine:
             elif type(bucket) is list:
                 found.update(bucket)
             else:
+                crowds = crowds or {}
                 crowds[id(bucket)] = bucket
         years = (None,) if query.year is None else (query.year - 1, query.year,
                                                     query.year + 1, None)
@@ -609,8 +611,9 @@ class MatchingEngine:
                     elif type(bucket) is list:
                         found.update(bucket)
                     else:
+                        crowds = crowds or {}
                         crowds[id(bucket)] = bucket
-        return found, list(crowds.values())
+        return found, list(crowds.values()) if crowds else _NO_CROWDS
 
     def _typo_neighbours(self, word: str) -> tuple[str, ...]:
         """The listed syllables one letter off `word`: a deletion of one is, or equals, a
@@ -677,24 +680,21 @@ class MatchingEngine:
         id_int = query.id_int if ID_DIFFERENT + BEST_BIRTH + BEST_NAME < needed else 0
         id_bits, plate = id_int.bit_length(), query.plate  # the same bit length: as many digits
 
-        def judged(record: _Record | None) -> float | list[Reason | _Explained] | None:
-            if (id_int and record is not None and record.id_int and record.id_int != id_int
-                    and record.id_int.bit_length() == id_bits
-                    and not (plate and record.plates)
-                    and not _one_byte_apart(id_int, record.id_int)):
-                return None
-            if record is None or (record.valid_until is not None and record.valid_until < at):
-                return None
-            return evaluate(query, record, vocabulary, needed, caches)
-
         scored = len(candidates)
         kept: list[tuple[float, _Record, list[Reason | _Explained]]] = []
         keep = kept.append
         for slot in candidates:
             record = records[slot]
-            evaluated = judged(record)
+            if (id_int and record is not None and record.id_int and record.id_int != id_int
+                    and record.id_int.bit_length() == id_bits
+                    and not (plate and record.plates)
+                    and not _one_byte_apart(id_int, record.id_int)):
+                continue
+            if record is None or (record.valid_until is not None and record.valid_until < at):
+                continue
+            evaluated = evaluate(query, record, vocabulary, needed, caches)
             if evaluated is not None and (score := score_of(evaluated[0])) >= threshold:
-                keep((score, record, evaluated[1]))  # type: ignore[arg-type]
+                keep((score, record, evaluated[1]))
         omitted = 0
         if crowds:
             self.crowds_met += len(crowds)
@@ -705,14 +705,14 @@ class MatchingEngine:
                         continue
                     seen.add(identity)
                     scored += 1
-                    first = next(iter(by_owner.values()))[0]
-                    evaluated = judged(records[first])
+                    first = records[next(iter(by_owner.values()))[0]]
+                    evaluated = self._evaluate_member(query, first, at, caches, needed)
                     if evaluated is None or (score := score_of(evaluated[0])) < threshold:
                         continue
                     for slots in by_owner.values():
                         taken = [s for s in slots[:COPIES_PER_OWNER + 1] if s not in candidates]
                         for slot in taken[:COPIES_PER_OWNER]:
-                            keep((score, records[slot], evaluated[1]))  # type: ignore[arg-type]
+                            keep((score, records[slot], evaluated[1]))
                         omitted += max(0, len(slots) - COPIES_PER_OWNER)
         # At most COPIES_PER_OWNER copies from one unit (entries alike in everything
         # scoring reads): ingest refuses more, and building them all, an entry each,
@@ -732,10 +732,24 @@ class MatchingEngine:
             for score, record, reasons in kept:
                 append(_alert(record, score, reasons))
         self.last_candidates = scored
-        self.last_crowds = [crowd.size for crowd in crowds]
+        self.last_crowds = [crowd.size for crowd in crowds] if crowds else _NO_CROWDS
         self.last_omitted = omitted
         matches.sort(key=lambda m: (-m.score, m.entry.entry_id))
         return matches
+
+    def _evaluate_member(self, query: _Query, record: _Record | None, at: datetime,
+                         caches: _Caches, needed: float
+                         ) -> tuple[float, list[Reason | _Explained]] | None:
+        """`_evaluate` with the cheap id and validity checks `match` makes first."""
+        if record is None or (record.valid_until is not None and record.valid_until < at):
+            return None
+        id_int = query.id_int if ID_DIFFERENT + BEST_BIRTH + BEST_NAME < needed else 0
+        if (id_int and record.id_int and record.id_int != id_int
+                and record.id_int.bit_length() == id_int.bit_length()
+                and not (query.plate and record.plates)
+                and not _one_byte_apart(id_int, record.id_int)):
+            return None
+        return _evaluate(query, record, self._vocabulary, needed, caches)
 
     def scan(self, subject: Subject, *, at: datetime) -> list[Match]:
         """`match` without the indexes: every entry is scored. Slow; the reference the
