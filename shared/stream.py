@@ -287,10 +287,11 @@ class StreamRunner:
         outputs = lost - set(self._specs)
         if outputs and self._stream.on_log_lost is not None:
             again = await self._stream.on_log_lost(outputs)
-            await publish_all(producer, (spec.record(self._settings, event)
-                                         for spec, event in again), watch=self._watch)
-            log.warning("stream %s: published %d event(s) again from PostgreSQL",
-                        self._stream.name, len(again))
+            if again:
+                await publish_all(producer, (spec.record(self._settings, event)
+                                             for spec, event in again), watch=self._watch)
+                log.warning("stream %s: published %d event(s) again from PostgreSQL",
+                            self._stream.name, len(again))
         if lost & set(self._specs):
             raise LogLost(f"the log of {', '.join(sorted(lost & set(self._specs)))} was lost")
 

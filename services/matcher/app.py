@@ -183,15 +183,17 @@ class MatcherRuntime(Service):
         reconciler = HitReconciler(self.engine, self.ledger, Policy(
             timedelta(seconds=settings.matcher_redrive_after_seconds),
             settings.matcher_max_redrives))
-        next_cleanup = 0.0
+        next_cleanup, full = 0.0, False
         while not self.should_stop:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hits_lost.wait(),
-                                       settings.matcher_reconcile_seconds)
+            if not full:  # a full round means more is waiting: go on at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hits_lost.wait(),
+                                           settings.matcher_reconcile_seconds)
             everything = self._hits_lost.is_set()
             self._hits_lost.clear()
+            full = False
             try:
-                again = await reconciler.round(everything=everything)
+                again, full = await reconciler.round(everything=everything)
                 if again:
                     await self._publish(again)
                 if time.monotonic() >= next_cleanup:

@@ -120,19 +120,21 @@ class Ledger:
     async def pending_hits(self, conn: asyncpg.Connection, older_than: datetime,
                            limit: int) -> list[PendingHit]:
         """Unresolved hits emitted before `older_than`, locked, with whether their alert
-        exists and the report they came from."""
+        exists (and, for those without one, the report they came from)."""
         rows = await conn.fetch(
-            """SELECT h.hit_id, h.entry_id, h.late, h.redriven,
+            """SELECT h.hit_id, h.source_event_id, h.entry_id, h.late, h.redriven,
                       EXISTS (SELECT 1 FROM notifier_alert_states a
-                               WHERE a.hit_id = h.hit_id) AS delivered,
-                      (SELECT r.payload::text FROM ingest_reports r
-                        WHERE r.event_id = h.source_event_id) AS report
+                               WHERE a.hit_id = h.hit_id) AS delivered
                  FROM matcher_hits h
                 WHERE h.resolved_at IS NULL AND h.emitted_at < $1
                 ORDER BY h.emitted_at LIMIT $2
                   FOR UPDATE OF h SKIP LOCKED""", older_than, limit)
+        missing = [row["source_event_id"] for row in rows if not row["delivered"]]
+        reports = {row["event_id"]: row["payload"] for row in await conn.fetch(
+            "SELECT event_id, payload::text AS payload FROM ingest_reports "
+            "WHERE event_id = ANY($1::uuid[])", missing)} if missing else {}
         return [PendingHit(r["hit_id"], r["entry_id"], r["late"], r["redriven"],
-                           r["delivered"], r["report"]) for r in rows]
+                           r["delivered"], reports.get(r["source_event_id"])) for r in rows]
 
     @staticmethod
     async def resolve(conn: asyncpg.Connection, hit_ids: list[UUID]) -> None:

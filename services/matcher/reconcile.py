@@ -34,7 +34,7 @@ from shared.topics import HITS, TopicSpec
 
 log = logging.getLogger(__name__)
 
-ROUND_LIMIT = 2000
+ROUND_LIMIT = 10_000
 WITHDRAWAL_LOOKBACK = timedelta(days=7)
 _reports: TypeAdapter[Report] = TypeAdapter(Annotated[Report, Field(discriminator="type")])
 
@@ -52,16 +52,18 @@ class HitReconciler:
         self._policy = policy
         self._withdrawals_sent: dict[str, int] = {}
 
-    async def round(self, *, everything: bool = False) -> list[tuple[TopicSpec, Any]]:
-        """One round: what to publish again. With `everything`, every unresolved hit is
-        rebuilt at once (the hits topic lost its log), not only those past the grace."""
+    async def round(self, *, everything: bool = False) -> tuple[list[tuple[TopicSpec, Any]],
+                                                                bool]:
+        """One round: what to publish again, and whether more is waiting (a full round).
+        With `everything`, every unresolved hit is checked at once (the hits topic lost its
+        log), not only those past the grace period."""
         now = utcnow()
         grace = self._policy.redrive_after
         again: list[tuple[TopicSpec, Any]] = []
         async with self._ledger.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
                                        RECONCILE_LOCK_ID):
-                return []  # another worker is reconciling
+                return [], False  # another worker is reconciling
             pending = await self._ledger.pending_hits(
                 conn, now if everything else now - grace, ROUND_LIMIT)
             settled, rebuilt = [], []
@@ -94,7 +96,7 @@ class HitReconciler:
         if stuck:
             log.error("%d hit(s) still have no alert after %d attempts", stuck,
                       self._policy.max_redrives)
-        return again
+        return again, len(pending) >= ROUND_LIMIT
 
     def _rebuild(self, report_json: str | None, entry_id: str, late: bool) -> HitFound | None:
         if report_json is None:
