@@ -64,6 +64,17 @@ def create_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProduce
     return AIOKafkaProducer(client_id=client_id, **producer_options(settings))
 
 
+async def start_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+    """A started producer; nothing left open if the broker does not answer."""
+    producer = create_producer(settings, client_id)
+    try:
+        await producer.start()
+    except BaseException:
+        await stop_quietly(producer)
+        raise
+    return producer
+
+
 def consumer_options(settings: CommonSettings) -> dict[str, Any]:
     session_ms = int(settings.kafka_session_timeout_seconds * 1000)
     return {

@@ -3,15 +3,14 @@ dead-letter topic, and what is committed, when a handler fails in each way it ca
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import DeadLetter, HitsWithdrawn, Place, SightingReported, Subject
+from shared.http import background
 from shared.kafka import create_producer, publish_all
 from shared.settings import CommonSettings
 from shared.stream import Message, Outcome, Stream, StreamRunner
@@ -39,15 +38,8 @@ async def produce(settings: CommonSettings, *events: SightingReported) -> None:
         await producer.stop()
 
 
-@contextlib.asynccontextmanager
-async def running(runner: StreamRunner) -> AsyncIterator[None]:
-    task = asyncio.create_task(runner.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(runner: StreamRunner):  # noqa: ANN201 - an async context manager
+    return background(runner.run(), "runner")
 
 
 async def committed(settings: CommonSettings, group: str) -> int:

@@ -37,9 +37,9 @@ from shared import metrics
 from shared.kafka import (
     LogWatch,
     cancel_requested,
-    create_producer,
     ensure_topics,
     publish_all,
+    start_producer,
     stop_quietly,
 )
 from shared.topics import ALL_TOPICS
@@ -153,13 +153,7 @@ class OutboxRelay:
         if self._producer is None:
             # A restarted broker (Tansu keeps topics in memory) may have lost the topics.
             await ensure_topics(self._settings)
-            producer = create_producer(self._settings, client_id="giapranh-ingest-relay")
-            try:
-                await producer.start()
-            except BaseException:
-                await stop_quietly(producer)
-                raise
-            self._producer = producer
+            self._producer = await start_producer(self._settings, "giapranh-ingest-relay")
         return self._producer
 
     async def _drop_producer(self) -> None:

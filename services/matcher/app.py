@@ -66,7 +66,7 @@ from shared.events import (
     utcnow,
 )
 from shared.http import install_metrics
-from shared.kafka import cancel_requested, create_producer, publish_all, stop_quietly
+from shared.kafka import cancel_requested, publish_all, start_producer, stop_quietly
 from shared.stream import TRANSIENT_ERRORS, Message, Outcome, Stream, StreamRunner
 from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST, TopicSpec
 
@@ -215,13 +215,7 @@ class MatcherRuntime(Service):
 
     async def _publish(self, events: list[tuple[TopicSpec, Any]]) -> None:
         if self._producer is None:
-            producer = create_producer(self.settings, client_id="giapranh-matcher-reconcile")
-            try:
-                await producer.start()
-            except BaseException:
-                await stop_quietly(producer)
-                raise
-            self._producer = producer
+            self._producer = await start_producer(self.settings, "giapranh-matcher-reconcile")
         await publish_all(self._producer, (spec.record(self.settings, event)
                                            for spec, event in events))
 
