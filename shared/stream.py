@@ -183,10 +183,10 @@ class StreamRunner:
         """Set while the runner holds partitions (its group joined, or every partition
         assigned); cleared while it reconnects."""
         self._watch = LogWatch(settings, client_id=f"giapranh-{stream.name}-logwatch")
+        self._backoff = 0.1
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff after any broker failure."""
-        self._backoff = 0.1
         while True:
             started = time.monotonic()
             try:
