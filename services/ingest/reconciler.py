@@ -119,6 +119,8 @@ class Reconciler:
                 full = result.verified + result.redriven >= ROUND_LIMIT
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("reconciliation round failed, retrying: %r", exc)
+            except Exception:  # a bug must not end reconciliation for good: say it, go on
+                log.exception("reconciliation round failed")
             if not full:
                 await asyncio.sleep(self._settings.reconcile_interval_seconds)
 

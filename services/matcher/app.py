@@ -163,6 +163,10 @@ class MatcherRuntime(Service):
                 await self._drop_producer()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:  # never block the streams on it: the next start tries again
+                log.exception("catching up with the watchlist changes made while no matcher "
+                              "ran failed; they are not processed until the next start")
+                break
         self.ready.set()
 
     @Service.task
@@ -193,9 +197,7 @@ class MatcherRuntime(Service):
             self._hits_lost.clear()
             full = False
             try:
-                again, full = await reconciler.round(everything=everything)
-                if again:
-                    await self._publish(again)
+                full = await reconciler.round(self._publish, everything=everything)
                 if time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + 3600
                     await self.ledger.forget_older_than(
@@ -207,6 +209,9 @@ class MatcherRuntime(Service):
                 await self._drop_producer()
                 if everything:
                     self._hits_lost.set()
+            except Exception:  # a bug must not end reconciliation for good: say it, go on
+                log.exception("reconciliation round failed")
+                await asyncio.sleep(settings.matcher_reconcile_seconds)
 
     async def _on_hits_lost(self, topics: set[str]) -> list[tuple[TopicSpec, Any]]:
         if self.settings.topic(HITS.name) in topics:

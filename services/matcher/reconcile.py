@@ -19,6 +19,7 @@ Several workers may run this at once: one holds a PostgreSQL advisory lock per r
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -35,6 +36,7 @@ from shared.topics import HITS, TopicSpec
 log = logging.getLogger(__name__)
 
 ROUND_LIMIT = 10_000
+Publish = Callable[[list[tuple[TopicSpec, Any]]], Awaitable[None]]
 WITHDRAWAL_LOOKBACK = timedelta(days=7)
 _reports: TypeAdapter[Report] = TypeAdapter(Annotated[Report, Field(discriminator="type")])
 
@@ -52,10 +54,10 @@ class HitReconciler:
         self._policy = policy
         self._withdrawals_sent: dict[str, int] = {}
 
-    async def round(self, *, everything: bool = False) -> tuple[list[tuple[TopicSpec, Any]],
-                                                                bool]:
-        """One round: what to publish again, and whether more is waiting (a full round).
-        With `everything`, every unresolved hit is checked at once (the hits topic lost its
+    async def round(self, publish: Publish, *, everything: bool = False) -> bool:
+        """One round: publish again what never arrived (a hit counts as published again
+        only once `publish` returned); whether more is waiting (a full round). With
+        `everything`, every unresolved hit is checked at once (the hits topic lost its
         log), not only those past the grace period."""
         now = utcnow()
         grace = self._policy.redrive_after
@@ -63,7 +65,7 @@ class HitReconciler:
         async with self._ledger.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
                                        RECONCILE_LOCK_ID):
-                return [], False  # another worker is reconciling
+                return False  # another worker is reconciling
             pending = await self._ledger.pending_hits(
                 conn, now if everything else now - grace, ROUND_LIMIT)
             settled, rebuilt = [], []
@@ -84,19 +86,22 @@ class HitReconciler:
             if settled:
                 await self._ledger.resolve(conn, settled)
             if rebuilt:
+                await publish(again)  # counted only once the broker acknowledged them
                 await self._ledger.redriven(conn, rebuilt)
         if again:
             metrics.HITS_REDRIVEN.labels(reason="log_lost" if everything else "no_alert").inc(
                 len(again))
-            log.warning("%d hit(s) had no alert: publishing them again", len(again))
-        again += await self._withdrawals(now)
+            log.warning("%d hit(s) had no alert: published them again", len(again))
+        withdrawals = await self._withdrawals(now)
+        if withdrawals:
+            await publish(withdrawals)
         waiting, stuck = await self._ledger.undelivered(now - grace, self._policy.max_redrives)
         metrics.HITS_UNDELIVERED.set(waiting + stuck)
         metrics.HITS_STUCK.set(stuck)
         if stuck:
             log.error("%d hit(s) still have no alert after %d attempts", stuck,
                       self._policy.max_redrives)
-        return again, len(pending) >= ROUND_LIMIT
+        return len(pending) >= ROUND_LIMIT
 
     def _rebuild(self, report_json: str | None, entry_id: str, late: bool) -> HitFound | None:
         if report_json is None:
