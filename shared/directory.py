@@ -20,7 +20,7 @@ class UnitIn(Contract):
     kind: UnitKind
     parent_code: UnitCode | None = None
     province_code: int | None = Field(None, ge=1, le=99)
-    ward_code: int | None = Field(None, ge=1)
+    ward_code: int | None = Field(None, ge=1, le=99_999)
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
 

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -31,8 +32,44 @@ from pydantic import (
 UNIT_CODE_PATTERN = r"^[A-Z][A-Z0-9-]{1,31}$"
 UnitCode = Annotated[str, Field(pattern=UNIT_CODE_PATTERN, examples=["CA-30307"])]
 EntryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-ShortText = Annotated[str, Field(min_length=1, max_length=200)]
-LongText = Annotated[str, Field(max_length=4000)]
+
+# What no text may carry: control characters (they break the XML of CAP messages and Atom
+# feeds, and NUL breaks PostgreSQL), lone surrogates and the noncharacters U+FFFE/U+FFFF.
+_NOT_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_NOT_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _one_line(value: str) -> str:
+    if (bad := _NOT_IN_LINE.search(value)) is not None:
+        raise ValueError(f"control or invalid character U+{ord(bad.group()):04X} at "
+                         f"position {bad.start()}")
+    return value
+
+
+def _plain_text(value: str) -> str:
+    if (bad := _NOT_IN_TEXT.search(value)) is not None:
+        raise ValueError(f"control or invalid character U+{ord(bad.group()):04X} at "
+                         f"position {bad.start()} (only tabs and line breaks are allowed)")
+    return value
+
+
+def _sane_time(value: datetime) -> datetime:
+    """Times a person could mean: its UTC instant between the years 1900 and 2200."""
+    try:
+        year = value.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not 1900 <= year <= 2200:
+        raise ValueError("time out of range (years 1900 to 2200)")
+    return value
+
+
+Line = Annotated[str, AfterValidator(_one_line)]
+"""One line of text: no control characters."""
+ShortText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]
+LongText = Annotated[str, Field(max_length=4000), AfterValidator(_plain_text)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+"""A time with its UTC offset, between 1900 and 2200."""
 
 _ID_SEPARATORS = re.compile(r"[\s.\-]")
 
@@ -103,10 +140,10 @@ class Subject(Contract):
     gender: Gender | None = None
     birth_date: date | None = None
     birth_year: int | None = Field(None, ge=1900, le=2100)
-    national_id: str | None = Field(
+    national_id: Line | None = Field(
         None, max_length=32, description="12-digit CCCD or 9-digit CMND; spaces/dots allowed."
     )
-    plate: str | None = Field(None, min_length=3, max_length=20, examples=["51F-123.45"])
+    plate: Line | None = Field(None, min_length=3, max_length=20, examples=["51F-123.45"])
     description: LongText | None = None
 
     @field_validator("national_id")
@@ -149,7 +186,7 @@ class Place(Contract):
 
 
 class Vehicle(Contract):
-    plate: str = Field(min_length=3, max_length=20)
+    plate: Line = Field(min_length=3, max_length=20)
     description: LongText | None = None
 
 
@@ -162,14 +199,14 @@ class WatchlistEntryFields(Contract):
     gender: Gender | None = None
     birth_date: date | None = None
     birth_year: int | None = Field(None, ge=1900, le=2100)
-    national_id: str | None = Field(None, max_length=32)
-    plates: tuple[Annotated[str, Field(min_length=3, max_length=20)], ...] = ()
+    national_id: Line | None = Field(None, max_length=32)
+    plates: tuple[Annotated[Line, Field(min_length=3, max_length=20)], ...] = ()
     description: LongText | None = None
     sharing_scope: SharingScope = SharingScope.NEIGHBOURS
     urgency: Urgency | None = Field(
         None, description="Confirmation urgency of hits; default: urgent for wanted and "
         "missing persons, routine otherwise.")
-    valid_until: AwareDatetime | None = None
+    valid_until: Timestamp | None = None
 
     def effective_urgency(self) -> Urgency:
         if self.urgency is not None:
@@ -217,8 +254,8 @@ class Event(Contract):
     event_id: UUID = Field(default_factory=uuid4)
     type: str
     schema_version: int = 1
-    occurred_at: AwareDatetime
-    recorded_at: AwareDatetime = Field(default_factory=utcnow)
+    occurred_at: Timestamp
+    recorded_at: Timestamp = Field(default_factory=utcnow)
     producer_unit: UnitCode | None = Field(
         None, description="The unit that published it; None for system events."
     )

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
@@ -75,6 +76,17 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         }
         return JSONResponse({"error": body}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (unknown route, wrong method, unreadable body) in our
+        error format."""
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        metrics.HTTP_REJECTIONS.labels(
+            service=service, reason=codes.get(exc.status_code, str(exc.status_code))).inc()
+        body = {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}
+        return JSONResponse({"error": body}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(GiapranhError)
     async def _refused(request: Request, exc: GiapranhError) -> JSONResponse:
         metrics.HTTP_REJECTIONS.labels(service=service, reason=exc.code).inc()
@@ -87,20 +99,38 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         return JSONResponse({"error": body}, status_code=exc.status_code, headers=headers)
 
 
+class RequestMetrics:
+    """Counts requests by route template, method and status (a plain ASGI middleware:
+    `BaseHTTPMiddleware` would wrap errors of the app in exception groups and cost a task
+    per request)."""
+
+    def __init__(self, app: Any, service: str):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            metrics.HTTP_REQUESTS.labels(
+                service=self.service, route=getattr(route, "path", "unmatched"),
+                method=scope["method"], status=str(status)).inc()
+
+
 def install_metrics(app: FastAPI, service: str) -> None:
     """Count requests by route template and status; serve the registry on /metrics."""
-
-    @app.middleware("http")
-    async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.HTTP_REQUESTS.labels(
-            service=service,
-            route=getattr(route, "path", "unmatched"),
-            method=request.method,
-            status=str(response.status_code),
-        ).inc()
-        return response
+    app.add_middleware(RequestMetrics, service=service)
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
@@ -173,8 +203,9 @@ class BodySizeLimit:
         await response({"type": "http"}, None, send)  # type: ignore[arg-type]
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(BaseException):
+    """Raised while the body streams in; not an `Exception`, so that FastAPI's body
+    parsing, which turns any exception into a 400, lets it through to `BodySizeLimit`."""
 
 
 def create_http_app(
@@ -187,10 +218,10 @@ def create_http_app(
     """
     app = FastAPI(title=f"giapranh {service}", summary=summary, version="1", lifespan=lifespan)
     install_error_handlers(app, service)
-    install_metrics(app, service)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, service=service)
+    install_metrics(app, service)  # outermost: it counts the 413s too
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, object]:

@@ -9,7 +9,7 @@ from typing import Annotated
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Path, Query, status
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from services.ingest.deps import CurrentUnit, Settings, Store, WatchlistWriter
 from services.ingest.store import (
@@ -31,6 +31,7 @@ from shared.events import (
     ShortText,
     SightingReported,
     Subject,
+    Timestamp,
     Vehicle,
     WatchlistEntry,
     WatchlistEntryFields,
@@ -50,7 +51,7 @@ ClientEventId = Annotated[
 
 class SightingIn(Contract):
     event_id: ClientEventId = None
-    occurred_at: AwareDatetime = Field(description="When the subject was seen (with offset).")
+    occurred_at: Timestamp = Field(description="When the subject was seen (with offset).")
     subject: Subject
     place: Place
 
@@ -74,7 +75,7 @@ class SightingIn(Contract):
 
 class IncidentIn(Contract):
     event_id: ClientEventId = None
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
     incident_type: ShortText
     summary: LongText | None = None
     place: Place
@@ -235,7 +236,7 @@ async def list_watchlist_entries(
     unit: CurrentUnit, store: Store,
     include_cancelled: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[WatchlistEntryView]:
     """The calling unit's own entries, most recently changed first."""
     return await store.own_entries(unit.unit_code, include_cancelled=include_cancelled,

@@ -9,6 +9,7 @@ time (+07:00, as CAP's dateTime pattern requires an explicit offset).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -48,10 +49,19 @@ def message_type(alert: dict[str, Any]) -> str:
     return "Alert" if _parse(alert["updated_at"]) == _parse(alert["raised_at"]) else "Update"
 
 
+_NOT_IN_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text XML 1.0 can carry: characters it cannot become U+FFFD. Ingest refuses them, but
+    an alert stored before it did must not make a unit's whole feed unreadable."""
+    return _NOT_IN_XML.sub("\ufffd", text)
+
+
 def _sub(parent: ET.Element, tag: str, text: str | None = None, ns: str = CAP_NS) -> ET.Element:
     element = ET.SubElement(parent, f"{{{ns}}}{tag}")
     if text is not None:
-        element.text = text
+        element.text = xml_text(text)
     return element
 
 
