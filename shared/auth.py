@@ -18,11 +18,16 @@ import asyncpg
 API_KEY_PREFIX = "gpk_"
 
 
+KEYS_CHANNEL = "giapranh_keys"
+"""NOTIFY channel: the id of each key revoked (a trigger sends it)."""
+
+
 @dataclass(frozen=True)
 class Principal:
     unit_code: str
     role: str
     key_id: int
+    expires_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -40,6 +45,7 @@ class ApiKeyInfo:
     label: str | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None
 
 
 def hash_api_key(key: str, pepper: str) -> bytes:
@@ -57,13 +63,14 @@ async def issue_api_key(
     *,
     role: str = "unit",
     label: str | None = None,
+    expires_at: datetime | None = None,
 ) -> str:
     """Create a key for a unit and return it; only its hash is stored."""
     key = new_api_key()
     await conn.execute(
-        """INSERT INTO api_keys (unit_code, key_prefix, key_hash, role, label)
-           VALUES ($1, $2, $3, $4, $5)""",
-        unit_code, key[:12], hash_api_key(key, pepper), role, label,
+        """INSERT INTO api_keys (unit_code, key_prefix, key_hash, role, label, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        unit_code, key[:12], hash_api_key(key, pepper), role, label, expires_at,
     )
     return key
 
@@ -71,7 +78,8 @@ async def issue_api_key(
 async def list_api_keys(conn: asyncpg.Connection | asyncpg.Pool,
                         unit_code: str | None = None) -> list[ApiKeyInfo]:
     rows = await conn.fetch(
-        """SELECT id, unit_code, key_prefix, role, label, created_at, revoked_at FROM api_keys
+        """SELECT id, unit_code, key_prefix, role, label, created_at, revoked_at, expires_at
+             FROM api_keys
             WHERE $1::text IS NULL OR unit_code = $1 ORDER BY id""", unit_code)
     return [ApiKeyInfo(**dict(row)) for row in rows]
 
@@ -92,12 +100,23 @@ class KeyStore:
 
     async def principal(self, key: str) -> Principal | None:
         row = await self._pool.fetchrow(
-            """SELECT k.id, k.unit_code, k.role
-                 FROM api_keys k JOIN units u ON u.code = k.unit_code
-                WHERE k.key_hash = $1 AND k.revoked_at IS NULL
-                  AND (u.active_to IS NULL OR u.active_to > now())""",
+            f"""SELECT k.id, k.unit_code, k.role, k.expires_at
+                  FROM api_keys k JOIN units u ON u.code = k.unit_code
+                 WHERE k.key_hash = $1 AND {VALID_KEY}""",
             hash_api_key(key, self._pepper),
         )
         if row is None:
             return None
-        return Principal(unit_code=row["unit_code"], role=row["role"], key_id=row["id"])
+        return Principal(unit_code=row["unit_code"], role=row["role"], key_id=row["id"],
+                         expires_at=row["expires_at"])
+
+    async def still_valid(self, key_ids: list[int]) -> set[int]:
+        """Which of these keys still work (not revoked, not expired, unit active)."""
+        rows = await self._pool.fetch(
+            f"""SELECT k.id FROM api_keys k JOIN units u ON u.code = k.unit_code
+                 WHERE k.id = ANY($1::bigint[]) AND {VALID_KEY}""", key_ids)
+        return {row["id"] for row in rows}
+
+
+VALID_KEY = """k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+               AND (u.active_to IS NULL OR u.active_to > now())"""

@@ -75,3 +75,66 @@ async def test_the_stream_needs_a_key(env, topics, directory):
         async with httpx.AsyncClient() as client:
             response = await client.get(f"{url}/v1/alerts/stream")
     assert response.status_code == 401
+
+
+async def _open_stream(url, key, opened, ended):
+    async with httpx.AsyncClient(timeout=30) as client, client.stream(
+            "GET", f"{url}/v1/alerts/stream", headers=bearer(key)) as response:
+        assert response.status_code == 200
+        opened.set()
+        async for _ in response.aiter_lines():
+            pass
+    ended.set()
+
+
+async def test_a_revoked_or_expired_key_loses_its_open_stream_within_a_second(
+    env, topics, directory, pool
+):
+    from datetime import UTC, datetime, timedelta
+
+    from shared.auth import issue_api_key, revoke_api_key
+
+    pepper = env.settings(CommonSettings).api_key_pepper.get_secret_value()
+    revoked_key = await issue_api_key(pool, "CA-30307", pepper, label="desk 1")
+    expiring_key = await issue_api_key(pool, "CA-30307", pepper, label="desk 2",
+                                       expires_at=datetime.now(UTC) + timedelta(seconds=3))
+    async with served(create_app(env.settings(NotifierSettings))) as url:
+        flags = {name: (asyncio.Event(), asyncio.Event()) for name in ("revoked", "expiring")}
+        streams = [asyncio.create_task(_open_stream(url, key, *flags[name]))
+                   for name, key in (("revoked", revoked_key), ("expiring", expiring_key))]
+        for opened, _ in flags.values():
+            await asyncio.wait_for(opened.wait(), 10)
+        [key_id] = [k.id for k in await _keys(pool) if k.label == "desk 1"]
+        await revoke_api_key(pool, key_id)
+        await asyncio.wait_for(flags["revoked"][1].wait(), 1.0)  # within a second
+        assert not flags["expiring"][1].is_set()
+        await asyncio.wait_for(flags["expiring"][1].wait(), 3 + 1.0)
+        await asyncio.gather(*streams)
+        async with httpx.AsyncClient() as client:
+            again = await client.get(f"{url}/v1/alerts/stream", headers=bearer(revoked_key))
+        assert again.status_code == 401
+
+
+async def _keys(pool):
+    from shared.auth import list_api_keys
+
+    return await list_api_keys(pool)
+
+
+async def test_a_key_holds_a_limited_number_of_streams(env, topics, directory):
+    settings = env.settings(NotifierSettings, notifier_max_streams_per_key=2)
+    async with served(create_app(settings)) as url:
+        key = directory["CA-30307"]
+        flags = [(asyncio.Event(), asyncio.Event()) for _ in range(2)]
+        streams = [asyncio.create_task(_open_stream(url, key, *f)) for f in flags]
+        for opened, _ in flags:
+            await asyncio.wait_for(opened.wait(), 10)
+        async with httpx.AsyncClient() as client:
+            third = await client.get(f"{url}/v1/alerts/stream", headers=bearer(key))
+            other_unit = await client.get(f"{url}/v1/alerts", headers=bearer(
+                directory["CA-31212"]))
+        assert third.status_code == 429 and "retry-after" in third.headers
+        assert third.json()["error"]["code"] == "rate_limited"
+        assert other_unit.status_code == 200
+        for task in streams:
+            task.cancel()

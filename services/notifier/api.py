@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AnyHttpUrl, Field
 
@@ -26,13 +26,13 @@ from services.notifier.models import (
 )
 from services.notifier.workflow import Outcome, StatusFilter
 from shared import metrics
-from shared.errors import NotFound
+from shared.auth import Principal
+from shared.errors import NotFound, TooManyRequests
 from shared.events import Contract, LongText, utcnow
 
 router = APIRouter(prefix="/v1")
 CAP_MEDIA_TYPE = "application/cap+xml"
 ATOM_MEDIA_TYPE = "application/atom+xml"
-STREAM_BATCH = 500
 
 
 class Decision(Contract):
@@ -72,34 +72,34 @@ async def list_alerts(
     return await alerts.alerts_for_unit(unit.unit_code, limit, status)
 
 
+async def _stream_allowed(unit: CurrentUnit, feed: Feed) -> Principal:
+    """Refuse (429) before the stream starts when the key holds its cap of streams."""
+    if feed.streams_of(unit.key_id) >= feed.max_streams:
+        raise TooManyRequests(
+            f"this key has {feed.max_streams} open streams already "
+            "(GIAPRANH_NOTIFIER_MAX_STREAMS_PER_KEY); close one", retry_after=5)
+    return unit
+
+
 @router.get("/alerts/stream", response_class=EventSourceResponse)
-async def stream_alerts(unit: CurrentUnit, alerts: Alerts,
-                        feed: Feed) -> AsyncIterable[ServerSentEvent]:
+async def stream_alerts(
+    unit: Annotated[Principal, Depends(_stream_allowed)], feed: Feed
+) -> AsyncIterable[ServerSentEvent]:
     """Server-sent events for the calling unit: `event: alert` for each new alert and
     `event: update` for each change of one (acknowledged, confirmed, escalated, withdrawn,
-    ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`."""
-    with feed.subscribe(unit.unit_code) as queue:
+    ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`. The
+    stream ends when the key is revoked or expires."""
+    with feed.subscribe(unit) as queue:
         while True:
-            items = [await queue.get()]
-            while not queue.empty() and len(items) < STREAM_BATCH:
-                items.append(queue.get_nowait())
-            closed = None in items
-            changes = [item for item in items if item is not None]
-            # Read the views of everything queued with one query, not one per alert.
-            views = await alerts.alerts_by_id(unit.unit_code, [c.alert_id for c in changes])
-            now = utcnow()
-            for change in changes:
-                view = views.get(change.alert_id)
-                if view is None:
-                    continue
-                metrics.DELIVERIES.labels(channel="sse", result="ok").inc()
-                if change.kind == "raised" and change.reported_at is not None:
-                    metrics.SIGHTING_TO_DELIVERY.labels(channel="sse").observe(
-                        max(0.0, (now - change.reported_at).total_seconds()))
-                yield ServerSentEvent(data=view, id=str(change.alert_id),
-                                      event="alert" if change.kind == "raised" else "update")
-            if closed:
-                return  # fell too far behind: the client reconnects and reloads
+            item = await queue.get()
+            if item is None:
+                return  # fell too far behind, or the key is gone: the client reconnects
+            metrics.DELIVERIES.labels(channel="sse", result="ok").inc()
+            if item.kind == "raised" and item.reported_at is not None:
+                metrics.SIGHTING_TO_DELIVERY.labels(channel="sse").observe(
+                    max(0.0, (utcnow() - item.reported_at).total_seconds()))
+            yield ServerSentEvent(raw_data=item.data, id=str(item.alert_id),
+                                  event="alert" if item.kind == "raised" else "update")
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertView)

@@ -78,14 +78,21 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                 timeout_seconds=settings.webhook_timeout_seconds),
             clock, poll_seconds=settings.webhook_poll_seconds)
         hits = hit_stream(settings, alerts)
-        feed = AlertFeed(settings.database_url)
+        keys = KeyStore(pool, settings.api_key_pepper.get_secret_value())
+
+        async def views(unit_code: str, alert_ids: list[UUID]) -> dict[UUID, str]:
+            found = await alerts.alerts_by_id(unit_code, alert_ids)
+            return {alert_id: view.model_dump_json() for alert_id, view in found.items()}
+
+        feed = AlertFeed(settings.database_url, views, keys,
+                         max_streams_per_key=settings.notifier_max_streams_per_key)
         await feed.start()
         app.state.settings = settings
         app.state.alerts = alerts
         app.state.feed = feed
         app.state.hit_consumer = hits
         set_state(app, ServiceState(
-            pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
+            pool=pool, keys=keys,
             readiness={"broker": hits.ready.is_set},
             health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting"}))
         try:

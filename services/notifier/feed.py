@@ -1,14 +1,21 @@
-"""Live alert feed: every notifier instance pushes new alerts to the desks connected to it.
+"""Live alert feed: every notifier instance pushes alert changes to the desks connected to it.
 
 The transaction that changes an alert also sends `pg_notify('giapranh_alerts', {alert_id,
 kind, units})` (`SseChannel`), so the notification exists exactly when the change does.
-Every instance LISTENs on its own connection and hands the change to the subscribers of
-each recipient unit, wherever the hit was consumed; a desk connected to any instance sees
-its alerts. For alerts with too many recipients to list in a notification (scope
-`all_units`), the feed looks up which of its subscribed units received it.
+Every instance LISTENs on its own connection; one worker task takes the notifications in
+order, in batches, and for each recipient unit with open streams reads the unit's views of
+the changed alerts with one query and renders each once: a thousand streams of one unit
+cost one query and one JSON encoding per change, not a thousand. For alerts with too many
+recipients to list in a notification (scope `all_units`), it looks up which subscribed
+units received them.
+
+Streams belong to an API key: a key revoked (the `giapranh_keys` notification a trigger
+sends) or expired closes its streams within a second, and every 30 s the keys of open
+streams are checked again in case a notification was missed. A key may hold at most
+`max_streams_per_key` streams (429 above).
 
 Back-pressure: each subscriber has a bounded queue. A desk that stops reading while
-`QUEUE_SIZE` alerts pile up is disconnected (its browser reconnects and reloads the list),
+`QUEUE_SIZE` changes pile up is disconnected (its browser reconnects and reloads the list),
 rather than letting one slow client hold memory.
 """
 
@@ -19,94 +26,208 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
 from services.notifier.channels import ALERTS_CHANNEL
+from shared.auth import KEYS_CHANNEL, KeyStore, Principal
+from shared.events import utcnow
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 1000
-DISCONNECT = None  # queued when a subscriber fell too far behind
+DISCONNECT = None  # queued when a subscriber must go: too far behind, or its key is gone
+REVALIDATE_SECONDS = 30.0
+EXPIRY_CHECK_SECONDS = 0.5
+
+Render = Callable[[str, list[UUID]], Awaitable[dict[UUID, str]]]
+"""(unit, alert ids) -> the unit's views of those alerts, as JSON text, by alert id."""
+
+
+@dataclass(frozen=True)
+class Change:
+    alert_id: UUID
+    kind: str  # raised, updated, cancelled
+    reported_at: datetime | None
+    units: tuple[str, ...] | None  # None: too many to list, look them up
 
 
 @dataclass(frozen=True)
 class FeedItem:
+    """One change as a unit's desks receive it: the view rendered once for all of them."""
+
     alert_id: UUID
-    kind: str  # raised, updated, cancelled
+    kind: str
     reported_at: datetime | None
+    data: str
+
+
+@dataclass(eq=False)
+class _Subscription:
+    principal: Principal
+    queue: asyncio.Queue[FeedItem | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 1))
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(DISCONNECT)
 
 
 class AlertFeed:
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, render: Render, keys: KeyStore, *,
+                 max_streams_per_key: int):
         self._database_url = database_url
+        self._render = render
+        self._keys = keys
+        self.max_streams = max_streams_per_key
         self._connection: asyncpg.Connection | None = None
-        self._subscribers: dict[str, set[asyncio.Queue[FeedItem | None]]] = defaultdict(set)
-        self._lookups: set[asyncio.Task[None]] = set()
+        self._subscribers: dict[str, set[_Subscription]] = defaultdict(set)
+        self._changes: asyncio.Queue[Change] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self._connection = await asyncpg.connect(self._database_url)
-        await self._connection.add_listener(ALERTS_CHANNEL, self._on_notification)
+        await self._connection.add_listener(ALERTS_CHANNEL, self._on_alert)
+        await self._connection.add_listener(KEYS_CHANNEL, self._on_key_revoked)
+        self._tasks = [asyncio.create_task(self._deliver(), name="feed-deliver"),
+                       asyncio.create_task(self._watch_keys(), name="feed-keys")]
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
 
-    @contextlib.contextmanager
-    def subscribe(self, unit_code: str) -> Iterator[asyncio.Queue[FeedItem | None]]:
-        queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(QUEUE_SIZE + 1)
-        self._subscribers[unit_code].add(queue)
-        try:
-            yield queue
-        finally:
-            self._subscribers[unit_code].discard(queue)
-            if not self._subscribers[unit_code]:
-                del self._subscribers[unit_code]
+    def streams_of(self, key_id: int) -> int:
+        return sum(1 for subs in self._subscribers.values() for sub in subs
+                   if sub.principal.key_id == key_id)
 
-    def _on_notification(self, connection: object, pid: int, channel: str, payload: str) -> None:
+    @contextlib.contextmanager
+    def subscribe(self, principal: Principal) -> Iterator[asyncio.Queue[FeedItem | None]]:
+        """A queue of the unit's alert changes for as long as the block runs (the API
+        refuses a stream over the key's cap, `streams_of`, before it starts)."""
+        subscription = _Subscription(principal)
+        unit = principal.unit_code
+        self._subscribers[unit].add(subscription)
+        try:
+            yield subscription.queue
+        finally:
+            self._subscribers[unit].discard(subscription)
+            if not self._subscribers[unit]:
+                del self._subscribers[unit]
+
+    # ------------------------------------------------------------------ alert changes
+
+    def _on_alert(self, connection: object, pid: int, channel: str, payload: str) -> None:
         try:
             message = json.loads(payload)
             reported = message.get("reported_at")
-            item = FeedItem(UUID(message["alert_id"]), message.get("kind", "raised"),
-                            datetime.fromisoformat(reported) if reported else None)
             units = message["units"]
+            change = Change(UUID(message["alert_id"]), message.get("kind", "raised"),
+                            datetime.fromisoformat(reported) if reported else None,
+                            None if units is None else tuple(units))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignored a malformed alert notification %r: %r", payload, exc)
             return
-        if units is None:
-            task = asyncio.get_running_loop().create_task(self._look_up(item))
-            self._lookups.add(task)
-            task.add_done_callback(self._lookups.discard)
-            return
-        self._hand_out(item, units)
+        self._changes.put_nowait(change)
 
-    async def _look_up(self, item: FeedItem) -> None:
-        subscribed = list(self._subscribers)
-        if not subscribed or self._connection is None:
-            return
-        try:
-            conn = await asyncpg.connect(self._database_url)
+    async def _deliver(self) -> None:
+        """Take the changes in order, in batches; render once per unit; hand out."""
+        while True:
+            batch = [await self._changes.get()]
+            while not self._changes.empty() and len(batch) < QUEUE_SIZE:
+                batch.append(self._changes.get_nowait())
             try:
-                rows = await conn.fetch(
-                    "SELECT unit_code FROM deliveries WHERE alert_id = $1 "
-                    "AND unit_code = ANY($2::text[])", item.alert_id, subscribed)
-            finally:
-                await conn.close()
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("could not look up the recipients of %s: %r", item.alert_id, exc)
-            return
-        self._hand_out(item, [row["unit_code"] for row in rows])
+                await self._hand_out(batch)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not read %d alert change(s) for the open streams: %r; "
+                            "their desks are disconnected to reload", len(batch), exc)
+                for subscriptions in self._subscribers.values():
+                    for subscription in subscriptions:
+                        subscription.close()
 
-    def _hand_out(self, item: FeedItem, units: list[str]) -> None:
-        for unit in units:
-            for queue in list(self._subscribers.get(unit, ())):
-                if queue.qsize() >= QUEUE_SIZE:
-                    queue.put_nowait(DISCONNECT)
-                    self._subscribers[unit].discard(queue)
-                else:
-                    queue.put_nowait(item)
+    async def _hand_out(self, batch: list[Change]) -> None:
+        if not self._subscribers:
+            return
+        unlisted = [change.alert_id for change in batch if change.units is None]
+        looked_up = await self._recipients(unlisted) if unlisted else {}
+        by_unit: dict[str, list[Change]] = defaultdict(list)
+        for change in batch:
+            units = change.units if change.units is not None else looked_up.get(
+                change.alert_id, ())
+            for unit in units:
+                if unit in self._subscribers:
+                    by_unit[unit].append(change)
+        for unit, changes in by_unit.items():
+            views = await self._render(unit, list({c.alert_id: None for c in changes}))
+            for change in changes:
+                data = views.get(change.alert_id)
+                if data is None:
+                    continue
+                item = FeedItem(change.alert_id, change.kind, change.reported_at, data)
+                for subscription in list(self._subscribers.get(unit, ())):
+                    queue = subscription.queue
+                    if queue.qsize() >= QUEUE_SIZE:
+                        subscription.close()
+                        self._subscribers[unit].discard(subscription)
+                    else:
+                        queue.put_nowait(item)
+
+    async def _recipients(self, alert_ids: list[UUID]) -> dict[UUID, tuple[str, ...]]:
+        assert self._connection is not None
+        rows = await self._connection.fetch(
+            "SELECT alert_id, array_agg(unit_code) AS units FROM deliveries "
+            "WHERE alert_id = ANY($1::uuid[]) AND unit_code = ANY($2::text[]) "
+            "GROUP BY alert_id", alert_ids, list(self._subscribers))
+        return {row["alert_id"]: tuple(row["units"]) for row in rows}
+
+    # ------------------------------------------------------------------ keys
+
+    def _on_key_revoked(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._close_keys({int(payload)}, "revoked")
+
+    def _close_keys(self, key_ids: set[int], why: str) -> None:
+        for unit, subscriptions in list(self._subscribers.items()):
+            for subscription in list(subscriptions):
+                if subscription.principal.key_id in key_ids:
+                    log.info("closing a stream of unit %s: its key %d was %s", unit,
+                             subscription.principal.key_id, why)
+                    subscription.close()
+                    subscriptions.discard(subscription)
+
+    async def _watch_keys(self) -> None:
+        """Close streams whose key expired (within a second) and, every 30 s, those whose
+        key stopped working in a way no notification told of."""
+        next_check = asyncio.get_running_loop().time() + REVALIDATE_SECONDS
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+            now = utcnow()
+            expired = {sub.principal.key_id for subs in self._subscribers.values()
+                       for sub in subs
+                       if sub.principal.expires_at is not None
+                       and sub.principal.expires_at <= now}
+            if expired:
+                self._close_keys(expired, "expired")
+            if asyncio.get_running_loop().time() < next_check:
+                continue
+            next_check = asyncio.get_running_loop().time() + REVALIDATE_SECONDS
+            open_keys = {sub.principal.key_id for subs in self._subscribers.values()
+                         for sub in subs}
+            if not open_keys:
+                continue
+            try:
+                valid = await self._keys.still_valid(list(open_keys))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not check the keys of open streams: %r", exc)
+                continue
+            if open_keys - valid:
+                self._close_keys(open_keys - valid, "revoked or ended")

@@ -31,3 +31,6 @@ class NotifierSettings(CommonSettings):
     cap_sender: str = Field(
         "giapranh", pattern=r"^[^\s,<&]+$",
         description="CAP `sender` of this deployment's messages (no spaces or commas).")
+    notifier_max_streams_per_key: int = Field(
+        5, ge=1, le=1000,
+        description="Live alert streams (SSE) one API key may hold open at once (429 above).")
