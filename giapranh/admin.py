@@ -260,7 +260,8 @@ def webhooks_set(
 ) -> None:
     """Register UNIT's webhook (replacing any) and print its new signing secret once."""
     from services.notifier.api import WebhookIn
-    from services.notifier.webhooks import Webhooks
+    from services.notifier.settings import NotifierSettings
+    from services.notifier.webhooks import Destination, Webhooks
 
     try:
         hook = WebhookIn(url=url, format=format)  # type: ignore[arg-type]
@@ -271,7 +272,8 @@ def webhooks_set(
         if not await conn.fetchval("SELECT 1 FROM units WHERE code = $1 AND active_to IS NULL",
                                    unit):
             raise typer.BadParameter(f"no active unit {unit}", param_hint="UNIT")
-        return await Webhooks(conn).register(unit, str(hook.url), hook.format)
+        destination = Destination(NotifierSettings().allowed_networks())
+        return await Webhooks(conn, destination).register(unit, str(hook.url), hook.format)
 
     secret = _run(database_url, work)
     console.print(f"webhook of {unit}: {hook.url} ({hook.format}); signing secret, shown once:")

@@ -52,7 +52,9 @@ class Receiver:
 async def desk(env, topics, directory):
     settings = env.settings(NotifierSettings, webhook_poll_seconds=0.05,
                             webhook_retry_base_seconds=0.1, webhook_retry_max_seconds=0.3,
-                            webhook_max_attempts=4)
+                            webhook_max_attempts=4,
+                            webhook_allowed_networks="127.0.0.0/8")  # the test receivers
+
     async for client in _serve(create_app(settings)):
         yield client
 
@@ -159,3 +161,44 @@ async def _count(receiver, n):
 
 async def _dead(pool):
     return await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'dead'")
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x",
+    "http://192.168.1.5/x", "http://[::1]/x", "http://0.0.0.0/x", "http://2130706433/x",
+    "http://localhost/x", "http://user:secret@example.com/x",
+    "http://example.com/" + "a" * 100_000,
+], ids=["loopback", "metadata", "private-10", "private-192", "ipv6-loopback", "unspecified",
+        "decimal-ip", "name-to-loopback", "credentials", "too-long"])
+async def test_a_webhook_to_a_non_public_destination_is_refused_naming_the_url(
+    env, topics, directory, url
+):
+    async for app in _serve(create_app(env.settings(NotifierSettings))):
+        response = await app.put("/v1/webhook", headers=bearer(directory["CA-30307"]),
+                                 json={"url": url})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "url"
+        assert (await app.get("/v1/webhook", headers=bearer(directory["CA-30307"]))
+                ).status_code == 404
+
+
+async def test_the_destination_is_checked_again_at_delivery(env, topics, directory, pool):
+    """Registered while its network was allowed, then the operator closed it: the
+    deliveries fail as refused, and nothing reaches the receiver."""
+    receiver = Receiver(failures=0)
+    async with served(receiver.app) as receiver_url:
+        allowed = env.settings(NotifierSettings, webhook_allowed_networks="127.0.0.0/8")
+        async for app in _serve(create_app(allowed)):
+            await register(app, directory["CA-30307"], f"{receiver_url}/hook")
+        closed = env.settings(NotifierSettings, webhook_poll_seconds=0.05,
+                              webhook_retry_base_seconds=0.1, webhook_max_attempts=2)
+        async for app in _serve(create_app(closed)):
+            await send(env, make_hit(WANTED))
+
+            async def refused():
+                return await pool.fetchval(
+                    "SELECT last_error FROM webhook_deliveries WHERE status = 'dead'")
+
+            error = await eventually(refused, what="the delivery refused")
+            assert error.startswith("destination refused") and "127.0.0.1" in error
+    assert receiver.calls == []

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import AnyHttpUrl, Field
+from pydantic import AnyHttpUrl, Field, field_validator
 
 from services.notifier.cap import render_atom, render_cap
 from services.notifier.deps import Alerts, CurrentUnit, Feed, Settings, UnitWebhooks
@@ -24,6 +24,7 @@ from services.notifier.models import (
     WebhookFormat,
     WebhookView,
 )
+from services.notifier.webhooks import MAX_URL_LENGTH
 from services.notifier.workflow import Outcome, StatusFilter
 from shared import metrics
 from shared.auth import Principal
@@ -49,7 +50,16 @@ class Closing(Contract):
 
 
 class WebhookIn(Contract):
-    url: AnyHttpUrl
+    url: AnyHttpUrl = Field(description="Where to POST: http or https, a public address "
+                            "(or one in GIAPRANH_WEBHOOK_ALLOWED_NETWORKS), no credentials, "
+                            "at most 2,000 characters.")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _bounded(cls, value: object) -> object:
+        if isinstance(value, str) and len(value) > MAX_URL_LENGTH:
+            raise ValueError(f"a webhook URL may have at most {MAX_URL_LENGTH} characters")
+        return value
     format: WebhookFormat = "json"
 
 

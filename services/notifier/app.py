@@ -24,7 +24,12 @@ from services.notifier.consumer import hit_stream
 from services.notifier.feed import AlertFeed
 from services.notifier.service import AlertService
 from services.notifier.settings import NotifierSettings
-from services.notifier.webhooks import WebhookChannel, WebhookDispatcher, WebhookPolicy
+from services.notifier.webhooks import (
+    Destination,
+    WebhookChannel,
+    WebhookDispatcher,
+    WebhookPolicy,
+)
 from services.notifier.workflow import Deadlines
 from shared import metrics
 from shared.auth import KeyStore
@@ -70,13 +75,14 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             return json.dumps(jsonable_encoder({"kind": kind, "alert": view}),
                               ensure_ascii=False).encode()
 
+        destination = Destination(settings.allowed_networks())
         dispatcher = WebhookDispatcher(
             pool, render, WebhookPolicy(
                 max_attempts=settings.webhook_max_attempts,
                 base_seconds=settings.webhook_retry_base_seconds,
                 max_backoff_seconds=settings.webhook_retry_max_seconds,
                 timeout_seconds=settings.webhook_timeout_seconds),
-            clock, poll_seconds=settings.webhook_poll_seconds)
+            clock, destination=destination, poll_seconds=settings.webhook_poll_seconds)
         hits = hit_stream(settings, alerts)
         keys = KeyStore(pool, settings.api_key_pepper.get_secret_value())
 
@@ -91,6 +97,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         app.state.alerts = alerts
         app.state.feed = feed
         app.state.hit_consumer = hits
+        app.state.destination = destination
         set_state(app, ServiceState(
             pool=pool, keys=keys,
             readiness={"broker": hits.ready.is_set},

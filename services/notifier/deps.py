@@ -26,7 +26,7 @@ def _settings(request: Request) -> NotifierSettings:
 
 
 def _webhooks(request: Request) -> Webhooks:
-    return Webhooks(service_state(request).pool)
+    return Webhooks(service_state(request).pool, request.app.state.destination)
 
 
 Alerts = Annotated[AlertService, Depends(_alerts)]

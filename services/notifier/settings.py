@@ -1,4 +1,6 @@
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 
 from shared.settings import CommonSettings
 
@@ -34,3 +36,19 @@ class NotifierSettings(CommonSettings):
     notifier_max_streams_per_key: int = Field(
         5, ge=1, le=1000,
         description="Live alert streams (SSE) one API key may hold open at once (429 above).")
+    webhook_allowed_networks: str = Field(
+        "", description="Comma-separated networks (CIDR) webhooks may reach although they are "
+        "not public, e.g. `10.20.0.0/16` for a province's own receivers; empty: public only.")
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for network in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not a network: {network!r} ({exc})") from None
+        return value
+
+    def allowed_networks(self) -> list[str]:
+        return [p.strip() for p in self.webhook_allowed_networks.split(",") if p.strip()]

@@ -5,6 +5,13 @@ Each POST carries `X-Giapranh-Event`, `X-Giapranh-Delivery` and `X-Giapranh-Sign
 t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>` (`verify` checks one as a
 receiver would). Failed posts are retried with exponential backoff and moved to `dead`
 after `max_attempts`; `retry_dead` queues them again.
+
+Destinations: a webhook must not turn the notifier into a proxy into its own network. A URL
+whose host is, or resolves to, a loopback, link-local (169.254.169.254), private, shared,
+reserved, multicast or unspecified address is refused, unless that address lies in an
+allowed network (`GIAPRANH_WEBHOOK_ALLOWED_NETWORKS`); credentials in the URL and URLs over
+`MAX_URL_LENGTH` are refused too. The check is made again at every delivery, and the POST
+goes to the address that was checked (DNS rebinding cannot swap it).
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,8 +38,74 @@ from services.notifier.channels import AlertChange
 from services.notifier.clock import Clock
 from services.notifier.models import WebhookFormat, WebhookView
 from shared import metrics
+from shared.errors import Unprocessable
 
 log = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 2000
+
+
+class Destination:
+    """Where webhooks may go: public addresses, and the networks an operator allows."""
+
+    def __init__(self, allowed: Sequence[str] = ()):
+        self.allowed = [ipaddress.ip_network(network, strict=False) for network in allowed]
+
+    def permits(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.allowed):
+            return True
+        return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback
+                                     or ip.is_link_local or ip.is_private
+                                     or ip.is_unspecified)
+
+    def check_url(self, url: str) -> httpx.URL:
+        """The URL, if its form is acceptable (scheme, no credentials, length)."""
+        if len(url) > MAX_URL_LENGTH:
+            raise Unprocessable(f"a webhook URL may have at most {MAX_URL_LENGTH} characters",
+                                field="url")
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise Unprocessable("a webhook URL must be http or https, with a host",
+                                field="url")
+        if parsed.userinfo:
+            raise Unprocessable("a webhook URL must not carry credentials", field="url")
+        return parsed
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The host's addresses, or an empty list if it does not resolve."""
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            return [host.strip("[]")]
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            return []
+        return list(dict.fromkeys(info[4][0] for info in infos))
+
+    async def vet(self, url: str, *, at_registration: bool) -> tuple[httpx.URL, str | None]:
+        """(URL, the address to connect to). Refuses a destination outside the permitted
+        addresses; a name that does not resolve is accepted at registration (the delivery
+        checks again) and refused at delivery."""
+        parsed = self.check_url(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = await self.resolve(parsed.host, port)
+        if not addresses:
+            if at_registration:
+                return parsed, None
+            raise Unprocessable(f"webhook host {parsed.host} does not resolve", field="url")
+        refused = [a for a in addresses if not self.permits(a)]
+        if refused:
+            raise Unprocessable(
+                f"webhook host {parsed.host} is, or resolves to, {refused[0]}, which is not a "
+                "public address (an operator may allow a network with "
+                "GIAPRANH_WEBHOOK_ALLOWED_NETWORKS)", field="url")
+        return parsed, addresses[0]
 
 
 class WebhookChannel:
@@ -66,12 +141,15 @@ class WebhookStats:
 class Webhooks:
     """The units' webhook registrations (the API and `giapranh webhooks` both use these)."""
 
-    def __init__(self, db: asyncpg.Connection | asyncpg.Pool):
+    def __init__(self, db: asyncpg.Connection | asyncpg.Pool,
+                 destination: Destination | None = None):
         self._db = db
+        self._destination = destination or Destination()
 
     async def register(self, unit_code: str, url: str, fmt: WebhookFormat) -> str:
         """Register (or replace) a unit's webhook; returns its new signing secret (shown
-        once)."""
+        once). A destination that is not public is refused (`Destination`)."""
+        await self._destination.vet(url, at_registration=True)
         secret = "whsec_" + secrets.token_urlsafe(32)
         await self._db.execute(
             """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
@@ -153,9 +231,10 @@ class WebhookDispatcher:
     claimed with SKIP LOCKED and leased, so each attempt happens once)."""
 
     def __init__(self, pool: asyncpg.Pool, render: Renderer, policy: WebhookPolicy,
-                 clock: Clock, *, poll_seconds: float = 0.5, batch: int = 50,
-                 client: httpx.AsyncClient | None = None):
+                 clock: Clock, *, destination: Destination, poll_seconds: float = 0.5,
+                 batch: int = 50, client: httpx.AsyncClient | None = None):
         self._pool = pool
+        self._destination = destination
         self._render = render
         self._policy = policy
         self._clock = clock
@@ -202,15 +281,24 @@ class WebhookDispatcher:
                                       row["format"])
             content_type = ("application/cap+xml" if row["format"] == "cap"
                             else "application/json")
-            response = await self._client.post(row["url"], content=body, headers={
+            # Checked again now, and sent to the very address checked (no DNS rebinding).
+            url, address = await self._destination.vet(row["url"], at_registration=False)
+            assert address is not None
+            target = url.copy_with(host=address)
+            extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+            response = await self._client.post(target, content=body, headers={
+                "Host": url.netloc.decode(),
                 "Content-Type": content_type,
                 "User-Agent": "giapranh-notifier",
                 "X-Giapranh-Delivery": str(row["id"]),
                 "X-Giapranh-Event": row["kind"],
                 "X-Giapranh-Signature": sign(row["secret"], int(time.time()), body),
-            }, timeout=self._policy.timeout_seconds)
+            }, timeout=self._policy.timeout_seconds, extensions=extensions,
+                follow_redirects=False)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
+        except Unprocessable as exc:
+            error = f"destination refused: {exc.message}"[:500]
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except Exception as exc:
@@ -230,7 +318,8 @@ class WebhookDispatcher:
                 metrics.SIGHTING_TO_DELIVERY.labels(channel="webhook").observe(
                     max(0.0, (now - row["reported_at"]).total_seconds()))
             return
-        reason = "http_status" if error.startswith("HTTP ") else "transport"
+        reason = ("http_status" if error.startswith("HTTP ")
+                  else "destination" if error.startswith("destination refused") else "transport")
         metrics.WEBHOOK_FAILURES.labels(reason=reason).inc()
         if attempts >= self._policy.max_attempts:
             await self._pool.execute(
