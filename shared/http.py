@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared import metrics
 from shared.auth import KeyStore, Principal
 from shared.errors import GiapranhError, PayloadTooLarge, TooManyRequests, Unauthorized
+from shared.ratelimit import RateLimit
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ServiceState:
 
     pool: asyncpg.Pool
     keys: KeyStore
+    requests: RateLimit | None = None
+    """Requests per API key (None: unlimited)."""
     readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
     """Extra `/readyz` checks beside the database (e.g. `broker`)."""
     health: Callable[[], dict[str, object]] | None = None
@@ -152,9 +155,12 @@ async def authenticate(request: Request) -> Principal:
     key = _key_from_headers(request)
     if key is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    principal = await service_state(request).keys.principal(key)
+    state = service_state(request)
+    principal = await state.keys.principal(key)
     if principal is None:
         raise Unauthorized("unknown or revoked API key")
+    if state.requests is not None:
+        state.requests.take(principal.key_id)
     return principal
 
 

@@ -74,6 +74,10 @@ class CommonSettings(BaseSettings):
         SecretStr(DEV_PEPPER),
         description="Server-side secret mixed into API-key hashes. Required in production.",
     )
+    requests_per_minute_per_key: float = Field(
+        6000, gt=0,
+        description="Requests one API key may make per minute (bursts of a tenth of it), per "
+        "process; 429 with Retry-After above.")
     log_level: str = Field("INFO", description="Python log level of the services.")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with event and correlation ids; text."

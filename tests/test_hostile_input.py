@@ -118,3 +118,22 @@ def test_a_control_character_stored_before_validation_cannot_break_cap_or_atom()
                        base_url="http://test", now=now)
     etree.fromstring(atom)
     assert "Nguyễn\ufffdVăn\ufffdHùng".encode() in cap
+
+
+async def test_every_key_is_rate_limited_with_retry_after(env, directory):
+    from services.ingest.app import create_app
+    from services.ingest.settings import IngestSettings
+    from tests.conftest import _serve
+
+    settings = env.settings(IngestSettings, requests_per_minute_per_key=60)  # bursts of 6
+    async for ingest in _serve(create_app(settings)):
+        key = directory["CA-30307"]
+        codes = [(await ingest.get("/v1/watchlist", headers=bearer(key))).status_code
+                 for _ in range(8)]
+        assert codes[:6] == [200] * 6 and codes[6:] == [429, 429]
+        refused = await ingest.get("/v1/watchlist", headers=bearer(key))
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        # Another key is not slowed by this one.
+        other = await ingest.get("/v1/watchlist", headers=bearer(directory["CA-31212"]))
+        assert other.status_code == 200

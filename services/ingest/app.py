@@ -30,7 +30,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
         app.state.watchlist_writes = RateLimit(settings.watchlist_writes_per_minute,
                                                "watchlist changes")
         set_state(app, ServiceState(
-            pool=pool, keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
+            pool=pool, requests=RateLimit(settings.requests_per_minute_per_key, "requests",
+                                          burst=settings.requests_per_minute_per_key / 10),
+            keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy}))
         try:
             async with (background(relay.run(), "outbox-relay"),

@@ -35,6 +35,7 @@ from shared import metrics
 from shared.auth import KeyStore
 from shared.db import create_pool
 from shared.http import ServiceState, background, create_http_app, set_state
+from shared.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -99,7 +100,9 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         app.state.hit_consumer = hits
         app.state.destination = destination
         set_state(app, ServiceState(
-            pool=pool, keys=keys,
+            pool=pool, requests=RateLimit(settings.requests_per_minute_per_key, "requests",
+                                          burst=settings.requests_per_minute_per_key / 10),
+            keys=keys,
             readiness={"broker": hits.ready.is_set},
             health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting"}))
         try:
