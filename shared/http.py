@@ -102,8 +102,17 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         return JSONResponse({"error": body}, status_code=exc.status_code, headers=headers)
 
 
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+"""On every response (pages add their own Content-Security-Policy)."""
+
+
 class RequestMetrics:
-    """Counts requests by route template, method and status (a plain ASGI middleware:
+    """Counts requests by route template, method and status, and adds `SECURITY_HEADERS`
+    to every response (a plain ASGI middleware:
     `BaseHTTPMiddleware` would wrap errors of the app in exception groups and cost a task
     per request)."""
 
@@ -120,6 +129,7 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
         try:

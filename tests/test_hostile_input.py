@@ -137,3 +137,18 @@ async def test_every_key_is_rate_limited_with_retry_after(env, directory):
         # Another key is not slowed by this one.
         other = await ingest.get("/v1/watchlist", headers=bearer(directory["CA-31212"]))
         assert other.status_code == 200
+
+
+async def test_pages_carry_a_content_security_policy_and_every_answer_security_headers(
+    notifier, ingest, directory
+):
+    page = await notifier.get("/desk")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    for response in (page, await ingest.get("/v1/watchlist", headers=bearer(
+            directory["CA-30307"])), await ingest.get("/v1/nothing-here")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+    missing = await ingest.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
