@@ -36,6 +36,14 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if the running task was asked to stop. A loop that retries on
+    errors calls it each turn: a library may turn our cancellation into another error (or
+    swallow it), and the loop would then never stop."""
+    if cancel_requested():
+        raise asyncio.CancelledError
+
+
 async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
     """Stop a client that may be broken; only our own cancellation gets through."""
     try:

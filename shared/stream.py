@@ -65,6 +65,7 @@ from shared.kafka import (
     create_producer,
     ensure_topics,
     publish_all,
+    stop_if_cancelled,
     stop_quietly,
 )
 from shared.settings import CommonSettings
@@ -188,6 +189,7 @@ class StreamRunner:
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff after any broker failure."""
         while True:
+            stop_if_cancelled()
             started = time.monotonic()
             try:
                 await self._consume()
@@ -201,6 +203,7 @@ class StreamRunner:
                 await self._failed(exc, started)
 
     async def _failed(self, exc: BaseException, started: float) -> None:
+        stop_if_cancelled()
         self.ready.clear()
         metrics.STREAM_RESTARTS.labels(stream=self._stream.name).inc()
         if time.monotonic() - started > 30:
@@ -316,6 +319,7 @@ class StreamRunner:
     async def _retrying(self, messages: Iterable[Message]) -> Outcome:
         backoff = 0.1
         while True:
+            stop_if_cancelled()
             try:
                 return await self._handler(messages)
             except TRANSIENT_ERRORS as exc:

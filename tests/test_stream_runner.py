@@ -3,6 +3,7 @@ dead-letter topic, and what is committed, when a handler fails in each way it ca
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -138,3 +139,30 @@ async def test_a_stream_without_a_group_reads_every_partition_in_every_runner(se
 
         await eventually(both_read_everything, what="both runners to read all 20")
         assert all(runner.ready.is_set() for runner in runners)
+
+
+async def test_a_runner_stops_when_cancelled_even_if_a_library_turns_the_cancellation_into_an_error(  # noqa: E501
+    settings, env
+):
+    """aiokafka and asyncpg may turn a cancellation into their own error (or swallow it):
+    the runner's retry loops must still stop, or the service never shuts down."""
+    entered = asyncio.Event()
+
+    async def handle(batch: Iterable[Message]) -> Outcome:
+        list(batch)
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionResetError("the connection was closed") from None  # "transient"
+        return Outcome()
+
+    runner = StreamRunner(settings, Stream("test.cancel", "test", (SIGHTINGS,),
+                                           f"{settings.topic_prefix}cancel"), handle)
+    await produce(settings, sighting("A"))
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(entered.wait(), 30)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done, "the runner went on retrying after it was cancelled"
+    assert task.cancelled()

@@ -29,6 +29,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
 from shared.events import utcnow
+from shared.kafka import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Reconciler:
 
     async def run(self) -> None:
         while True:
+            stop_if_cancelled()
             full = False
             try:
                 result = await self.reconcile_once()

@@ -40,6 +40,7 @@ from shared.kafka import (
     ensure_topics,
     publish_all,
     start_producer,
+    stop_if_cancelled,
     stop_quietly,
 )
 from shared.topics import ALL_TOPICS
@@ -73,6 +74,7 @@ class OutboxRelay:
         try:
             await self._listen()
             while True:
+                stop_if_cancelled()
                 self._wake.clear()
                 try:
                     producer = await self._ensure_producer()

@@ -66,7 +66,13 @@ from shared.events import (
     utcnow,
 )
 from shared.http import install_metrics
-from shared.kafka import cancel_requested, publish_all, start_producer, stop_quietly
+from shared.kafka import (
+    cancel_requested,
+    publish_all,
+    start_producer,
+    stop_if_cancelled,
+    stop_quietly,
+)
 from shared.stream import TRANSIENT_ERRORS, Message, Outcome, Stream, StreamRunner
 from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST, TopicSpec
 
@@ -152,6 +158,7 @@ class MatcherRuntime(Service):
         await self.loaded.wait()
         backoff = 0.1
         while not self.should_stop:
+            stop_if_cancelled()
             try:
                 await self._process_missed_changes()
                 break
@@ -189,6 +196,7 @@ class MatcherRuntime(Service):
             settings.matcher_max_redrives))
         next_cleanup, full = 0.0, False
         while not self.should_stop:
+            stop_if_cancelled()
             if not full:  # a full round means more is waiting: go on at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hits_lost.wait(),

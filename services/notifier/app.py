@@ -38,6 +38,7 @@ from shared import metrics
 from shared.auth import KeyStore
 from shared.db import create_pool
 from shared.http import ServiceState, background, create_http_app, set_state
+from shared.kafka import stop_if_cancelled
 from shared.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def content_security_policy(page: str) -> str:
 async def watch_deadlines(alerts: AlertService, interval: float) -> None:
     """Escalate missed confirmation deadlines and keep the overdue gauge current."""
     while True:
+        stop_if_cancelled()
         try:
             escalated = await alerts.escalate_overdue()
             if escalated:

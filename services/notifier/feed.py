@@ -36,6 +36,7 @@ import asyncpg
 from services.notifier.channels import ALERTS_CHANNEL
 from shared.auth import KEYS_CHANNEL, KeyStore, Principal
 from shared.events import utcnow
+from shared.kafka import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class AlertFeed:
     async def _deliver(self) -> None:
         """Take the changes in order, in batches; render once per unit; hand out."""
         while True:
+            stop_if_cancelled()
             batch = [await self._changes.get()]
             while not self._changes.empty() and len(batch) < QUEUE_SIZE:
                 batch.append(self._changes.get_nowait())
@@ -209,6 +211,7 @@ class AlertFeed:
         key stopped working in a way no notification told of."""
         next_check = asyncio.get_running_loop().time() + REVALIDATE_SECONDS
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
             now = utcnow()
             expired = {sub.principal.key_id for subs in self._subscribers.values()

@@ -39,6 +39,7 @@ from services.notifier.clock import Clock
 from services.notifier.models import WebhookFormat, WebhookView
 from shared import metrics
 from shared.errors import Unprocessable
+from shared.kafka import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ class WebhookDispatcher:
         async with httpx.AsyncClient(timeout=self._policy.timeout_seconds) as client:
             self._client = self._client or client
             while True:
+                stop_if_cancelled()
                 try:
                     sent = await self.dispatch_due()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
