@@ -44,13 +44,22 @@ def stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+STOP_TIMEOUT_SECONDS = 5.0
+"""A consumer stopped in the middle of joining its group waits for the join to finish,
+which on a struggling broker may never happen: after this long it is left behind."""
+
+
 async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-    """Stop a client that may be broken; only our own cancellation gets through."""
+    """Stop a client that may be broken, in bounded time; only our own cancellation gets
+    through."""
     try:
-        await client.stop()
+        await asyncio.wait_for(client.stop(), STOP_TIMEOUT_SECONDS)
     except asyncio.CancelledError:
         if cancel_requested():
             raise
+    except TimeoutError:
+        log.warning("a Kafka client did not stop within %.0f s; left behind",
+                    STOP_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - closing a broken client
         log.debug("closing a Kafka client failed: %r", exc)
 

@@ -247,6 +247,7 @@ class StreamRunner:
         in_flight: deque[asyncio.Task[None]] = deque()
         try:
             while True:
+                stop_if_cancelled()  # aiokafka's getmany may swallow our cancellation
                 while in_flight and in_flight[0].done():
                     in_flight.popleft().result()  # raises a delivery's failure
                 if self._watch.due():
