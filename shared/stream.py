@@ -85,8 +85,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(slots=True)
 class Message:
-    """One decoded record (not frozen: a frozen dataclass costs a microsecond more per
-    message, which the report stream pays 50,000 times a second)."""
+    """One decoded record (slotted and not frozen: about half the cost of creating a frozen
+    dataclass, paid 50,000 times a second on the report stream)."""
 
     record: ConsumerRecord
     spec: TopicSpec

@@ -67,8 +67,6 @@ def _crowded(engine: MatchingEngine, report: Report) -> None:
     most once a minute, since a flood of look-alikes would otherwise flood the log."""
     global _last_crowd_log
     metrics.OVERSIZED_BUCKETS.inc(len(engine.last_crowds))
-    if engine.last_omitted:
-        metrics.HITS_CAPPED.labels(mode="live").inc(engine.last_omitted)
     now = time.monotonic()
     if now - _last_crowd_log >= 60:
         _last_crowd_log = now
@@ -79,7 +77,8 @@ def _crowded(engine: MatchingEngine, report: Report) -> None:
 
 
 def capped(hits: list[HitFound]) -> tuple[list[HitFound], int]:
-    """At most `HITS_PER_SUBJECT_AND_OWNER` hits per report, subject and copies of one
+    """For late hits (live ones come capped from the engine's `match`; late matching of a
+    few entries scores each against every report with `match_entry`, past that cap): at most `HITS_PER_SUBJECT_AND_OWNER` hits per report, subject and copies of one
     listing unit (entries alike in every identifying field), the best-scoring first; and
     how many were left out."""
     kept: list[HitFound] = []
@@ -100,27 +99,22 @@ def capped(hits: list[HitFound]) -> tuple[list[HitFound], int]:
 
 def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
     """The live hits of a report: one per listed entry, however many of its subjects match
-    (and no more than `HITS_PER_SUBJECT_AND_OWNER` per subject and listing unit)."""
+    (the engine takes no more than `COPIES_PER_OWNER` copies per subject and listing
+    unit; what it left out is counted here)."""
     hits: dict[str, HitFound] = {}
     for subject in report_subjects(report):
         started = time.perf_counter()
         matches = engine.match(subject, at=report.occurred_at)
         metrics.MATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.MATCH_CANDIDATES.observe(engine.last_candidates)
+        if engine.last_omitted:
+            metrics.HITS_CAPPED.labels(mode="live").inc(engine.last_omitted)
         if engine.last_crowds:
             _crowded(engine, report)
         for match in matches:
             if match.entry.entry_id not in hits:
                 hits[match.entry.entry_id] = build_hit(report, subject, match, late=False)
-    if len(hits) <= HITS_PER_SUBJECT_AND_OWNER:
-        return list(hits.values())
-    kept, left_out = capped(list(hits.values()))
-    if left_out:
-        metrics.HITS_CAPPED.labels(mode="live").inc(left_out)
-        log.warning("report %s: %d hit(s) on look-alike entries of one unit not raised "
-                    "(at most %d per subject and unit)", report.event_id, left_out,
-                    HITS_PER_SUBJECT_AND_OWNER)
-    return kept
+    return list(hits.values())
 
 
 RETRIEVE_LATE_FROM = 20
