@@ -13,6 +13,7 @@ import typer
 from giapranh.admin import (
     adjacency_app,
     agreements_app,
+    audit_app,
     keys_app,
     units_app,
     webhooks_app,
@@ -25,6 +26,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(adjacency_app, name="adjacency")
 app.add_typer(agreements_app, name="agreements")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()
@@ -160,6 +162,49 @@ def replay(
                         await asyncio.sleep(0.5)
                 typer.echo("all published (is an ingest running? it does the publishing)")
             return count
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+@app.command()
+def purge(
+    older_than_days: Annotated[float | None, typer.Option(
+        min=0.0, help="Retention period (default: GIAPRANH_SIGHTING_RETENTION_DAYS, 90).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only count what would be purged.")] = False,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar="GIAPRANH_DATABASE_URL",
+        help="PostgreSQL DSN (giapranh dev prints it).")] = None,
+) -> None:
+    """Remove the subject of every sighting that matched nothing and happened longer ago than
+    the retention period (ingest does it hourly by itself); alerts and the audit log stay."""
+    from datetime import timedelta
+
+    import asyncpg
+    from rich.progress import Progress
+
+    from services.ingest.privacy import due
+    from services.ingest.privacy import purge as purge_sightings
+    from services.ingest.settings import IngestSettings
+
+    settings = IngestSettings(**({"database_url": database_url} if database_url else {}))
+    days = settings.sighting_retention_days if older_than_days is None else older_than_days
+    before = datetime.now(UTC) - timedelta(days=days)
+
+    async def go() -> None:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            count = await due(pool, before)
+            if dry_run or not count:
+                typer.echo(f"{count} unmatched sighting(s) older than {days:g} days"
+                           + (" would be purged" if dry_run else ""))
+                return
+            with Progress(transient=True) as progress:
+                task = progress.add_task("purging", total=count)
+                done = await purge_sightings(
+                    pool, before, progress=lambda n: progress.update(task, completed=n))
+            typer.echo(f"purged {done} unmatched sighting(s) older than {days:g} days")
         finally:
             await pool.close()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -30,7 +30,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
-from shared.errors import GiapranhError, PayloadTooLarge, TooManyRequests, Unauthorized
+from shared.errors import (
+    Forbidden,
+    GiapranhError,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+)
 from shared.ratelimit import RateLimit
 
 
@@ -141,13 +147,34 @@ class RequestMetrics:
                 method=scope["method"], status=str(status)).inc()
 
 
-def install_metrics(app: FastAPI, service: str) -> None:
-    """Count requests by route template and status; serve the registry on /metrics."""
+def install_metrics(app: FastAPI, service: str, *, public: bool = True) -> None:
+    """Count requests by route template and status; serve the registry on /metrics unless
+    it has a listener of its own (`metrics_listener`)."""
     app.add_middleware(RequestMetrics, service=service)
+    if not public:
+        return
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@contextlib.contextmanager
+def metrics_listener(settings: Any) -> Iterator[None]:
+    """/metrics on `settings.metrics_port` (a thread of prometheus_client's) while inside,
+    when that is set."""
+    if settings.metrics_port is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 # ------------------------------------------------------------------------- authentication
@@ -175,6 +202,27 @@ async def authenticate(request: Request) -> Principal:
 
 
 CurrentUnit = Annotated[Principal, Depends(authenticate)]
+"""The caller, whatever its role (a reporter or above)."""
+
+
+def requires(role: str) -> Any:
+    """The caller, if its key's role is `role` or above (403 otherwise)."""
+
+    async def allowed(principal: CurrentUnit) -> Principal:
+        if not principal.may(role):
+            raise Forbidden(f"this key's role is {principal.role}; this needs {role} or above",
+                            field="role")
+        return principal
+
+    return Annotated[Principal, Depends(allowed)]
+
+
+DeskKey = requires("desk")
+"""A duty desk's key or above: works alerts."""
+UnitAdminKey = requires("unit_admin")
+"""A unit admin's key or above: the unit's people, keys, webhook, audit log."""
+ProvinceAdminKey = requires("province_admin")
+"""A province admin's key: the directory, and the units under its own."""
 
 
 # ------------------------------------------------------------------------- service shell
@@ -226,18 +274,29 @@ class _TooLarge(BaseException):
 
 def create_http_app(
     *, service: str, summary: str, lifespan: Any, routers: Sequence[APIRouter],
-    max_body_bytes: int = 2_000_000,
+    max_body_bytes: int = 2_000_000, settings: Any = None,
 ) -> FastAPI:
     """The common shell of an HTTP service: errors, metrics, its routers, /healthz, /readyz.
 
     The service's `lifespan` builds its adapters and calls `set_state` before yielding.
+    With `settings.metrics_port`, /metrics is served there only, while the app runs.
     """
+    own_listener = settings is not None and settings.metrics_port is not None
+    if own_listener:
+        inner = lifespan
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            with metrics_listener(settings):
+                async with inner(app):
+                    yield
+
     app = FastAPI(title=f"giapranh {service}", summary=summary, version="1", lifespan=lifespan)
     install_error_handlers(app, service)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, service=service)
-    install_metrics(app, service)  # outermost: it counts the 413s too
+    install_metrics(app, service, public=not own_listener)  # outermost: counts the 413s too
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, object]:

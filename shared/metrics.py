@@ -34,6 +34,10 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest outbox row not yet published (0 when none; last relay round).",
 )
 
+SIGHTINGS_PURGED = Counter(
+    "giapranh_ingest_sightings_purged_total",
+    "Unmatched sightings whose subject was removed after the retention period.",
+)
 OUTBOX_REDRIVEN = Counter(
     "giapranh_outbox_redriven_total",
     "Published events queued for publishing again, by reason (no_verdict: the matcher gave "

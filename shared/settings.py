@@ -78,6 +78,12 @@ class CommonSettings(BaseSettings):
         6000, gt=0,
         description="Requests one API key may make per minute (bursts of a tenth of it), per "
         "process; 429 with Retry-After above.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Serve /metrics only on this port, a listener of its own (keep it off "
+        "the published network), instead of on the service's API port.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the separate /metrics listener binds to.")
     log_level: str = Field("INFO", description="Python log level of the services.")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with event and correlation ids; text."

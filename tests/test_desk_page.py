@@ -50,7 +50,8 @@ async def test_an_alert_appears_live_and_is_acknowledged_from_the_page(
 
         await page.fill("#key", directory["CA-30307"])
         await page.click("button[type=submit]")
-        await expect(page.locator("#unit")).to_have_text("Công an phường Long Xuyên (CA-30307)")
+        await expect(page.locator("#unit")).to_have_text(
+            "Công an phường Long Xuyên (CA-30307) · duty desk")
         await expect(page.locator(".empty")).to_have_text("Không có cảnh báo.")
         await expect(page.locator("#live")).to_have_class("live on")
 

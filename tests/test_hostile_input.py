@@ -69,7 +69,7 @@ async def test_huge_numbers_in_queries_are_422(ingest, directory, path, field):
 async def test_a_huge_ward_code_is_422(ingest, env, directory, pool):
     from shared.auth import issue_api_key
 
-    admin = await issue_api_key(pool, "CAT-91", "dev-only-api-key-pepper", role="admin")
+    admin = await issue_api_key(pool, "CAT-91", "dev-only-api-key-pepper", role="province_admin")
     response = await ingest.post("/v1/admin/units", headers=bearer(admin), json={
         "code": "CA-99999", "name": "x", "kind": "commune_police", "ward_code": 2147483648})
     assert response.status_code == 422, response.text

@@ -106,7 +106,7 @@ async def test_only_an_admin_key_manages_the_directory(ingest, directory, pool, 
             "parent_code": "CAT-91"}
     refused = await ingest.post("/v1/admin/units", json=unit, headers=bearer(directory["CA-30307"]))
     assert refused.status_code == 403
-    admin_key = await issue_api_key(pool, "CAT-91", "dev-only-api-key-pepper", role="admin")
+    admin_key = await issue_api_key(pool, "CAT-91", "dev-only-api-key-pepper", role="province_admin")
     created = await ingest.post("/v1/admin/units", json=unit, headers=bearer(admin_key))
     assert created.status_code == 201
     assert (await ingest.post("/v1/admin/units", json=unit, headers=bearer(admin_key))).status_code == 409
@@ -163,3 +163,26 @@ async def test_readiness_reports_the_database_and_the_broker(ingest, notifier, e
     await eventually(lambda: ready(ingest, verdicts=True), what="ingest ready")
     await eventually(lambda: ready(notifier), what="notifier ready")
     assert (await ingest.get("/healthz")).json()["status"] == "ok"
+
+
+async def test_metrics_can_live_on_an_internal_port_only(env, directory):
+    import httpx
+    import pytest
+
+    from giapranh.embedded import free_port
+    from services.ingest.app import create_app
+    from services.ingest.settings import IngestSettings
+    from tests.conftest import _serve
+
+    port = free_port()
+    settings = env.settings(IngestSettings, metrics_port=port)
+    async for client in _serve(create_app(settings)):
+        assert (await client.get("/metrics")).status_code == 404  # not on the API port
+        await client.post("/v1/sightings", json=SIGHTING, headers=bearer(directory["CA-31212"]))
+        async with httpx.AsyncClient() as outside:
+            internal = await outside.get(f"http://127.0.0.1:{port}/metrics")
+        assert internal.status_code == 200
+        assert 'giapranh_ingest_events_accepted_total{type="SightingReported"}' in internal.text
+    with pytest.raises(httpx.ConnectError):  # closed with the app
+        async with httpx.AsyncClient() as outside:
+            await outside.get(f"http://127.0.0.1:{port}/metrics")

@@ -113,6 +113,9 @@ async def test_a_database_from_the_single_shared_layout_upgrades_to_the_same_sch
             await old.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                               version, path.stem[5:])
         await old.execute("INSERT INTO units (code, name, kind) VALUES ('CA-1', 'x', 'ministry')")
+        await old.execute("""INSERT INTO api_keys (unit_code, key_prefix, key_hash, role)
+                             VALUES ('CA-1', 'gpk_a', '\\x01', 'unit'),
+                                    ('CA-1', 'gpk_b', '\\x02', 'admin')""")
 
         upgraded = await apply_schema(old)
         legacy_parts = {"shared/0001", "shared/0002", "ingest/0001", "notifier/0001",
@@ -121,6 +124,11 @@ async def test_a_database_from_the_single_shared_layout_upgrades_to_the_same_sch
         # ... only what is new since; the fresh database got everything.
         assert await _schema_of(old) == await _schema_of(fresh)
         assert await old.fetchval("SELECT count(*) FROM units") == 1  # data kept
+        # Unit-wide keys of before keep what they could do, as their unit's duty desk.
+        keys = await old.fetch("""SELECT k.role, p.name, p.kind FROM api_keys k
+                                    JOIN people p ON p.id = k.person_id ORDER BY k.id""")
+        assert [tuple(k) for k in keys] == [("unit_admin", "duty desk", "duty_desk"),
+                                            ("province_admin", "duty desk", "duty_desk")]
         assert await apply_schema(old) == []
     finally:
         await old.close()

@@ -20,6 +20,7 @@ from services.ingest.store import (
     request_hash,
 )
 from shared import metrics
+from shared.audit import Actor
 from shared.errors import Conflict, Unprocessable
 from shared.events import (
     Contract,
@@ -155,8 +156,10 @@ def _fingerprint(body: Contract) -> bytes:
     return request_hash(body.model_dump_json(exclude={"event_id"}))
 
 
-async def _publish(event: Event, body: Contract, store: Store, spec: TopicSpec) -> EventAccepted:
-    result = await store.record(event, spec=spec, fingerprint=_fingerprint(body))
+async def _publish(event: Event, body: Contract, store: Store, spec: TopicSpec,
+                   person_id: int | None) -> EventAccepted:
+    result = await store.record(event, spec=spec, fingerprint=_fingerprint(body),
+                                person_id=person_id)
     return _accepted(result, event.producer_unit or "")
 
 
@@ -173,7 +176,8 @@ async def report_sighting(
 ) -> EventAccepted:
     """Report a person or vehicle seen at a place and time."""
     await _check_reports([body], store, settings)
-    return await _publish(_sighting(body, unit.unit_code, utcnow()), body, store, SIGHTINGS)
+    return await _publish(_sighting(body, unit.unit_code, utcnow()), body, store, SIGHTINGS,
+                          unit.person_id)
 
 
 @router.post("/sightings/batch", status_code=status.HTTP_202_ACCEPTED,
@@ -187,7 +191,7 @@ async def report_sightings(
     await _check_reports(body.sightings, store, settings, prefix="sightings.")
     now = utcnow()
     reports = [
-        Report(_sighting(item, unit.unit_code, now), _fingerprint(item))
+        Report(_sighting(item, unit.unit_code, now), _fingerprint(item), unit.person_id)
         for item in body.sightings
     ]
     try:
@@ -215,7 +219,7 @@ async def report_incident(
         producer_unit=unit.unit_code, incident_type=body.incident_type, summary=body.summary,
         place=body.place, suspects=body.suspects, vehicles=body.vehicles,
     )
-    return await _publish(event, body, store, INCIDENTS)
+    return await _publish(event, body, store, INCIDENTS, unit.person_id)
 
 
 @router.put("/watchlist/{entry_id}", response_model=EntryStored)
@@ -225,7 +229,8 @@ async def upsert_watchlist_entry(
 ) -> EntryStored:
     """Create or update one of the calling unit's watchlist entries."""
     entry = WatchlistEntry(**body.model_dump(), entry_id=entry_id, owner_unit=unit.unit_code)
-    stored, accepted = await store.upsert_watchlist_entry(entry, unit_code=unit.unit_code)
+    stored, accepted = await store.upsert_watchlist_entry(entry, unit_code=unit.unit_code,
+                                                           actor=Actor.of(unit))
     if accepted is not None:
         _accepted(accepted, unit.unit_code)
     return EntryStored(entry=stored, event_id=accepted.event_id if accepted else None)
@@ -256,7 +261,7 @@ async def cancel_watchlist_entry(
 ) -> EventAccepted:
     """Cancel an entry (e.g. the subject was arrested): it stops raising alerts at once."""
     result = await store.cancel_watchlist_entry(
-        entry_id, unit_code=unit.unit_code, reason=body.reason
+        entry_id, unit_code=unit.unit_code, reason=body.reason, actor=Actor.of(unit)
     )
     return _accepted(result, unit.unit_code)
 
@@ -265,5 +270,6 @@ async def cancel_watchlist_entry(
 async def event_status(event_id: UUID, unit: CurrentUnit, store: Store) -> EventStatus:
     """Where one of the calling unit's events is: `accepted` (stored, waiting for the
     broker), `relayed` (on the broker, matched or being matched), `matched` (it raised
-    at least one alert, listed in `alerts`)."""
+    at least one alert, listed in `alerts`), `purged` (a sighting that matched nothing,
+    whose subject was removed after the retention period)."""
     return await store.event_status(event_id, unit.unit_code)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from services.ingest import admin, api
+from services.ingest.privacy import run_purges
 from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
@@ -36,7 +37,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy}))
         try:
             async with (background(relay.run(), "outbox-relay"),
-                        background(reconciler.run(), "reconciler")):
+                        background(reconciler.run(), "reconciler"),
+                        background(run_purges(pool, settings.sighting_retention_days,
+                                              settings.purge_interval_seconds), "purge")):
                 yield
         finally:
             await pool.close()
@@ -45,4 +48,5 @@ def create_app(settings: IngestSettings) -> FastAPI:
         service="ingest", summary="Units publish sightings, incidents and watchlist changes.",
         lifespan=lifespan, routers=[api.router, admin.router],
         max_body_bytes=settings.max_body_bytes,
+        settings=settings,
     )

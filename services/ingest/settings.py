@@ -39,3 +39,9 @@ class IngestSettings(CommonSettings):
         120, gt=0,
         description="Watchlist creations, updates and cancellations per API key and minute, "
         "per ingest instance (429 with Retry-After above).")
+    sighting_retention_days: float = Field(
+        90, gt=0, le=36_500,
+        description="Sightings that raised no alert lose their subject's identifying fields "
+        "this many days after they happened (alerts, incidents and the audit log are kept).")
+    purge_interval_seconds: float = Field(
+        3600, gt=0, description="How often ingest removes what the retention period ended.")

@@ -12,6 +12,8 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, Field
 
+from shared import audit
+from shared.audit import Actor
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events import (
     Event,
@@ -42,6 +44,8 @@ class Report:
 
     event: Event
     fingerprint: bytes
+    person_id: int | None = None
+    """Who sent it (the key's person); None for events the system makes itself."""
 
 
 def request_hash(canonical_body: str) -> bytes:
@@ -83,13 +87,14 @@ class IngestStore:
         )
         return codes - {row["code"] for row in known}
 
-    async def record(self, event: Event, *, spec: TopicSpec, fingerprint: bytes) -> Accepted:
+    async def record(self, event: Event, *, spec: TopicSpec, fingerprint: bytes,
+                     person_id: int | None = None) -> Accepted:
         """Store `event` and its outbox row, or recognise a retry of the same request.
 
         A retry (same event id, same unit, same body fingerprint) returns the original
         acceptance and writes nothing; the same id with another body is a 409.
         """
-        [accepted] = await self.record_many([Report(event, fingerprint)], spec=spec)
+        [accepted] = await self.record_many([Report(event, fingerprint, person_id)], spec=spec)
         return accepted
 
     async def record_many(self, reports: list[Report], *, spec: TopicSpec) -> list[Accepted]:
@@ -108,16 +113,18 @@ class IngestStore:
             row["event_id"]: row["recorded_at"]
             for row in await conn.fetch(
                 """INSERT INTO events (event_id, type, unit_code, request_hash, occurred_at,
-                                       recorded_at, payload)
-                   SELECT i, t, u, h, o, r, convert_from(p, 'UTF8')::jsonb
+                                       recorded_at, payload, person_id)
+                   SELECT i, t, u, h, o, r, convert_from(p, 'UTF8')::jsonb, who
                      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[],
-                                 $5::timestamptz[], $6::timestamptz[], $7::bytea[])
-                          AS input (i, t, u, h, o, r, p)
+                                 $5::timestamptz[], $6::timestamptz[], $7::bytea[],
+                                 $8::bigint[])
+                          AS input (i, t, u, h, o, r, p, who)
                    ON CONFLICT (event_id) DO NOTHING
                    RETURNING event_id, recorded_at""",
                 [e.event_id for e in events], [e.type for e in events],
                 [e.producer_unit for e in events], [r.fingerprint for r in reports],
                 [e.occurred_at for e in events], [e.recorded_at for e in events], encoded,
+                [r.person_id for r in reports],
             )
         }
         fresh = [(r, record) for r, record in zip(reports, records, strict=True)
@@ -164,7 +171,7 @@ class IngestStore:
         return results
 
     async def upsert_watchlist_entry(
-        self, entry: WatchlistEntry, *, unit_code: str
+        self, entry: WatchlistEntry, *, unit_code: str, actor: Actor | None = None
     ) -> tuple[WatchlistEntry, Accepted | None]:
         """Create or update an entry owned by `unit_code`; the server assigns the version.
 
@@ -206,8 +213,13 @@ class IngestStore:
                 occurred_at=utcnow(), producer_unit=unit_code, entry=stored
             )
             [accepted] = await self._record(
-                conn, [Report(event, request_hash(event.model_dump_json()))], spec=WATCHLIST,
+                conn, [Report(event, request_hash(event.model_dump_json()),
+                              actor.person_id if actor else None)], spec=WATCHLIST,
             )
+            if actor is not None:
+                await audit.record(conn, actor, "watchlist.upsert", subject=stored.entry_id,
+                                   detail={"version": version, "event_id": event.event_id,
+                                           "category": stored.category.value})
             return stored, accepted
 
     async def _check_lookalikes(self, conn: asyncpg.Connection, entry: WatchlistEntry,
@@ -235,7 +247,7 @@ class IngestStore:
                     field=field)
 
     async def cancel_watchlist_entry(
-        self, entry_id: str, *, unit_code: str, reason: str
+        self, entry_id: str, *, unit_code: str, reason: str, actor: Actor | None = None
     ) -> Accepted:
         async with self._pool.acquire() as conn, conn.transaction():
             current = await conn.fetchrow(
@@ -265,13 +277,18 @@ class IngestStore:
                 owner_unit=unit_code, version=version, reason=reason,
             )
             [accepted] = await self._record(
-                conn, [Report(event, request_hash(event.model_dump_json()))], spec=WATCHLIST,
+                conn, [Report(event, request_hash(event.model_dump_json()),
+                              actor.person_id if actor else None)], spec=WATCHLIST,
             )
+            if actor is not None:
+                await audit.record(conn, actor, "watchlist.cancel", subject=entry_id,
+                                   detail={"version": version, "event_id": event.event_id,
+                                           "reason": reason})
             return accepted
 
     async def event_status(self, event_id: UUID, unit_code: str) -> EventStatus:
         row = await self._pool.fetchrow(
-            """SELECT e.type, e.recorded_at, o.dispatched_at,
+            """SELECT e.type, e.recorded_at, o.dispatched_at, e.redacted_at,
                       coalesce((SELECT array_agg(a.alert_id ORDER BY a.raised_at)
                                   FROM notifier_report_alerts a
                                  WHERE a.source_event_id = e.event_id),
@@ -282,10 +299,12 @@ class IngestStore:
         )
         if row is None:
             raise NotFound(f"no event {event_id} from unit {unit_code}", field="event_id")
-        state = "matched" if row["alerts"] else "relayed" if row["dispatched_at"] else "accepted"
+        state = ("matched" if row["alerts"] else "purged" if row["redacted_at"]
+                 else "relayed" if row["dispatched_at"] else "accepted")
         return EventStatus(
             event_id=event_id, type=row["type"], status=state, recorded_at=row["recorded_at"],
             relayed_at=row["dispatched_at"], alerts=row["alerts"],
+            purged_at=row["redacted_at"],
         )
 
     async def own_entries(
@@ -316,10 +335,13 @@ _ENTRY_COLUMNS = "entry::text AS entry, cancelled_at, cancel_reason, updated_at"
 class EventStatus(BaseModel):
     event_id: UUID
     type: str
-    status: Literal["accepted", "relayed", "matched"]
+    status: Literal["accepted", "relayed", "matched", "purged"]
     recorded_at: datetime
     relayed_at: datetime | None
     alerts: list[UUID] = Field(description="Alerts this event raised (empty: none yet).")
+    purged_at: datetime | None = Field(None, description=(
+        "When the sighting, having matched nothing, lost its subject after the retention "
+        "period (GIAPRANH_SIGHTING_RETENTION_DAYS)."))
 
 
 class WatchlistEntryView(BaseModel):

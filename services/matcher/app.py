@@ -65,7 +65,7 @@ from shared.events import (
     WatchlistEntryUpserted,
     utcnow,
 )
-from shared.http import install_metrics
+from shared.http import install_metrics, metrics_listener
 from shared.kafka import (
     cancel_requested,
     publish_all,
@@ -385,7 +385,7 @@ def create_app(settings: MatcherSettings) -> faust.App:
     app.service(runtime)
 
     web = FastAPI(title="giapranh matcher")
-    install_metrics(web, "matcher")
+    install_metrics(web, "matcher", public=settings.metrics_port is None)
 
     @web.get("/healthz")
     async def healthz() -> dict[str, object]:
@@ -401,4 +401,6 @@ def create_app(settings: MatcherSettings) -> faust.App:
                             status_code=200 if ready else 503)
 
     serve_asgi(app, web, host=settings.matcher_host, port=settings.matcher_port)
+    if settings.metrics_port is not None:  # for the worker's life: a daemon thread
+        metrics_listener(settings).__enter__()
     return app

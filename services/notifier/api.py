@@ -27,9 +27,11 @@ from services.notifier.models import (
 from services.notifier.webhooks import MAX_URL_LENGTH
 from services.notifier.workflow import Outcome, StatusFilter
 from shared import metrics
+from shared.audit import Actor
 from shared.auth import Principal
 from shared.errors import NotFound, TooManyRequests
 from shared.events import Contract, LongText, utcnow
+from shared.http import DeskKey, UnitAdminKey
 
 router = APIRouter(prefix="/v1")
 CAP_MEDIA_TYPE = "application/cap+xml"
@@ -69,7 +71,7 @@ async def who_am_i(unit: CurrentUnit, alerts: Alerts) -> UnitView:
     row = await alerts.unit(unit.unit_code)
     if row is None:
         raise NotFound(f"no unit {unit.unit_code}", field="unit")
-    return UnitView(**dict(row), role=unit.role)
+    return UnitView(**dict(row), role=unit.role, person_name=unit.person_name)
 
 
 @router.get("/alerts", response_model=list[AlertView])
@@ -150,35 +152,39 @@ async def atom_feed(unit: CurrentUnit, alerts: Alerts, settings: Settings, reque
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=AlertView)
-async def acknowledge_alert(alert_id: UUID, unit: CurrentUnit, alerts: Alerts) -> AlertView:
-    """Acknowledge receipt at the calling unit's duty desk (repeating it changes nothing)."""
-    return await alerts.acknowledge(alert_id, unit.unit_code)
+async def acknowledge_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts) -> AlertView:
+    """Acknowledge receipt at the calling unit's duty desk (repeating it changes nothing).
+    Desk keys and above."""
+    return await alerts.acknowledge(alert_id, unit.unit_code, Actor.of(unit))
 
 
 @router.post("/alerts/{alert_id}/confirm", response_model=AlertView)
-async def confirm_alert(alert_id: UUID, unit: CurrentUnit, alerts: Alerts,
+async def confirm_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts,
                         body: Decision | None = None) -> AlertView:
     """The listing unit (or a unit above it) confirms the subject is still wanted."""
-    return await alerts.decide(alert_id, unit.unit_code, True, body.note if body else None)
+    return await alerts.decide(alert_id, unit.unit_code, True, body.note if body else None,
+                               Actor.of(unit))
 
 
 @router.post("/alerts/{alert_id}/reject", response_model=AlertView)
-async def reject_alert(alert_id: UUID, body: Rejection, unit: CurrentUnit,
+async def reject_alert(alert_id: UUID, body: Rejection, unit: DeskKey,
                        alerts: Alerts) -> AlertView:
     """The listing unit (or a unit above it) rejects the hit, saying why."""
-    return await alerts.decide(alert_id, unit.unit_code, False, body.note)
+    return await alerts.decide(alert_id, unit.unit_code, False, body.note, Actor.of(unit))
 
 
 @router.post("/alerts/{alert_id}/close", response_model=AlertView)
-async def close_alert(alert_id: UUID, body: Closing, unit: CurrentUnit,
+async def close_alert(alert_id: UUID, body: Closing, unit: DeskKey,
                       alerts: Alerts) -> AlertView:
     """Record the outcome (detained, not_located, false_match) of a confirmed or rejected
     alert."""
-    return await alerts.close(alert_id, unit.unit_code, body.outcome, body.note)
+    return await alerts.close(alert_id, unit.unit_code, body.outcome, body.note,
+                              Actor.of(unit))
 
 
 @router.get("/webhook", response_model=WebhookView)
-async def get_webhook(unit: CurrentUnit, webhooks: UnitWebhooks) -> WebhookView:
+async def get_webhook(unit: UnitAdminKey, webhooks: UnitWebhooks) -> WebhookView:
+    """The calling unit's webhook (unit admins)."""
     hook = await webhooks.of(unit.unit_code)
     if hook is None:
         raise NotFound(f"unit {unit.unit_code} has no webhook", field="unit")
@@ -186,15 +192,17 @@ async def get_webhook(unit: CurrentUnit, webhooks: UnitWebhooks) -> WebhookView:
 
 
 @router.put("/webhook", response_model=WebhookCreated)
-async def put_webhook(body: WebhookIn, unit: CurrentUnit,
+async def put_webhook(body: WebhookIn, unit: UnitAdminKey,
                       webhooks: UnitWebhooks) -> WebhookCreated:
-    """Register (or replace) the calling unit's webhook. The signing secret is returned
-    once, here; each call issues a new one."""
-    secret = await webhooks.register(unit.unit_code, str(body.url), body.format)
+    """Register (or replace) the calling unit's webhook (unit admins). The signing secret
+    is returned once, here; each call issues a new one."""
+    secret = await webhooks.register(unit.unit_code, str(body.url), body.format,
+                                     actor=Actor.of(unit))
     return WebhookCreated(url=str(body.url), format=body.format, secret=secret)
 
 
 @router.delete("/webhook", status_code=204)
-async def delete_webhook(unit: CurrentUnit, webhooks: UnitWebhooks) -> Response:
-    await webhooks.remove(unit.unit_code)
+async def delete_webhook(unit: UnitAdminKey, webhooks: UnitWebhooks) -> Response:
+    """Remove the calling unit's webhook (unit admins)."""
+    await webhooks.remove(unit.unit_code, actor=Actor.of(unit))
     return Response(status_code=204)

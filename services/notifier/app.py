@@ -137,6 +137,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
     app = create_http_app(
         service="notifier", summary="Alerts for the duty desks of the units a hit concerns.",
         lifespan=lifespan, routers=[api.router],
+        settings=settings,
     )
 
     @app.get("/", include_in_schema=False)

@@ -58,6 +58,8 @@ class HistoryStep(BaseModel):
     action: str
     unit_code: str | None
     detail: str | None
+    person_name: str | None = Field(None, description="Who took the step (steps the "
+                                    "system takes, such as raising and escalating, have none).")
 
 
 class UnitView(BaseModel):
@@ -67,7 +69,9 @@ class UnitView(BaseModel):
     name: str
     kind: str
     parent_code: str | None
-    role: str
+    role: str = Field(description="The key's role: reporter, desk, unit_admin or "
+                      "province_admin.")
+    person_name: str | None = Field(None, description="Whose key it is.")
 
 
 class WebhookView(BaseModel):

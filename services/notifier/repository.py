@@ -169,10 +169,12 @@ class AlertRepository:
 
     @staticmethod
     async def add_history(conn: asyncpg.Connection, alert_id: UUID, at: datetime, action: str,
-                          unit_code: str | None, detail: str | None) -> None:
+                          unit_code: str | None, detail: str | None,
+                          person_id: int | None = None, person_name: str | None = None) -> None:
         await conn.execute(
-            "INSERT INTO alert_history (alert_id, at, action, unit_code, detail) "
-            "VALUES ($1, $2, $3, $4, $5)", alert_id, at, action, unit_code, detail)
+            "INSERT INTO alert_history (alert_id, at, action, unit_code, detail, person_id, "
+            "person_name) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            alert_id, at, action, unit_code, detail, person_id, person_name)
 
     @staticmethod
     async def recipients(conn: asyncpg.Connection | asyncpg.Pool,
@@ -227,7 +229,8 @@ class AlertRepository:
 
     async def history(self, alert_id: UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            "SELECT at, action, unit_code, detail FROM alert_history WHERE alert_id = $1 "
+            "SELECT at, action, unit_code, detail, person_name FROM alert_history "
+            "WHERE alert_id = $1 "
             "ORDER BY id", alert_id)
 
     async def unit(self, code: str) -> asyncpg.Record | None:

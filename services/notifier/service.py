@@ -23,7 +23,8 @@ from services.notifier.models import AlertView, HistoryStep, alert_view
 from services.notifier.repository import ALERT_INSERT_COLUMNS, AlertRepository
 from services.notifier.targeting import choose_recipients
 from services.notifier.workflow import Deadlines, Outcome, StatusFilter
-from shared import metrics
+from shared import audit, metrics
+from shared.audit import Actor
 from shared.errors import NotFound
 from shared.events import AlertRaised, HitFound, HitsWithdrawn, Recipient
 
@@ -137,20 +138,22 @@ class AlertService:
 
     # ------------------------------------------------------------------ workflow
 
-    async def acknowledge(self, alert_id: UUID, unit_code: str) -> AlertView:
+    async def acknowledge(self, alert_id: UUID, unit_code: str,
+                          actor: Actor | None = None) -> AlertView:
         """The unit's duty desk has seen the alert (repeating it changes nothing)."""
         now = self._clock.now()
         async with self._repo.transaction() as conn:
             row = await self._locked(conn, alert_id, unit_code)
             if row["acknowledged_at"] is None:
                 await self._repo.acknowledge(conn, alert_id, unit_code, now)
-                await self._changed(conn, alert_id, "acknowledged", unit_code, None, now)
+                await self._changed(conn, alert_id, "acknowledged", unit_code, None, now,
+                                    actor)
                 metrics.TIME_TO_ACKNOWLEDGE.observe(
                     max(0.0, (now - row["delivered_at"]).total_seconds()))
         return await self.alert_for_unit(alert_id, unit_code)
 
     async def decide(self, alert_id: UUID, unit_code: str, confirmed: bool,
-                     note: str | None) -> AlertView:
+                     note: str | None, actor: Actor | None = None) -> AlertView:
         """The listing unit (or a unit above it) confirms the subject is still wanted, or
         rejects the hit."""
         now = self._clock.now()
@@ -160,13 +163,13 @@ class AlertService:
                 unit_code, status=row["status"], owner=row["owner_unit"],
                 directory=await self.directory.get(conn), confirmed=confirmed)
             await self._repo.decide(conn, alert_id, unit_code, status, note, now)
-            await self._changed(conn, alert_id, status, unit_code, note, now)
+            await self._changed(conn, alert_id, status, unit_code, note, now, actor)
             metrics.TIME_TO_CONFIRM.labels(urgency=row["urgency"]).observe(
                 max(0.0, (now - row["raised_at"]).total_seconds()))
         return await self.alert_for_unit(alert_id, unit_code)
 
     async def close(self, alert_id: UUID, unit_code: str, outcome: Outcome,
-                    note: str | None) -> AlertView:
+                    note: str | None, actor: Actor | None = None) -> AlertView:
         """Record how it ended; the seen unit, the listing unit or a unit above it may."""
         now = self._clock.now()
         async with self._repo.transaction() as conn:
@@ -176,7 +179,7 @@ class AlertService:
                                    directory=await self.directory.get(conn))
             await self._repo.close(conn, alert_id, outcome, now)
             await self._changed(conn, alert_id, "closed", unit_code,
-                                outcome + (f": {note}" if note else ""), now)
+                                outcome + (f": {note}" if note else ""), now, actor)
         return await self.alert_for_unit(alert_id, unit_code)
 
     async def escalate_overdue(self, limit: int = 100) -> list[UUID]:
@@ -270,11 +273,18 @@ class AlertService:
         return row
 
     async def _changed(self, conn: asyncpg.Connection, alert_id: UUID, action: str,
-                       unit_code: str | None, detail: str | None, now: datetime) -> None:
-        """Record a workflow step: history, every recipient told, counted."""
-        await self._repo.add_history(conn, alert_id, now, action, unit_code, detail)
+                       unit_code: str | None, detail: str | None, now: datetime,
+                       actor: Actor | None = None) -> None:
+        """Record a workflow step: history (with the person who took it), every recipient
+        told, the audit log (steps people take), counted."""
+        await self._repo.add_history(conn, alert_id, now, action, unit_code, detail,
+                                     actor.person_id if actor else None,
+                                     actor.person_name if actor else None)
         await self._publish(conn, [AlertChange(
             alert_id, "updated", action, await self._repo.recipients(conn, alert_id))], now)
+        if actor is not None:
+            await audit.record(conn, actor, f"alert.{action}", subject=str(alert_id),
+                               detail={"note": detail} if detail else None)
         metrics.ALERT_ACTIONS.labels(action=action).inc()
 
     async def _publish(self, conn: asyncpg.Connection, changes: list[AlertChange],

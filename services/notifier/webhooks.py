@@ -17,6 +17,7 @@ goes to the address that was checked (DNS rebinding cannot swap it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -25,7 +26,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -37,7 +38,8 @@ import httpx
 from services.notifier.channels import AlertChange
 from services.notifier.clock import Clock
 from services.notifier.models import WebhookFormat, WebhookView
-from shared import metrics
+from shared import audit, metrics
+from shared.audit import Actor
 from shared.errors import Unprocessable
 from shared.kafka import stop_if_cancelled
 
@@ -147,16 +149,30 @@ class Webhooks:
         self._db = db
         self._destination = destination or Destination()
 
-    async def register(self, unit_code: str, url: str, fmt: WebhookFormat) -> str:
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn, conn.transaction():
+                yield conn
+        else:
+            async with self._db.transaction():
+                yield self._db
+
+    async def register(self, unit_code: str, url: str, fmt: WebhookFormat, *,
+                       actor: Actor | None = None) -> str:
         """Register (or replace) a unit's webhook; returns its new signing secret (shown
-        once). A destination that is not public is refused (`Destination`)."""
+        once). A destination that is not public is refused (`Destination`). Audited."""
         await self._destination.vet(url, at_registration=True)
         secret = "whsec_" + secrets.token_urlsafe(32)
-        await self._db.execute(
-            """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (unit_code) DO UPDATE SET url = EXCLUDED.url,
-                   secret = EXCLUDED.secret, format = EXCLUDED.format, created_at = now()""",
-            unit_code, url, secret, fmt)
+        async with self._transaction() as conn:
+            await conn.execute(
+                """INSERT INTO webhooks (unit_code, url, secret, format) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (unit_code) DO UPDATE SET url = EXCLUDED.url,
+                       secret = EXCLUDED.secret, format = EXCLUDED.format, created_at = now()""",
+                unit_code, url, secret, fmt)
+            await audit.record(conn, actor or Actor.operator(), "webhook.set",
+                               subject=unit_code, unit_code=unit_code,
+                               detail={"url": url, "format": fmt})
         return secret
 
     async def of(self, unit_code: str) -> WebhookView | None:
@@ -164,10 +180,15 @@ class Webhooks:
             "SELECT url, format, created_at FROM webhooks WHERE unit_code = $1", unit_code)
         return WebhookView(**dict(row)) if row else None
 
-    async def remove(self, unit_code: str) -> bool:
-        """False if the unit had no webhook."""
-        status = await self._db.execute("DELETE FROM webhooks WHERE unit_code = $1", unit_code)
-        return status != "DELETE 0"
+    async def remove(self, unit_code: str, *, actor: Actor | None = None) -> bool:
+        """False if the unit had no webhook. Audited."""
+        async with self._transaction() as conn:
+            status = await conn.execute("DELETE FROM webhooks WHERE unit_code = $1", unit_code)
+            if status == "DELETE 0":
+                return False
+            await audit.record(conn, actor or Actor.operator(), "webhook.remove",
+                               subject=unit_code, unit_code=unit_code)
+        return True
 
     async def stats(self) -> list[WebhookStats]:
         """Every webhook with its delivery counts."""
