@@ -104,6 +104,32 @@ class Category(StrEnum):
     MANAGED_PERSON = "managed_person"
     MISSING_PERSON = "missing_person"
     STOLEN_VEHICLE = "stolen_vehicle"
+    INCIDENT_SUSPECT = "incident_suspect"
+    """A hot-list entry made from an incident's suspect (temporary, owned by its unit)."""
+    INCIDENT_VEHICLE = "incident_vehicle"
+    """A hot-list entry made from an incident's vehicle."""
+
+
+HOT_LIST = frozenset({Category.INCIDENT_SUSPECT, Category.INCIDENT_VEHICLE})
+"""Categories only incidents make (`PUT /v1/watchlist` refuses them)."""
+
+
+class RequiredAction(StrEnum):
+    """What the listing unit asks for on a hit (as SIS's Article 26/36 alerts do)."""
+
+    ARREST = "arrest"
+    DISCREET_CHECK = "discreet_check"
+    """Check and report without alerting the subject."""
+    LOCATE_AND_REPORT = "locate_and_report"
+
+
+class Caution(StrEnum):
+    """Officer-safety flags (as NCIC's caution codes)."""
+
+    ARMED = "armed"
+    VIOLENT = "violent"
+    ESCAPE_RISK = "escape_risk"
+    MEDICAL_CONDITION = "medical_condition"
 
 
 class Gender(StrEnum):
@@ -130,7 +156,8 @@ class Urgency(StrEnum):
     ROUTINE = "routine"
 
 
-URGENT_BY_DEFAULT = frozenset({"wanted_person", "missing_person"})
+URGENT_BY_DEFAULT = frozenset({"wanted_person", "missing_person", "incident_suspect",
+                               "incident_vehicle"})
 
 
 class Subject(Contract):
@@ -188,6 +215,15 @@ class Place(Contract):
 class Vehicle(Contract):
     plate: Line = Field(min_length=3, max_length=20)
     description: LongText | None = None
+    action: RequiredAction | None = Field(None, description="What to do on a hit.")
+    cautions: tuple[Caution, ...] = Field((), max_length=4)
+
+
+class Suspect(Subject):
+    """An incident's suspect: a subject, and what to do and beware of when found."""
+
+    action: RequiredAction | None = Field(None, description="What to do on a hit.")
+    cautions: tuple[Caution, ...] = Field((), max_length=4, description="Officer safety.")
 
 
 class WatchlistEntryFields(Contract):
@@ -207,6 +243,11 @@ class WatchlistEntryFields(Contract):
         None, description="Confirmation urgency of hits; default: urgent for wanted and "
         "missing persons, routine otherwise.")
     valid_until: Timestamp | None = None
+    action: RequiredAction | None = Field(
+        None, description="What the listing unit asks for on a hit: arrest, a discreet "
+        "check (do not alert the subject), or locate and report.")
+    cautions: tuple[Caution, ...] = Field(
+        (), max_length=4, description="Officer-safety flags, shown first on every alert.")
 
     def effective_urgency(self) -> Urgency:
         if self.urgency is not None:
@@ -233,6 +274,8 @@ class WatchlistEntry(WatchlistEntryFields):
     entry_id: EntryId
     owner_unit: UnitCode
     version: int = Field(1, ge=1)
+    incident_id: UUID | None = Field(
+        None, description="The incident whose hot list this entry is (set by the server).")
 
 
 class MatchReason(Contract):
@@ -279,13 +322,57 @@ class SightingReported(Event):
         return self
 
 
+class Severity(StrEnum):
+    """How fast neighbours must act on an incident (CAP urgency)."""
+
+    IMMEDIATE = "immediate"
+    EXPECTED = "expected"
+
+
+class IncidentOutcome(StrEnum):
+    CAUGHT = "caught"
+    LOST = "lost"
+    FALSE_REPORT = "false_report"
+
+
+Bearing = Annotated[int, Field(ge=0, le=359, description="Degrees from north, clockwise.")]
+
+
 class IncidentReported(Event):
     type: Literal["IncidentReported"] = "IncidentReported"
     incident_type: ShortText
     summary: LongText | None = None
     place: Place
-    suspects: tuple[Subject, ...] = Field((), max_length=100)
+    suspects: tuple[Suspect, ...] = Field((), max_length=100)
     vehicles: tuple[Vehicle, ...] = Field((), max_length=100)
+    severity: Severity = Severity.EXPECTED
+    fled_towards: tuple[UnitCode, ...] = Field(
+        (), max_length=20, description="Units the suspects fled towards.")
+    fled_bearing: Bearing | None = Field(None, description="Direction of flight, if known.")
+    hot_list_hours: int | None = Field(
+        None, ge=1, le=720, description="How long its suspects and vehicles stay on the hot "
+        "list (default: GIAPRANH_HOT_LIST_HOURS, 72).")
+
+
+class IncidentUpdated(Event):
+    """The reporting unit adds suspects or vehicles, or a new direction of flight."""
+
+    type: Literal["IncidentUpdated"] = "IncidentUpdated"
+    incident_id: UUID
+    suspects: tuple[Suspect, ...] = Field((), max_length=100)
+    vehicles: tuple[Vehicle, ...] = Field((), max_length=100)
+    fled_towards: tuple[UnitCode, ...] = Field((), max_length=20)
+    fled_bearing: Bearing | None = None
+    note: LongText | None = None
+
+
+class IncidentClosed(Event):
+    """The reporting unit closes the incident: its hot list expires, open alerts close."""
+
+    type: Literal["IncidentClosed"] = "IncidentClosed"
+    incident_id: UUID
+    outcome: IncidentOutcome
+    note: LongText | None = None
 
 
 class WatchlistEntryUpserted(Event):
@@ -317,6 +404,8 @@ class HitFound(Event):
     score: float = Field(ge=0, le=1)
     reasons: tuple[MatchReason, ...]
     late: bool = Field(False, description="Found by re-matching a new entry against the past.")
+    reported_by: UnitCode | None = Field(
+        None, description="The unit that filed the report (it always hears of its hits).")
 
 
 class HitsWithdrawn(Event):
@@ -341,6 +430,8 @@ class AlertRaised(Event):
 AnyEvent = Annotated[
     SightingReported
     | IncidentReported
+    | IncidentUpdated
+    | IncidentClosed
     | WatchlistEntryUpserted
     | WatchlistEntryCancelled
     | HitFound

@@ -149,6 +149,11 @@ WEBHOOK_FAILURES = Counter(
 WEBHOOK_PENDING = Gauge(
     "giapranh_webhook_pending", "Webhook deliveries waiting for a (re)try (last dispatch round)."
 )
+INCIDENTS_REPLAYED = Counter(
+    "giapranh_incident_events_replayed_total",
+    "Incident events the notifier never received from the broker and handled from ingest's "
+    "record instead.",
+)
 SIGHTING_TO_ALERT = Histogram(
     "giapranh_sighting_to_alert_seconds",
     "Time from a sighting's recording at ingest to its alert being stored.",

@@ -22,7 +22,9 @@ from shared.events import (
     DeadLetter,
     HitFound,
     HitsWithdrawn,
+    IncidentClosed,
     IncidentReported,
+    IncidentUpdated,
     SightingReported,
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
@@ -84,10 +86,12 @@ INCIDENTS = TopicSpec(
     name="incidents",
     key="reporting unit code",
     key_of=lambda report: report.producer_unit or "",
-    value_types=(IncidentReported,),
+    value_types=(IncidentReported, IncidentUpdated, IncidentClosed),
     producers=("ingest",),
-    consumers=("matcher",),
-    description="A crime or disorder event with its suspects and vehicles.",
+    consumers=("matcher", "notifier"),
+    description="A crime or disorder event with its suspects and vehicles, then its "
+    "updates (more suspects, a new direction of flight) and its closing. The matcher "
+    "matches the suspects; the notifier alerts the units the incident concerns.",
 )
 WATCHLIST = TopicSpec(
     name="watchlist",

@@ -3,6 +3,7 @@ OASIS schema, and the Atom feed; through the real broker, database and HTTP sock
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from importlib.resources import files
 
 import pytest
@@ -202,3 +203,56 @@ async def test_the_destination_is_checked_again_at_delivery(env, topics, directo
             error = await eventually(refused, what="the delivery refused")
             assert error.startswith("destination refused") and "127.0.0.1" in error
     assert receiver.calls == []
+
+
+async def test_incident_alerts_and_flagged_hits_are_valid_cap_with_their_instruction_first(
+        env, desk, directory, cap_schema):
+    """An incident alert is CAP `Alert` with categories Security and Rescue; a hit on an
+    armed suspect says so first in `instruction`, with severity Extreme; the Atom feed
+    carrying both stays valid."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared.events import Caution, IncidentReported, Place, RequiredAction, Suspect
+    from shared.settings import CommonSettings
+    from shared.topics import INCIDENTS
+
+    incident = IncidentReported(
+        occurred_at=datetime.now(UTC), producer_unit="CA-31212", incident_type="cướp giật",
+        summary="bỏ chạy về hướng Vĩnh Thạnh", place=Place(unit_code="CA-31212"),
+        severity="immediate", suspects=(Suspect(name="Trần Văn Tèo", cautions=(Caution.ARMED,)),),
+        fled_bearing=300)
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(env.settings(CommonSettings).topic(INCIDENTS.name),
+                                     incident.model_dump_json().encode(), key=b"CA-31212")
+    finally:
+        await producer.stop()
+    await send(env, make_hit(WANTED, action=RequiredAction.DISCREET_CHECK,
+                             cautions=(Caution.ARMED, Caution.ESCAPE_RISK)))
+    key = directory["CA-31212"]
+
+    async def both():
+        alerts = (await desk.get("/v1/alerts", headers=bearer(key))).json()
+        return len(alerts) == 2 and {a["kind"]: a for a in alerts}
+    alerts = await eventually(both, what="the incident alert and the flagged hit")
+    cap = valid_cap(cap_schema, (await desk.get(
+        f"/v1/alerts/{alerts['incident']['alert_id']}/cap", headers=bearer(key))).content)
+    info = cap.find(f"{CAP}info")
+    assert [c.text for c in info.findall(f"{CAP}category")] == ["Security", "Rescue"]
+    assert cap.find(f"{CAP}msgType").text == "Alert"
+    assert info.find(f"{CAP}urgency").text == "Immediate"
+    assert "Trần Văn Tèo" in info.find(f"{CAP}description").text
+    assert "CÓ VŨ KHÍ" in info.find(f"{CAP}description").text
+
+    cap = valid_cap(cap_schema, (await desk.get(
+        f"/v1/alerts/{alerts['hit']['alert_id']}/cap", headers=bearer(key))).content)
+    info = cap.find(f"{CAP}info")
+    assert info.find(f"{CAP}instruction").text.startswith(
+        "CÓ VŨ KHÍ / ARMED — CÓ THỂ BỎ TRỐN / ESCAPE RISK — Kiểm tra kín")
+    assert info.find(f"{CAP}severity").text == "Extreme"
+
+    feed = await desk.get("/v1/feeds/alerts.atom", headers=bearer(key))
+    atom = etree.fromstring(feed.content)
+    for entry in atom.findall(f"{ATOM}entry"):
+        cap_schema.assertValid(entry.find(f"{ATOM}content")[0])

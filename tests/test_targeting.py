@@ -115,3 +115,30 @@ async def test_a_hit_repeated_within_one_batch_and_after_makes_one_alert(
         "SELECT count(*) FROM deliveries d JOIN alerts a USING (alert_id) "
         "WHERE a.hit_id = $1", hit.hit_id) == 6
 
+
+
+def test_an_incident_fleeing_on_a_bearing_alerts_the_units_that_way_and_no_others():
+    """Pure rules: units lying within 45° of the direction of flight and within the
+    pursuit radius are alerted, each with its bearing and distance; units behind are not."""
+    from datetime import UTC, date, datetime
+
+    from services.notifier.directory import Directory, UnitInfo
+    from services.notifier.targeting import choose_incident_recipients
+    from shared.events import IncidentReported, Place
+
+    directory = Directory()
+    for code, lat, lon in (("HOME", 10.270, 105.535), ("EAST", 10.240, 105.600),
+                           ("WEST", 10.386, 105.435), ("FAR-EAST", 10.27, 106.2)):
+        directory.units[code] = UnitInfo(code, code.title(), None, lat, lon, True, None)
+    incident = IncidentReported(
+        occurred_at=datetime.now(UTC), producer_unit="HOME", incident_type="cướp",
+        place=Place(unit_code="HOME", lat=10.270, lon=105.535), fled_bearing=110)
+    recipients = choose_incident_recipients(incident, directory, today=date.today(),
+                                            radius_km=0, pursuit_km=30)
+    assert {r.unit_code: r.reasons for r in recipients} == {
+        "HOME": ("incident on this unit's territory",),
+        "EAST": ("in the direction of flight (bearing 110°), 7.9 km away",),
+    }
+    west = incident.model_copy(update={"fled_bearing": 320})
+    assert [r.unit_code for r in choose_incident_recipients(
+        west, directory, today=date.today(), radius_km=0, pursuit_km=30)] == ["HOME", "WEST"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Protocol
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Path, Query, status
@@ -23,23 +23,21 @@ from shared import metrics
 from shared.audit import Actor
 from shared.errors import Conflict, Unprocessable
 from shared.events import (
+    HOT_LIST,
     Contract,
     EntryId,
     Event,
-    IncidentReported,
-    LongText,
     Place,
     ShortText,
     SightingReported,
     Subject,
     Timestamp,
-    Vehicle,
     WatchlistEntry,
     WatchlistEntryFields,
     utcnow,
 )
 from shared.http import json_body, json_body_openapi
-from shared.topics import INCIDENTS, SIGHTINGS, TopicSpec
+from shared.topics import SIGHTINGS, TopicSpec
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
@@ -72,16 +70,6 @@ class SightingIn(Contract):
             }]
         }
     }
-
-
-class IncidentIn(Contract):
-    event_id: ClientEventId = None
-    occurred_at: Timestamp
-    incident_type: ShortText
-    summary: LongText | None = None
-    place: Place
-    suspects: tuple[Subject, ...] = Field((), max_length=100)
-    vehicles: tuple[Vehicle, ...] = Field((), max_length=100)
 
 
 MAX_BATCH = 1000
@@ -136,8 +124,13 @@ def _view(result: Accepted) -> EventAccepted:
     return EventAccepted(event_id=result.event_id, type=result.type, duplicate=result.duplicate)
 
 
+class _Report(Protocol):
+    occurred_at: datetime
+    place: Place
+
+
 async def _check_reports(
-    bodies: Sequence[SightingIn | IncidentIn], store: Store, settings: Settings, prefix: str = ""
+    bodies: Sequence[_Report], store: Store, settings: Settings, prefix: str = ""
 ) -> None:
     limit = utcnow() + timedelta(seconds=settings.max_future_skew_seconds)
     for index, body in enumerate(bodies):
@@ -208,26 +201,15 @@ async def report_sightings(
     return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 
-@router.post("/incidents", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
-async def report_incident(
-    body: IncidentIn, unit: CurrentUnit, store: Store, settings: Settings
-) -> EventAccepted:
-    """Report a crime or disorder event with its suspects and vehicles."""
-    await _check_reports([body], store, settings)
-    event = IncidentReported(
-        event_id=body.event_id or uuid4(), occurred_at=body.occurred_at,
-        producer_unit=unit.unit_code, incident_type=body.incident_type, summary=body.summary,
-        place=body.place, suspects=body.suspects, vehicles=body.vehicles,
-    )
-    return await _publish(event, body, store, INCIDENTS, unit.person_id)
-
-
 @router.put("/watchlist/{entry_id}", response_model=EntryStored)
 async def upsert_watchlist_entry(
     entry_id: Annotated[EntryId, Path()], body: WatchlistEntryFields, unit: WatchlistWriter,
     store: Store,
 ) -> EntryStored:
     """Create or update one of the calling unit's watchlist entries."""
+    if body.category in HOT_LIST:
+        raise Unprocessable(f"{body.category.value} entries are made from incidents "
+                            "(POST /v1/incidents), not listed directly", field="category")
     entry = WatchlistEntry(**body.model_dump(), entry_id=entry_id, owner_unit=unit.unit_code)
     stored, accepted = await store.upsert_watchlist_entry(entry, unit_code=unit.unit_code,
                                                            actor=Actor.of(unit))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from services.ingest import admin, api
+from services.ingest import admin, api, incidents
 from services.ingest.privacy import run_purges
 from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
@@ -46,7 +46,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     return create_http_app(
         service="ingest", summary="Units publish sightings, incidents and watchlist changes.",
-        lifespan=lifespan, routers=[api.router, admin.router],
+        lifespan=lifespan, routers=[api.router, incidents.router, admin.router],
         max_body_bytes=settings.max_body_bytes,
         settings=settings,
     )

@@ -43,5 +43,9 @@ class IngestSettings(CommonSettings):
         90, gt=0, le=36_500,
         description="Sightings that raised no alert lose their subject's identifying fields "
         "this many days after they happened (alerts, incidents and the audit log are kept).")
+    hot_list_hours: int = Field(
+        72, ge=1, le=720,
+        description="How long an incident's suspects and vehicles stay on its hot list "
+        "(an incident may ask for another duration).")
     purge_interval_seconds: float = Field(
         3600, gt=0, description="How often ingest removes what the retention period ended.")

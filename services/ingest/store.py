@@ -81,6 +81,10 @@ class IngestStore:
         self._settings = settings
         self._max_lookalikes = max_lookalikes
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     async def unknown_units(self, codes: set[str]) -> set[str]:
         known = await self._pool.fetch(
             "SELECT code FROM units WHERE code = ANY($1::text[])", list(codes)

@@ -58,8 +58,11 @@ from services.matcher.settings import MatcherSettings
 from shared import metrics
 from shared.db import create_pool
 from shared.events import (
+    HOT_LIST,
     HitFound,
     HitsWithdrawn,
+    IncidentReported,
+    SightingReported,
     WatchlistEntry,
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
@@ -277,6 +280,8 @@ class MatcherRuntime(Service):
         engine, keep = self.engine, self.recent.add
         for message in messages:
             report = message.event
+            if not isinstance(report, SightingReported | IncidentReported):
+                continue  # an incident's update or closing: its hot list changes elsewhere
             try:
                 hits = hits_for(engine, report)
             except Exception as exc:  # noqa: BLE001 - one bad report must not stop the stream
@@ -339,15 +344,25 @@ class MatcherRuntime(Service):
         lists many look-alikes at once must not bury the desks under late alerts."""
         found: list[HitFound] = []
         failures: list[tuple[WatchlistEntry, Exception]] = []
-        reports = self.recent.within(utcnow())
-        try:
-            found = late_hits_of(self.engine, [entry.entry_id for entry in entries], reports)
-        except Exception:  # noqa: BLE001 - find the entry at fault, the rest go on
-            for entry in entries:
-                try:
-                    found += late_hits(self.engine, entry.entry_id, reports)
-                except Exception as exc:  # noqa: BLE001 - parked with its change
-                    failures.append((entry, exc))
+        now = utcnow()
+        reports = self.recent.within(now)
+        # An incident's hot list looks back hours, not days: the camera that read the plate
+        # before the report was filed.
+        since = now - timedelta(hours=self.settings.incident_lookback_hours)
+        for group, window in (
+                ([e for e in entries if e.category not in HOT_LIST], reports),
+                ([e for e in entries if e.category in HOT_LIST],
+                 [r for r in reports if r.occurred_at >= since])):
+            if not group:
+                continue
+            try:
+                found += late_hits_of(self.engine, [entry.entry_id for entry in group], window)
+            except Exception:  # noqa: BLE001 - find the entry at fault, the rest go on
+                for entry in group:
+                    try:
+                        found += late_hits(self.engine, entry.entry_id, window)
+                    except Exception as exc:  # noqa: BLE001 - parked with its change
+                        failures.append((entry, exc))
         found, left_out = capped(found)
         if left_out:
             metrics.HITS_CAPPED.labels(mode="late").inc(left_out)

@@ -13,7 +13,14 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from services.matcher.engine import COPIES_PER_OWNER, Match, MatchingEngine
 from shared import metrics
-from shared.events import HitFound, IncidentReported, SightingReported, Subject, utcnow
+from shared.events import (
+    HitFound,
+    IncidentReported,
+    SightingReported,
+    Subject,
+    WatchlistEntry,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 Report = SightingReported | IncidentReported
@@ -49,7 +56,13 @@ def build_hit(report: Report, subject: Subject, match: Match, *, late: bool) -> 
         score=match.score,
         reasons=match.reasons,
         late=late,
+        reported_by=report.producer_unit,
     )
+
+
+def own_hot_list(report: Report, entry: WatchlistEntry) -> bool:
+    """An incident's own suspects and vehicles, listed from it: not a hit on itself."""
+    return entry.incident_id is not None and entry.incident_id == report.event_id
 
 
 HITS_PER_SUBJECT_AND_OWNER = COPIES_PER_OWNER
@@ -112,7 +125,7 @@ def hits_for(engine: MatchingEngine, report: Report) -> list[HitFound]:
         if engine.last_crowds:
             _crowded(engine, report)
         for match in matches:
-            if match.entry.entry_id not in hits:
+            if match.entry.entry_id not in hits and not own_hot_list(report, match.entry):
                 hits[match.entry.entry_id] = build_hit(report, subject, match, late=False)
     return list(hits.values())
 
@@ -134,7 +147,8 @@ def late_hits_of(engine: MatchingEngine, entry_ids: list[str],
         for subject in report_subjects(report):
             for match in engine.match(subject, at=report.occurred_at):
                 key = (report.event_id, match.entry.entry_id)
-                if match.entry.entry_id in wanted and key not in found:
+                if (match.entry.entry_id in wanted and key not in found
+                        and not own_hot_list(report, match.entry)):
                     found[key] = build_hit(report, subject, match, late=True)
     return list(found.values())
 
@@ -145,7 +159,7 @@ def late_hits(engine: MatchingEngine, entry_id: str, reports: list[Report]) -> l
     for report in reports:
         for subject in report_subjects(report):
             match = engine.match_entry(subject, entry_id, at=report.occurred_at)
-            if match is not None:
+            if match is not None and not own_hot_list(report, match.entry):
                 found.append(build_hit(report, subject, match, late=True))
                 break
     return found

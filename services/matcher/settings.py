@@ -17,6 +17,10 @@ class MatcherSettings(CommonSettings):
     late_match_window_days: float = Field(
         5, gt=0, le=60, description="New entries are checked against reports this recent."
     )
+    incident_lookback_hours: float = Field(
+        2, gt=0, le=24 * 60,
+        description="An incident's hot list is checked against the reports of this many "
+        "hours before it was made (the camera that read the plate before the report).")
     late_match_max_reports: int = Field(
         100_000, ge=0, description="Most recent reports kept in memory for late matching."
     )

@@ -23,7 +23,7 @@ from services.notifier import api
 from services.notifier.cap import render_cap
 from services.notifier.channels import SseChannel
 from services.notifier.clock import Clock, SystemClock
-from services.notifier.consumer import hit_stream
+from services.notifier.consumer import hit_stream, incident_stream, replay_incidents
 from services.notifier.feed import AlertFeed
 from services.notifier.service import AlertService
 from services.notifier.settings import NotifierSettings
@@ -84,7 +84,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             pool, clock=clock, channels=[SseChannel(), WebhookChannel()],
             deadlines=Deadlines(timedelta(seconds=settings.urgent_deadline_seconds),
                                 timedelta(seconds=settings.routine_deadline_seconds)),
-            radius_km=settings.notifier_radius_km,
+            radius_km=settings.notifier_radius_km, pursuit_km=settings.pursuit_radius_km,
         )
 
         async def render(alert_id: UUID, unit_code: str, kind: str, fmt: str) -> bytes:
@@ -104,6 +104,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                 timeout_seconds=settings.webhook_timeout_seconds),
             clock, destination=destination, poll_seconds=settings.webhook_poll_seconds)
         hits = hit_stream(settings, alerts)
+        incidents = incident_stream(settings, alerts)
         keys = KeyStore(pool, settings.api_key_pepper.get_secret_value())
 
         async def views(unit_code: str, alert_ids: list[UUID]) -> dict[UUID, str]:
@@ -122,10 +123,15 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             pool=pool, requests=RateLimit(settings.requests_per_minute_per_key, "requests",
                                           burst=settings.requests_per_minute_per_key / 10),
             keys=keys,
-            readiness={"broker": hits.ready.is_set},
-            health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting"}))
+            readiness={"broker": lambda: hits.ready.is_set() and incidents.ready.is_set()},
+            health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting",
+                            "incident_consumer": "ready" if incidents.ready.is_set()
+                            else "starting"}))
         try:
             async with (background(hits.run(), "hit-consumer"),
+                        background(incidents.run(), "incident-consumer"),
+                        background(replay_incidents(
+                            alerts, settings.incident_replay_seconds), "incident-replay"),
                         background(dispatcher.run(), "webhook-dispatcher"),
                         background(watch_deadlines(alerts, settings.deadline_check_seconds),
                                    "deadline-watch")):

@@ -24,8 +24,49 @@ EVENT_NAMES = {
     "missing_person": "Người mất tích được phát hiện / Missing person sighted",
     "stolen_vehicle": "Phương tiện bị trộm được phát hiện / Stolen vehicle sighted",
 }
+EVENT_NAMES.update({
+    "incident_suspect": "Đối tượng của vụ việc được phát hiện / Incident suspect sighted",
+    "incident_vehicle": "Phương tiện của vụ việc được phát hiện / Incident vehicle sighted",
+    "incident": "Vụ việc cần phối hợp truy bắt / Incident: pursuit across the border",
+})
 SEVERITY = {"wanted_person": "Severe", "missing_person": "Severe",
-            "managed_person": "Moderate", "stolen_vehicle": "Moderate"}
+            "managed_person": "Moderate", "stolen_vehicle": "Moderate",
+            "incident_suspect": "Severe", "incident_vehicle": "Severe", "incident": "Severe"}
+ACTIONS = {
+    "arrest": "Bắt giữ / Arrest",
+    "discreet_check": "Kiểm tra kín, không để đối tượng biết / Discreet check: do not alert "
+                      "the subject",
+    "locate_and_report": "Xác định vị trí và báo lại / Locate and report",
+}
+CAUTIONS = {
+    "armed": "CÓ VŨ KHÍ / ARMED",
+    "violent": "HUNG HÃN / VIOLENT",
+    "escape_risk": "CÓ THỂ BỎ TRỐN / ESCAPE RISK",
+    "medical_condition": "CÓ BỆNH / MEDICAL CONDITION",
+}
+DEFAULT_INSTRUCTION = ("Xác minh với đơn vị lập hồ sơ trước khi hành động. / Confirm with the "
+                       "listing unit before acting.")
+INCIDENT_INSTRUCTION = ("Phối hợp truy bắt, báo ngay cho đơn vị báo vụ việc. / Join the "
+                        "pursuit; report at once to the unit that reported the incident.")
+
+
+def who(alert: dict[str, Any]) -> str:
+    """What the alert is about, in a few words."""
+    if alert.get("kind") == "incident":
+        incident = alert["incident"]
+        return f"{incident['incident_type']}"
+    subject = alert["subject"]
+    return subject.get("name") or subject.get("plate") or subject.get("national_id") or "?"
+
+
+def instruction(alert: dict[str, Any]) -> str:
+    """Officer safety first, then what the listing unit asks for."""
+    parts = [CAUTIONS.get(c, c) for c in alert.get("cautions") or ()]
+    if alert.get("action"):
+        parts.append(ACTIONS.get(alert["action"], alert["action"]))
+    parts.append(INCIDENT_INSTRUCTION if alert.get("kind") == "incident"
+                 else DEFAULT_INSTRUCTION)
+    return " — ".join(parts)
 
 
 def cap_time(value: datetime) -> str:
@@ -88,14 +129,19 @@ def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) ->
             (sender, identifier(alert, first=True), cap_time(_parse(alert["raised_at"])))))
     _sub(root, "incidents", str(alert["correlation_id"]))
 
+    incident = alert.get("kind") == "incident"
     info = _sub(root, "info")
     _sub(info, "language", "vi-VN")
     _sub(info, "category", "Security")
+    if incident:
+        _sub(info, "category", "Rescue")
     _sub(info, "event", EVENT_NAMES.get(alert["category"], alert["category"]))
-    _sub(info, "responseType", "Monitor")
+    _sub(info, "responseType", "Execute" if incident or alert.get("action") else "Monitor")
     _sub(info, "urgency", "Immediate" if alert["urgency"] == "urgent" else "Expected")
-    _sub(info, "severity", SEVERITY.get(alert["category"], "Moderate"))
-    _sub(info, "certainty", "Likely" if alert["score"] >= 0.9 else "Possible")
+    _sub(info, "severity", "Extreme" if {"armed", "violent"} & set(alert.get("cautions") or ())
+         else SEVERITY.get(alert["category"], "Moderate"))
+    _sub(info, "certainty", "Observed" if incident
+         else "Likely" if alert["score"] >= 0.9 else "Possible")
     code = _sub(info, "eventCode")
     _sub(code, "valueName", "giapranh:category")
     _sub(code, "value", alert["category"])
@@ -105,18 +151,18 @@ def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) ->
         _sub(info, "expires", cap_time(_parse(alert["confirm_by"])))
     names = alert.get("unit_names") or {}
     _sub(info, "senderName", names.get(alert["owner_unit"], alert["owner_unit"]))
-    subject = alert["subject"]
-    who = subject.get("name") or subject.get("plate") or subject.get("national_id") or "?"
-    _sub(info, "headline", f"{who} – {names.get(alert['seen_unit'], alert['seen_unit'])}"[:160])
-    entry = alert["entry"]
-    lines = [f"Hồ sơ / entry {entry['entry_id']} ({alert['owner_unit']})"]
+    _sub(info, "headline",
+         f"{who(alert)} – {names.get(alert['seen_unit'], alert['seen_unit'])}"[:160])
+    entry = alert["entry"] or {"entry_id": f"incident:{alert['hit_id']}"}
+    lines = ([] if incident else
+             [f"Hồ sơ / entry {entry['entry_id']} ({alert['owner_unit']})"])
     if entry.get("description"):
         lines.append(entry["description"])
+    if alert.get("incident"):
+        lines += incident_lines(alert["incident"])
     lines += [f"{reason['feature']}: {reason['detail']}" for reason in alert["match_reasons"]]
     _sub(info, "description", "\n".join(lines))
-    _sub(info, "instruction",
-         "Xác minh với đơn vị lập hồ sơ trước khi hành động. / Confirm with the listing unit "
-         "before acting.")
+    _sub(info, "instruction", instruction(alert))
     for name, value in (("score", f"{alert['score']:.2f}"), ("seen_unit", alert["seen_unit"]),
                         ("owner_unit", alert["owner_unit"]), ("entry_id", entry["entry_id"])):
         parameter = _sub(info, "parameter")
@@ -132,6 +178,27 @@ def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) ->
     _sub(geocode, "valueName", "giapranh:unit")
     _sub(geocode, "value", place["unit_code"])
     return root
+
+
+def incident_lines(incident: dict[str, Any]) -> list[str]:
+    """An incident in a few lines: what, where to, who and which vehicles."""
+    lines = [f"Vụ việc / incident: {incident['incident_type']} ({incident['severity']})"]
+    if incident.get("summary"):
+        lines.append(incident["summary"])
+    if incident.get("fled_towards"):
+        lines.append("Bỏ chạy về / fled towards: " + ", ".join(incident["fled_towards"]))
+    if incident.get("fled_bearing") is not None:
+        lines.append(f"Hướng / bearing: {incident['fled_bearing']}°")
+    for suspect in incident.get("suspects") or ():
+        flags = ", ".join(CAUTIONS.get(c, c) for c in suspect.get("cautions") or ())
+        lines.append("Đối tượng / suspect: " + " ".join(str(v) for v in (
+            suspect.get("name"), suspect.get("birth_year"), suspect.get("national_id"),
+            suspect.get("plate"), suspect.get("description")) if v) + (f" [{flags}]"
+                                                                        if flags else ""))
+    for vehicle in incident.get("vehicles") or ():
+        lines.append("Phương tiện / vehicle: " + " ".join(
+            v for v in (vehicle.get("plate"), vehicle.get("description")) if v))
+    return lines
 
 
 def render_cap(alert: dict[str, Any], *, sender: str, recipients: list[str]) -> bytes:
@@ -160,10 +227,8 @@ def render_atom(unit_code: str, unit_name: str, alerts: list[tuple[dict[str, Any
         msg_type = message_type(alert)
         entry = _sub(feed, "entry", ns=ATOM_NS)
         _sub(entry, "id", identifier(alert, first=msg_type == "Alert"), ATOM_NS)
-        subject = alert["subject"]
-        who = subject.get("name") or subject.get("plate") or subject.get("national_id") or "?"
-        _sub(entry, "title", f"[{msg_type}] {EVENT_NAMES.get(alert['category'])}: {who}",
-             ATOM_NS)
+        title = f"[{msg_type}] {EVENT_NAMES.get(alert['category'])}: {who(alert)}"
+        _sub(entry, "title", title, ATOM_NS)
         _sub(entry, "updated", _parse(alert["updated_at"]).astimezone(VIETNAM).isoformat(),
              ATOM_NS)
         category = _sub(entry, "category", ns=ATOM_NS)

@@ -9,17 +9,21 @@ is unique per hit id, so a redelivered hit creates nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
+
 from services.notifier.service import AlertService, NewAlert
 from services.notifier.settings import NotifierSettings
 from shared import metrics
 from shared.events import AlertRaised, utcnow
+from shared.kafka import stop_if_cancelled
 from shared.stream import Message, Outcome, Stream, StreamRunner
-from shared.topics import ALERTS, HITS, TopicSpec
+from shared.topics import ALERTS, HITS, INCIDENTS, TopicSpec
 
 log = logging.getLogger(__name__)
 REANNOUNCE_WINDOW = timedelta(minutes=5)
@@ -44,6 +48,40 @@ def hit_stream(settings: NotifierSettings, alerts: AlertService) -> StreamRunner
         group_id=settings.notifier_group_id, batch_size=settings.notifier_batch_size,
         on_log_lost=announce_again,
     ), handle)
+
+
+def incident_stream(settings: NotifierSettings, alerts: AlertService) -> StreamRunner:
+    """Incidents in: the units each concerns are alerted at once; updates and closings
+    follow (`AlertService.store_incident_events`)."""
+    async def handle(messages: Iterable[Message]) -> Outcome:
+        await alerts.store_incident_events([message.event for message in messages])
+        return Outcome()
+
+    return StreamRunner(settings, Stream(
+        name="notifier.incidents", service="notifier", specs=(INCIDENTS,),
+        group_id=f"{settings.notifier_group_id}-incidents",
+        batch_size=settings.notifier_batch_size,
+    ), handle)
+
+
+async def replay_incidents(alerts: AlertService, interval: float,
+                           window: timedelta = timedelta(days=3),
+                           settle: timedelta = timedelta(seconds=5)) -> None:
+    """PostgreSQL is the system of record: incident events ingest recorded that never
+    reached the notifier (a broker that lost its log, a notifier that was down) are
+    handled from ingest's `ingest_incident_events`, each once."""
+    while True:
+        stop_if_cancelled()
+        try:
+            events = await alerts.unhandled_incident_events(window, settle)
+            if events:
+                log.warning("%d incident event(s) never received from the broker: "
+                            "handling them from ingest's record", len(events))
+                await alerts.store_incident_events(events)
+                metrics.INCIDENTS_REPLAYED.inc(len(events))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("incident replay failed, retrying: %r", exc)
+        await asyncio.sleep(interval)
 
 
 def announcement(alert: NewAlert) -> AlertRaised:

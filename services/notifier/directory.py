@@ -36,9 +36,10 @@ class AgreementInfo:
     valid_to: date | None
     parties: tuple[str, ...]
 
-    def covers(self, category: str, today: date) -> bool:
+    def covers(self, category: str | None, today: date) -> bool:
+        """In force today and covering the category (None: any category)."""
         return (self.valid_from <= today and (self.valid_to is None or today <= self.valid_to)
-                and (not self.categories or category in self.categories))
+                and (category is None or not self.categories or category in self.categories))
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -47,6 +48,15 @@ def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(a))
+
+
+def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Initial great-circle bearing from the first point to the second, degrees from north."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dl = math.radians(lon2 - lon1)
+    x = math.sin(dl) * math.cos(p2)
+    y = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    return (math.degrees(math.atan2(x, y)) + 360) % 360
 
 
 @dataclass
@@ -78,9 +88,9 @@ class Directory:
             unit = self.units.get(unit.parent_code)
         return chain
 
-    def partners(self, code: str, category: str, today: date) -> list[tuple[str, str]]:
+    def partners(self, code: str, category: str | None, today: date) -> list[tuple[str, str]]:
         """(partner, agreement title) for the agreements `code` is party to that cover the
-        category today."""
+        category today (None: every agreement in force)."""
         found: list[tuple[str, str]] = []
         for agreement in self.agreements.get(code, ()):
             if agreement.covers(category, today):
@@ -104,6 +114,26 @@ class Directory:
             if d <= radius_km:
                 found.append((unit.code, d))
         return sorted(found, key=lambda item: (item[1], item[0]))
+
+    def position(self, code: str) -> tuple[float, float] | None:
+        unit = self.units.get(self.current(code))
+        if unit is None or unit.lat is None or unit.lon is None:
+            return None
+        return unit.lat, unit.lon
+
+    def towards(self, lat: float, lon: float, bearing: float, within_km: float,
+                spread: float = 45) -> list[tuple[str, float, float]]:
+        """(unit, distance km, its bearing) of active units lying within `spread` degrees
+        either side of `bearing` from the point and within `within_km`, nearest first."""
+        found = []
+        for code, distance in self.within(lat, lon, within_km):
+            unit = self.units[code]
+            if distance < 0.05:
+                continue
+            heading = bearing_deg(lat, lon, unit.lat, unit.lon)  # type: ignore[arg-type]
+            if abs((heading - bearing + 180) % 360 - 180) <= spread:
+                found.append((code, distance, heading))
+        return found
 
     def active_units(self) -> list[str]:
         return sorted(code for code, unit in self.units.items() if unit.active)

@@ -11,7 +11,18 @@ from pydantic import BaseModel, Field
 
 from services.notifier.directory import Directory
 from services.notifier.workflow import Action, Outcome, Status, actions, is_overdue
-from shared.events import Category, MatchReason, Place, Subject, Urgency, WatchlistEntry
+from shared.events import (
+    Category,
+    Caution,
+    IncidentOutcome,
+    IncidentReported,
+    MatchReason,
+    Place,
+    RequiredAction,
+    Subject,
+    Urgency,
+    WatchlistEntry,
+)
 
 WebhookFormat = Literal["json", "cap"]
 
@@ -20,17 +31,30 @@ class AlertView(BaseModel):
     """An alert as one recipient unit sees it: the hit, its state, and what it may do."""
 
     alert_id: UUID
-    hit_id: UUID
+    hit_id: UUID = Field(description="The hit's id; for an incident alert, the incident's.")
+    kind: Literal["hit", "incident"] = Field(
+        "hit", description="`hit`: a reported subject matched a listed one; `incident`: an "
+        "incident the unit is concerned by (no entry, subject or score).")
     status: Status
     raised_at: datetime
     updated_at: datetime
-    category: Category
+    category: Category | Literal["incident"]
     urgency: Urgency
     confirm_by: datetime | None = Field(description="Confirmation deadline while awaited.")
     overdue: bool
     escalation_level: int
-    entry: WatchlistEntry = Field(description="The listed entry, as it was when it hit.")
-    subject: Subject = Field(description="The subject as the reporting officer typed it.")
+    entry: WatchlistEntry | None = Field(
+        description="The listed entry, as it was when it hit (none on an incident alert).")
+    subject: Subject | None = Field(
+        description="The subject as the reporting officer typed it (none on an incident "
+        "alert).")
+    incident: IncidentReported | None = Field(
+        None, description="The incident: of an incident alert, or of the hot list a hit "
+        "alert's entry belongs to (with its later suspects, vehicles and direction).")
+    action: RequiredAction | None = Field(
+        None, description="What the listing unit asks for on a hit (shown first).")
+    cautions: list[Caution] = Field(
+        default_factory=list, description="Officer-safety flags (shown first).")
     place: Place
     seen_at: datetime
     score: float
@@ -49,7 +73,9 @@ class AlertView(BaseModel):
     decided_by: str | None
     decision_note: str | None
     closed_at: datetime | None
-    outcome: Outcome | None
+    outcome: Outcome | IncidentOutcome | None = Field(
+        description="How it ended (an incident alert, and a hit on its hot list, take the "
+        "incident's outcome: caught, lost, false_report).")
     actions: list[Action] = Field(description="The steps this unit may take now.")
 
 
@@ -90,9 +116,21 @@ def alert_view(row: Any, unit_code: str, now: datetime, directory: Directory) ->
     """The view of a stored alert (a row of `repository.ALERT_COLUMNS`) for `unit_code`."""
     hit = row["hit"]
     status = row["status"]
+    kind = row["kind"]
+    if kind == "incident":
+        incident = hit
+        hit = {"entry": None, "subject": None, "place": incident["place"], "reasons": []}
+        action, cautions = None, []
+    else:
+        incident = row["incident"]
+        action, cautions = hit["entry"].get("action"), hit["entry"].get("cautions", [])
     return AlertView.model_validate({
         "alert_id": row["alert_id"],
         "hit_id": row["hit_id"],
+        "kind": kind,
+        "incident": incident,
+        "action": action,
+        "cautions": cautions,
         "status": status,
         "raised_at": row["raised_at"],
         "updated_at": row["updated_at"],
@@ -124,5 +162,5 @@ def alert_view(row: Any, unit_code: str, now: datetime, directory: Directory) ->
         "actions": actions(unit_code, status=status,
                            acknowledged=row["acknowledged_at"] is not None,
                            owner=row["owner_unit"], seen_unit=row["seen_unit"],
-                           directory=directory),
+                           directory=directory, kind=kind),
     })

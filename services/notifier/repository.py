@@ -19,8 +19,12 @@ ALERT_COLUMNS = """a.alert_id, a.hit_id, a.entry_id, a.entry_version, a.category
     a.owner_unit, a.seen_unit, a.source_event_id, a.correlation_id, a.seen_at, a.score,
     a.late, a.status, a.raised_at, a.hit, a.urgency, a.confirm_by, a.escalation_level,
     a.acknowledged_at AS first_acknowledged_at, a.decided_at, a.decided_by, a.decision_note,
-    a.closed_at, a.outcome, a.updated_at, a.units, d.unit_code, d.reasons, d.delivered_at,
-    d.acknowledged_at"""
+    a.closed_at, a.outcome, a.updated_at, a.units, a.kind, d.unit_code, d.reasons,
+    d.delivered_at, d.acknowledged_at,
+    (SELECT i.hit FROM alerts i WHERE i.kind = 'incident'
+        AND i.hit_id = (a.hit -> 'entry' ->> 'incident_id')::uuid) AS incident"""
+"""... and, for a hit on an incident's hot list, the incident as it is now (the hit may
+come before the incident: they travel on different topics)."""
 
 _STATUS_FILTERS = {
     "all": "TRUE",
@@ -33,7 +37,7 @@ _STATUS_FILTERS = {
 ALERT_INSERT_COLUMNS = (
     "alert_id", "hit_id", "entry_id", "entry_version", "category", "owner_unit", "seen_unit",
     "source_event_id", "correlation_id", "seen_at", "score", "late", "hit", "urgency",
-    "confirm_by", "units")
+    "confirm_by", "units", "kind")
 
 
 class AlertRepository:
@@ -54,10 +58,11 @@ class AlertRepository:
         (a hit id already stored makes nothing)."""
         rows = await conn.fetch(
             f"""INSERT INTO alerts ({", ".join(ALERT_INSERT_COLUMNS)}, raised_at, updated_at)
-                SELECT *, $17::timestamptz, $17::timestamptz FROM unnest(
+                SELECT *, $18::timestamptz, $18::timestamptz FROM unnest(
                     $1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[],
                     $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::real[],
-                    $12::bool[], $13::jsonb[], $14::text[], $15::timestamptz[], $16::jsonb[])
+                    $12::bool[], $13::jsonb[], $14::text[], $15::timestamptz[], $16::jsonb[],
+                    $17::text[])
                 ON CONFLICT (hit_id) DO NOTHING
                 RETURNING hit_id""",
             *(columns[name] for name in ALERT_INSERT_COLUMNS), now)
@@ -90,6 +95,63 @@ class AlertRepository:
             entry_id, list(OPEN), now)
         return [row["alert_id"] for row in rows]
 
+    # ------------------------------------------------------------------ incidents
+
+    @staticmethod
+    async def first_time(conn: asyncpg.Connection, event_id: UUID) -> bool:
+        """Whether this incident event is handled now for the first time."""
+        return await conn.fetchval(
+            "INSERT INTO notifier_incident_events (event_id) VALUES ($1) "
+            "ON CONFLICT DO NOTHING RETURNING true", event_id) is not None
+
+    async def unhandled_incident_events(self, since: datetime,
+                                        until: datetime) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT e.payload::text AS payload FROM ingest_incident_events e
+                WHERE e.recorded_at >= $1 AND e.recorded_at < $2
+                  AND NOT EXISTS (SELECT 1 FROM notifier_incident_events n
+                                   WHERE n.event_id = e.event_id)
+                ORDER BY e.recorded_at, e.event_id LIMIT 1000""", since, until)
+
+    @staticmethod
+    async def incident_alert(conn: asyncpg.Connection,
+                             incident_id: UUID) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            "SELECT alert_id, hit, status, units FROM alerts "
+            "WHERE hit_id = $1 AND kind = 'incident' FOR UPDATE", incident_id)
+
+    @staticmethod
+    async def revise_incident(conn: asyncpg.Connection, alert_id: UUID, incident: dict,
+                              units: dict[str, str], now: datetime) -> None:
+        await conn.execute(
+            "UPDATE alerts SET hit = $2, units = units || $3::jsonb, updated_at = $4 "
+            "WHERE alert_id = $1", alert_id, incident, units, now)
+
+    @classmethod
+    async def add_deliveries(cls, conn: asyncpg.Connection, alert_id: UUID,
+                             rows: list[tuple[str, list[str], str | None]],
+                             now: datetime) -> list[str]:
+        """New recipients of an alert (the caller holds the alert's lock); the units added
+        (those it has already keep their delivery)."""
+        existing = set(await cls.recipients(conn, alert_id))
+        new = [row for row in rows if row[0] not in existing]
+        await cls.insert_deliveries(conn, [(alert_id, unit, reasons, name, now)
+                                           for unit, reasons, name in new])
+        return [row[0] for row in new]
+
+    @staticmethod
+    async def close_incident_alerts(conn: asyncpg.Connection, incident_id: UUID,
+                                    outcome: str, now: datetime) -> list[UUID]:
+        """Close the incident's own alert and the open alerts on its hot list."""
+        rows = await conn.fetch(
+            """UPDATE alerts SET status = 'closed', outcome = $2, closed_at = $3,
+                      updated_at = $3
+                WHERE status = ANY($4::text[])
+                  AND ((kind = 'incident' AND hit_id = $1)
+                       OR (kind = 'hit' AND hit -> 'entry' ->> 'incident_id' = $1::text))
+            RETURNING alert_id""", incident_id, outcome, now, list(OPEN))
+        return [row["alert_id"] for row in rows]
+
     # ------------------------------------------------------------------ workflow
 
     @staticmethod
@@ -97,7 +159,7 @@ class AlertRepository:
                    unit_code: str) -> asyncpg.Record | None:
         """The alert's state and the unit's delivery, locked; None if not addressed to it."""
         return await conn.fetchrow(
-            """SELECT a.status, a.owner_unit, a.seen_unit, a.urgency, a.raised_at,
+            """SELECT a.status, a.owner_unit, a.seen_unit, a.urgency, a.raised_at, a.kind,
                       d.delivered_at, d.acknowledged_at
                  FROM alerts a JOIN deliveries d USING (alert_id)
                 WHERE a.alert_id = $1 AND d.unit_code = $2
@@ -224,7 +286,7 @@ class AlertRepository:
                       a.raised_at, array_agg(d.unit_code ORDER BY d.unit_code) AS units,
                       array_agg(array_to_json(d.reasons)::text ORDER BY d.unit_code) AS reasons
                  FROM alerts a JOIN deliveries d USING (alert_id)
-                WHERE a.raised_at >= $1 AND d.delivered_at = a.raised_at
+                WHERE a.raised_at >= $1 AND d.delivered_at = a.raised_at AND a.kind = 'hit'
                 GROUP BY a.alert_id ORDER BY a.raised_at""", since)
 
     async def history(self, alert_id: UUID) -> list[asyncpg.Record]:

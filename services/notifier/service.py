@@ -9,8 +9,10 @@ what a unit reads is built by `models.py`. Times come from an injectable clock.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -21,12 +23,25 @@ from services.notifier.clock import Clock
 from services.notifier.directory import Directory, DirectoryCache
 from services.notifier.models import AlertView, HistoryStep, alert_view
 from services.notifier.repository import ALERT_INSERT_COLUMNS, AlertRepository
-from services.notifier.targeting import choose_recipients
+from services.notifier.targeting import choose_incident_recipients, choose_recipients
 from services.notifier.workflow import Deadlines, Outcome, StatusFilter
 from shared import audit, metrics
 from shared.audit import Actor
 from shared.errors import NotFound
-from shared.events import AlertRaised, HitFound, HitsWithdrawn, Recipient
+from shared.events import (
+    AlertRaised,
+    HitFound,
+    HitsWithdrawn,
+    IncidentClosed,
+    IncidentReported,
+    IncidentUpdated,
+    Recipient,
+    Severity,
+    Urgency,
+    decode_event,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,8 +61,9 @@ class _Planned:
 
 class AlertService:
     def __init__(self, pool: asyncpg.Pool, *, clock: Clock, channels: list[Channel],
-                 deadlines: Deadlines, radius_km: float):
+                 deadlines: Deadlines, radius_km: float, pursuit_km: float = 30.0):
         self._repo = AlertRepository(pool)
+        self._pursuit_km = pursuit_km
         self._clock = clock
         self._channels = channels
         self._deadlines = deadlines
@@ -106,7 +122,7 @@ class AlertService:
                     hit.entry.category.value, hit.entry.owner_unit, hit.place.unit_code,
                     hit.source_event_id, hit.correlation(), hit.seen_at, hit.score, hit.late,
                     hit.model_dump(mode="json"), urgency.value,
-                    now + self._deadlines.of(urgency), plan.names), strict=True):
+                    now + self._deadlines.of(urgency), plan.names, "hit"), strict=True):
                 columns[name].append(value)
         inserted = await self._repo.insert_alerts(conn, columns, now)
         # Redelivered hits (their alert exists already) make nothing.
@@ -136,6 +152,126 @@ class AlertService:
                 await self._repo.recipients(conn, alert_id))], now)
             metrics.ALERT_ACTIONS.labels(action="withdrawn").inc()
 
+    # ------------------------------------------------------------------ incidents
+
+    async def store_incident_events(
+            self, events: list[IncidentReported | IncidentUpdated | IncidentClosed]
+    ) -> list[UUID]:
+        """Raise, update or close incident alerts, each event once (whether it came from
+        the broker or from the replay of ingest's record), in one transaction; the ids of
+        the incident alerts raised."""
+        raised: list[UUID] = []
+        now = self._clock.now()
+        async with self._repo.transaction() as conn:
+            directory = await self.directory.get(conn)
+            for event in events:
+                if (not isinstance(event, IncidentReported)
+                        and await self._repo.incident_alert(conn, event.incident_id) is None):
+                    # Its incident has not come yet (the broker lost it): the replay of
+                    # ingest's record brings both, in order.
+                    log.warning("%s of incident %s before the incident: left for the replay",
+                                event.type, event.incident_id)
+                    continue
+                if not await self._repo.first_time(conn, event.event_id):
+                    continue
+                if isinstance(event, IncidentReported):
+                    alert_id = await self._raise_incident(conn, event, directory, now)
+                    if alert_id is not None:
+                        raised.append(alert_id)
+                elif isinstance(event, IncidentUpdated):
+                    await self._update_incident(conn, event, directory, now)
+                else:
+                    await self._close_incident(conn, event, now)
+        return raised
+
+    def _incident_recipients(self, incident: IncidentReported, directory: Directory,
+                             now: datetime, **flight: Any) -> list[Recipient]:
+        return choose_incident_recipients(
+            incident, directory, today=now.date(), radius_km=self._radius_km,
+            pursuit_km=self._pursuit_km, **flight)
+
+    async def _raise_incident(self, conn: asyncpg.Connection, incident: IncidentReported,
+                              directory: Directory, now: datetime) -> UUID | None:
+        recipients = self._incident_recipients(incident, directory, now)
+        names = {r.unit_code: directory.name(r.unit_code) for r in recipients}
+        names.setdefault(incident.place.unit_code, directory.name(incident.place.unit_code))
+        owner = incident.producer_unit or incident.place.unit_code
+        names.setdefault(owner, directory.name(owner))
+        urgency = (Urgency.URGENT if incident.severity is Severity.IMMEDIATE
+                   else Urgency.ROUTINE)
+        alert_id = uuid4()
+        values = (alert_id, incident.event_id, f"INC-{incident.event_id.hex}", 1, "incident",
+                  owner, incident.place.unit_code, incident.event_id, incident.correlation(),
+                  incident.occurred_at, 1.0, False, incident.model_dump(mode="json"),
+                  urgency.value, None, names, "incident")
+        inserted = await self._repo.insert_alerts(
+            conn, {name: [value] for name, value in zip(ALERT_INSERT_COLUMNS, values,
+                                                         strict=True)}, now)
+        if not inserted:
+            return None
+        await self._repo.insert_deliveries(conn, [
+            (alert_id, r.unit_code, list(r.reasons), names.get(r.unit_code), now)
+            for r in recipients])
+        await self._repo.add_raised_history(
+            conn, [alert_id], [f"incident alert to {len(recipients)} unit(s), "
+                               f"{incident.severity.value}"], now)
+        await self._publish(conn, [AlertChange(
+            alert_id, "raised", "raised", tuple(r.unit_code for r in recipients),
+            incident.recorded_at)], now)
+        metrics.ALERTS_RAISED.inc()
+        for recipient in recipients:
+            metrics.ALERTS_BY_UNIT.labels(unit=recipient.unit_code).inc()
+        return alert_id
+
+    async def _update_incident(self, conn: asyncpg.Connection, update: IncidentUpdated,
+                               directory: Directory, now: datetime) -> None:
+        row = await self._repo.incident_alert(conn, update.incident_id)
+        assert row is not None  # checked by the caller
+        incident = IncidentReported.model_validate(row["hit"])
+        revised = incident.model_copy(update={
+            "suspects": (*incident.suspects, *update.suspects),
+            "vehicles": (*incident.vehicles, *update.vehicles),
+            "fled_towards": tuple(dict.fromkeys((*incident.fled_towards,
+                                                 *update.fled_towards))),
+            "fled_bearing": (update.fled_bearing if update.fled_bearing is not None
+                             else incident.fled_bearing)})
+        added: list[str] = []
+        if update.fled_towards or update.fled_bearing is not None:
+            recipients = self._incident_recipients(
+                incident, directory, now, fled_towards=update.fled_towards,
+                fled_bearing=update.fled_bearing)
+            added = await self._repo.add_deliveries(conn, row["alert_id"], [
+                (r.unit_code, list(r.reasons), directory.name(r.unit_code))
+                for r in recipients], now)
+        await self._repo.revise_incident(
+            conn, row["alert_id"], revised.model_dump(mode="json"),
+            {code: directory.name(code) for code in added}, now)
+        detail = "; ".join(part for part in (
+            f"{len(update.suspects)} suspect(s) added" if update.suspects else "",
+            f"{len(update.vehicles)} vehicle(s) added" if update.vehicles else "",
+            f"fled towards {', '.join(update.fled_towards)}" if update.fled_towards else "",
+            f"direction of flight {update.fled_bearing}°"
+            if update.fled_bearing is not None else "",
+            f"now also to {', '.join(added)}" if added else "",
+            update.note or "") if part)
+        await self._repo.add_history(conn, row["alert_id"], now, "updated",
+                                     update.producer_unit, detail)
+        await self._publish(conn, [AlertChange(
+            row["alert_id"], "updated", "updated",
+            await self._repo.recipients(conn, row["alert_id"]))], now)
+
+    async def _close_incident(self, conn: asyncpg.Connection, closing: IncidentClosed,
+                              now: datetime) -> None:
+        detail = closing.outcome.value + (f": {closing.note}" if closing.note else "")
+        for alert_id in await self._repo.close_incident_alerts(
+                conn, closing.incident_id, closing.outcome.value, now):
+            await self._repo.add_history(conn, alert_id, now, "closed", closing.producer_unit,
+                                         f"incident closed: {detail}")
+            await self._publish(conn, [AlertChange(
+                alert_id, "updated", "closed", await self._repo.recipients(conn, alert_id))],
+                now)
+            metrics.ALERT_ACTIONS.labels(action="closed").inc()
+
     # ------------------------------------------------------------------ workflow
 
     async def acknowledge(self, alert_id: UUID, unit_code: str,
@@ -159,6 +295,7 @@ class AlertService:
         now = self._clock.now()
         async with self._repo.transaction() as conn:
             row = await self._locked(conn, alert_id, unit_code)
+            workflow.check_hit_alert(row["kind"])
             status = workflow.check_decision(
                 unit_code, status=row["status"], owner=row["owner_unit"],
                 directory=await self.directory.get(conn), confirmed=confirmed)
@@ -174,6 +311,7 @@ class AlertService:
         now = self._clock.now()
         async with self._repo.transaction() as conn:
             row = await self._locked(conn, alert_id, unit_code)
+            workflow.check_hit_alert(row["kind"])
             workflow.check_closing(unit_code, status=row["status"], owner=row["owner_unit"],
                                    seen_unit=row["seen_unit"],
                                    directory=await self.directory.get(conn))
@@ -247,6 +385,16 @@ class AlertService:
         directory = await self.directory.get()
         return [(self._view(row, unit_code, directory), list(row["recipients"]))
                 for row in rows]
+
+    async def unhandled_incident_events(
+            self, window: timedelta, settle: timedelta
+    ) -> list[IncidentReported | IncidentUpdated | IncidentClosed]:
+        """Incident events ingest recorded in the window that were never handled here (the
+        broker lost them, or the notifier was down), oldest first; the last `settle` left
+        to the broker."""
+        now = self._clock.now()
+        rows = await self._repo.unhandled_incident_events(now - window, now - settle)
+        return [decode_event(row["payload"]) for row in rows]  # type: ignore[misc]
 
     async def raised_since(self, since: datetime) -> list[AlertRaised]:
         """The `AlertRaised` of every alert raised since `since`, rebuilt from the alerts

@@ -16,6 +16,14 @@ class NotifierSettings(CommonSettings):
         5.0, ge=0, le=200,
         description="Units within this distance of a sighting's coordinates receive its "
         "alerts (scope `neighbours` and wider); 0 turns it off.")
+    pursuit_radius_km: float = Field(
+        30.0, ge=0, le=500,
+        description="An incident with a direction of flight (a bearing) alerts the units "
+        "lying that way (45° either side) within this distance; 0 turns it off.")
+    incident_replay_seconds: float = Field(
+        10, gt=0, le=3600,
+        description="How often incident events the broker never delivered are looked for "
+        "in ingest's record (and handled from there).")
     urgent_deadline_seconds: float = Field(
         600, gt=0, description="Time the listing unit has to confirm an urgent hit (NCIC: 10 min).")
     routine_deadline_seconds: float = Field(

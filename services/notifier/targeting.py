@@ -7,19 +7,29 @@ Recipients, widest last, each limited by the entry's sharing scope:
 - the units whose territory borders the seen unit's, and the units within the configured
   radius of the sighting's coordinates (scope `neighbours`, the default, and wider);
 - every active unit (scope `all_units`).
+The unit that filed the report always hears of the hits it raised, whatever the scope.
 A unit merged into another is replaced by its successor. Each recipient carries every
 reason that applies, in that order.
+
+An incident (`choose_incident_recipients`) reaches, at once: its own unit (and the unit
+that reported it), the units bordering it, its partners in every agreement in force, the
+units within the radius of its coordinates, the units it fled towards, and the units
+lying in its direction of flight (a bearing) within `pursuit_km`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 from services.notifier.directory import Directory
-from shared.events import HitFound, Recipient, SharingScope
+from shared.events import HitFound, IncidentReported, Recipient, SharingScope
 
 SEEN_HERE = "subject seen on this unit's territory"
 LISTED_HERE = "this unit listed the subject"
+REPORTED_HERE = "this unit reported the sighting"
+INCIDENT_HERE = "incident on this unit's territory"
+INCIDENT_REPORTED_HERE = "this unit reported the incident"
 
 
 def agreement_reason(seen_unit: str, title: str) -> str:
@@ -42,18 +52,11 @@ def choose_recipients(
 ) -> list[Recipient]:
     scope = hit.entry.sharing_scope
     seen = hit.place.unit_code
-    reasons: dict[str, list[str]] = {}
-
-    def add(code: str, why: str) -> None:
-        current = directory.current(code)
-        if current != code:
-            why = f"{why} (as successor of {code})"
-        reasons.setdefault(current, [])
-        if why not in reasons[current]:
-            reasons[current].append(why)
-
+    reasons, add = _collector(directory)
     add(seen, SEEN_HERE)
     add(hit.entry.owner_unit, LISTED_HERE)
+    if hit.reported_by is not None and directory.current(hit.reported_by) not in reasons:
+        add(hit.reported_by, REPORTED_HERE)
     if scope is SharingScope.OWNER_ONLY:
         return _recipients(reasons)
     for partner, title in directory.partners(seen, hit.entry.category.value, today):
@@ -71,6 +74,72 @@ def choose_recipients(
             if code not in reasons:
                 add(code, ALL_UNITS_REASON)
     return _recipients(reasons)
+
+
+def incident_agreement_reason(unit: str, title: str) -> str:
+    return f"coordination agreement with {unit}, where the incident happened: {title}"
+
+
+def incident_adjacency_reason(unit: str) -> str:
+    return f"territory borders {unit}, where the incident happened"
+
+
+def incident_radius_reason(distance_km: float, radius_km: float) -> str:
+    return f"{distance_km:.1f} km from the incident (radius {radius_km:g} km)"
+
+
+def fled_towards_reason(unit: str) -> str:
+    return f"the suspects fled towards this unit (reported by {unit})"
+
+
+def bearing_reason(bearing: int, distance_km: float) -> str:
+    return f"in the direction of flight (bearing {bearing}°), {distance_km:.1f} km away"
+
+
+def choose_incident_recipients(
+    incident: IncidentReported, directory: Directory, *, today: date, radius_km: float,
+    pursuit_km: float, fled_towards: tuple[str, ...] = (), fled_bearing: int | None = None,
+) -> list[Recipient]:
+    """The units an incident concerns, each with why. `fled_towards` and `fled_bearing`
+    default to the incident's own (an update passes its new ones)."""
+    where = incident.place.unit_code
+    reasons, add = _collector(directory)
+    add(where, INCIDENT_HERE)
+    if incident.producer_unit and directory.current(incident.producer_unit) not in reasons:
+        add(incident.producer_unit, INCIDENT_REPORTED_HERE)
+    for partner, title in directory.partners(where, None, today):
+        add(partner, incident_agreement_reason(where, title))
+    for neighbour in directory.adjacent(where):
+        add(neighbour, incident_adjacency_reason(where))
+    point = ((incident.place.lat, incident.place.lon) if incident.place.lat is not None
+             else directory.position(where))
+    if point is not None and incident.place.lat is not None and radius_km > 0:
+        for code, distance in directory.within(point[0], point[1], radius_km):
+            if code != where:
+                add(code, incident_radius_reason(distance, radius_km))
+    for code in fled_towards or incident.fled_towards:
+        add(code, fled_towards_reason(incident.producer_unit or where))
+    bearing = fled_bearing if fled_bearing is not None else incident.fled_bearing
+    if bearing is not None and point is not None and pursuit_km > 0:
+        for code, distance, _ in directory.towards(point[0], point[1], bearing, pursuit_km):
+            add(code, bearing_reason(bearing, distance))
+    return _recipients(reasons)
+
+
+def _collector(directory: Directory) -> tuple[dict[str, list[str]], Callable[[str, str], None]]:
+    """Reasons by recipient, and how to add one: a merged unit's reasons go to its
+    successor (saying so), each reason once."""
+    reasons: dict[str, list[str]] = {}
+
+    def add(code: str, why: str) -> None:
+        current = directory.current(code)
+        if current != code:
+            why = f"{why} (as successor of {code})"
+        reasons.setdefault(current, [])
+        if why not in reasons[current]:
+            reasons[current].append(why)
+
+    return reasons, add
 
 
 def _recipients(reasons: dict[str, list[str]]) -> list[Recipient]:

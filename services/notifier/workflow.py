@@ -60,9 +60,12 @@ def is_overdue(status: str, escalation_level: int, confirm_by: datetime | None,
 
 
 def actions(unit: str, *, status: str, acknowledged: bool, owner: str, seen_unit: str,
-            directory: Directory) -> list[Action]:
-    """The steps `unit` may take on an alert now (the desk shows them as buttons)."""
+            directory: Directory, kind: str = "hit") -> list[Action]:
+    """The steps `unit` may take on an alert now (the desk shows them as buttons). An
+    incident alert is only acknowledged: it closes with its incident."""
     found: list[Action] = []
+    if kind == "incident":
+        return ["acknowledge"] if status in OPEN and not acknowledged else []
     may_decide = unit in deciders(directory, owner)
     if status in OPEN and not acknowledged:
         found.append("acknowledge")
@@ -126,3 +129,13 @@ def escalation(*, owner: str, level: int, urgency: str, directory: Directory,
 
 def raised_detail(recipients: int, urgency: str, deadlines: Deadlines) -> str:
     return f"{recipients} recipient(s), confirm within {minutes(deadlines.of(urgency))}"
+
+
+def check_hit_alert(kind: str) -> None:
+    """Confirming, rejecting and closing are for hit alerts; an incident alert follows its
+    incident."""
+    if kind != "hit":
+        raise InvalidTransition(
+            "an incident alert is acknowledged only; the reporting unit closes the incident "
+            "(POST /v1/incidents/{id}/close on ingest) and its alerts close with it",
+            field="alert_id")
