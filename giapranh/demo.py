@@ -17,7 +17,7 @@ from vietnam_provinces import Province, Ward
 
 from services.ingest.store import IngestStore
 from shared.auth import hash_api_key, issue_api_key
-from shared.events import Category, SharingScope, WatchlistEntry
+from shared.events import Category, Caution, RequiredAction, SharingScope, WatchlistEntry
 from shared.settings import CommonSettings
 
 
@@ -132,6 +132,7 @@ DEMO_ENTRIES = (
         category=Category.WANTED_PERSON, full_name="Nguyễn Văn Hùng", aliases=("Hùng Đen",),
         gender="male", birth_year=1991, national_id="089091004217", plates=("67B1-23456",),
         description="Truy nã về tội cố ý gây thương tích; thường lui tới bến phà Thốt Nốt.",
+        action=RequiredAction.ARREST, cautions=(Caution.VIOLENT,),
     ),
     WatchlistEntry(
         entry_id="CA-31212-XM-2026-0007", owner_unit="CA-31212",

@@ -250,3 +250,10 @@ class KeyStore:
 
 VALID_KEY = """k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
                AND (u.active_to IS NULL OR u.active_to > now())"""
+
+
+def internal_token(pepper: str) -> str:
+    """The token services present to each other's internal endpoints (the matcher's
+    `/internal/check`): derived from the deployment's key pepper, which every service
+    has, so no other secret needs distributing; never an API key."""
+    return hmac.new(pepper.encode(), b"giapranh internal v1", hashlib.sha256).hexdigest()

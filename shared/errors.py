@@ -66,3 +66,10 @@ class TooManyRequests(GiapranhError):
     def __init__(self, message: str, *, retry_after: float, field: str | None = None):
         super().__init__(message, field=field)
         self.retry_after = retry_after
+
+
+class ServiceUnavailable(GiapranhError):
+    """A service this request needs cannot answer now: try again shortly."""
+
+    status_code = 503
+    code = "unavailable"

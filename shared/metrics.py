@@ -149,6 +149,15 @@ WEBHOOK_FAILURES = Counter(
 WEBHOOK_PENDING = Gauge(
     "giapranh_webhook_pending", "Webhook deliveries waiting for a (re)try (last dispatch round)."
 )
+CHECKS = Counter(
+    "giapranh_checks_total",
+    "Checks of a person, id or plate (POST /v1/checks), by result: hit, clear, unavailable.",
+    ["result"],
+)
+CHECK_SECONDS = Histogram(
+    "giapranh_check_seconds", "Time to answer a check, matcher round trip included.",
+    buckets=LATENCY_BUCKETS,
+)
 INCIDENTS_REPLAYED = Counter(
     "giapranh_incident_events_replayed_total",
     "Incident events the notifier never received from the broker and handled from ingest's "

@@ -246,3 +246,69 @@ async def test_an_incident_the_broker_never_delivered_is_alerted_from_ingests_re
                                    timeout=20, what="the replayed incident's alert")
         assert alert["hit_id"] == str(incident.event_id)
         assert await pool.fetchval("SELECT count(*) FROM notifier_incident_events") == 1
+
+
+async def test_a_check_answers_with_the_wanted_person_his_reasons_action_and_cautions(
+    env, pool, directory, matcher
+):
+    """`POST /v1/checks` through a real matcher worker: the README's wanted person, with
+    reasons, the action asked for and the safety flags; `record` files a sighting; without
+    a matcher, a clear 503."""
+    from giapranh.demo import DEMO_ENTRIES
+    from services.ingest.app import create_app
+    from services.ingest.settings import IngestSettings
+    from services.ingest.store import IngestStore
+    from shared.settings import CommonSettings
+    from tests.conftest import _serve
+
+    await IngestStore(pool, env.settings(CommonSettings)).upsert_watchlist_entry(
+        DEMO_ENTRIES[0], unit_code=DEMO_ENTRIES[0].owner_unit)
+    app = create_app(env.settings(IngestSettings,
+                                  matcher_url=f"http://127.0.0.1:{matcher.port}"))
+    key = bearer(directory["CA-31212"])
+    async for ingest in _serve(app):
+        async def answered():
+            response = await ingest.post("/v1/checks", headers=key, json={
+                "subject": {"name": "NGUYEN VAN HUNG", "national_id": "089 091 004 217"}})
+            assert response.status_code == 200, response.text
+            return response.json()["matches"] and response.json()
+        result = await eventually(answered, what="the check's match (entry loaded)")
+        [match] = result["matches"]
+        assert match["entry"]["entry_id"] == "CA-30307-TN-2026-0042"
+        assert match["action"] == "arrest" and match["cautions"] == ["violent"]
+        assert match["reasons"][0] == {"feature": "national_id",
+                                       "detail": "national id 089091004217 exact"}
+        assert result["recorded"] is None
+
+        clear = await ingest.post("/v1/checks", headers=key,
+                                  json={"subject": {"plate": "51F-999.99"}})
+        assert clear.status_code == 200 and clear.json()["matches"] == []
+        empty = await ingest.post("/v1/checks", headers=key, json={"subject": {}})
+        assert empty.status_code == 422
+        no_place = await ingest.post("/v1/checks", headers=key, json={
+            "subject": {"plate": "51F-999.99"}, "record": True})
+        assert no_place.status_code == 422
+
+        recorded = await ingest.post("/v1/checks", headers=key, json={
+            "subject": {"national_id": "089091004217"}, "record": True,
+            "place": {"unit_code": "CA-31212"}})
+        event_id = recorded.json()["recorded"]["event_id"]
+        assert await pool.fetchval("SELECT type FROM events WHERE event_id = $1",
+                                   event_id) == "SightingReported"
+        last = await pool.fetchval(
+            "SELECT detail FROM audit_log WHERE action = 'check' ORDER BY id DESC LIMIT 1")
+        assert event_id in last and "CA-30307-TN-2026-0042" in last  # audited, with whom
+
+    import httpx  # the matcher's internal endpoint answers services only
+    async with httpx.AsyncClient() as client:
+        stranger = await client.post(f"http://127.0.0.1:{matcher.port}/internal/check",
+                                     json={"subject": {"national_id": "089091004217"}},
+                                     headers={"x-giapranh-internal": "guess"})
+    assert stranger.status_code == 401 and "CA-30307" not in stranger.text
+
+    down = create_app(env.settings(IngestSettings, matcher_url="http://127.0.0.1:9"))
+    async for ingest in _serve(down):
+        response = await ingest.post("/v1/checks", headers=key,
+                                     json={"subject": {"plate": "51F-999.99"}})
+        assert response.status_code == 503
+        assert "matcher cannot be reached" in response.json()["error"]["message"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import FastAPI
 
-from services.ingest import admin, api, incidents
+from services.ingest import admin, api, checks, incidents
 from services.ingest.privacy import run_purges
 from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
@@ -30,6 +31,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
                                       max_lookalikes=settings.max_lookalikes_per_unit)
         app.state.watchlist_writes = RateLimit(settings.watchlist_writes_per_minute,
                                                "watchlist changes")
+        app.state.matcher_client = httpx.AsyncClient(
+            base_url=settings.matcher_url, timeout=settings.check_timeout_seconds)
         set_state(app, ServiceState(
             pool=pool, requests=RateLimit(settings.requests_per_minute_per_key, "requests",
                                           burst=settings.requests_per_minute_per_key / 10),
@@ -42,11 +45,12 @@ def create_app(settings: IngestSettings) -> FastAPI:
                                               settings.purge_interval_seconds), "purge")):
                 yield
         finally:
+            await app.state.matcher_client.aclose()
             await pool.close()
 
     return create_http_app(
         service="ingest", summary="Units publish sightings, incidents and watchlist changes.",
-        lifespan=lifespan, routers=[api.router, incidents.router, admin.router],
+        lifespan=lifespan, routers=[api.router, incidents.router, checks.router, admin.router],
         max_body_bytes=settings.max_body_bytes,
         settings=settings,
     )

@@ -43,6 +43,13 @@ class IngestSettings(CommonSettings):
         90, gt=0, le=36_500,
         description="Sightings that raised no alert lose their subject's identifying fields "
         "this many days after they happened (alerts, incidents and the audit log are kept).")
+    matcher_url: str = Field(
+        "http://127.0.0.1:8002",
+        description="A matcher worker's HTTP address: checks (POST /v1/checks) are matched "
+        "there.")
+    check_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Longest wait for the matcher's answer to a check "
+        "(503 after).")
     hot_list_hours: int = Field(
         72, ge=1, le=720,
         description="How long an incident's suspects and vehicles stay on its hot list "

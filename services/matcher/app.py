@@ -28,20 +28,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import faust
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from faust.contrib.asgi import serve_asgi
 from mode import Service
+from pydantic import BaseModel
 
 from services.matcher.engine import MatchingEngine, gc_paused
 from services.matcher.hits import (
@@ -56,6 +58,7 @@ from services.matcher.ledger import Ledger
 from services.matcher.reconcile import HitReconciler, Policy, startup_changes
 from services.matcher.settings import MatcherSettings
 from shared import metrics
+from shared.auth import internal_token
 from shared.db import create_pool
 from shared.events import (
     HOT_LIST,
@@ -63,6 +66,7 @@ from shared.events import (
     HitsWithdrawn,
     IncidentReported,
     SightingReported,
+    Subject,
     WatchlistEntry,
     WatchlistEntryCancelled,
     WatchlistEntryUpserted,
@@ -379,6 +383,11 @@ class MatcherRuntime(Service):
             metrics.WATCHLIST_SIZE.labels(category=category).set(size)
 
 
+class CheckQuery(BaseModel):
+    subject: Subject
+    at: datetime | None = None
+
+
 def create_app(settings: MatcherSettings) -> faust.App:
     session = settings.kafka_session_timeout_seconds
     app = faust.App(
@@ -414,6 +423,21 @@ def create_app(settings: MatcherSettings) -> faust.App:
         return JSONResponse({"ready": ready, "checks": {"watchlist_loaded": runtime.ready.is_set(),
                                                         "broker": runtime.consuming}},
                             status_code=200 if ready else 503)
+
+    token = internal_token(settings.api_key_pepper.get_secret_value())
+
+    @web.post("/internal/check", include_in_schema=False)
+    async def check(body: CheckQuery, request: Request) -> JSONResponse:
+        """Match one subject now, for ingest's `POST /v1/checks` (services' token only)."""
+        if not hmac.compare_digest(request.headers.get("x-giapranh-internal", ""), token):
+            return JSONResponse({"error": "internal endpoint"}, status_code=401)
+        if not runtime.ready.is_set():
+            return JSONResponse({"error": "watchlist still loading"}, status_code=503)
+        matches = runtime.engine.match(body.subject, at=body.at or utcnow())
+        return JSONResponse({
+            "watchlist_entries": len(runtime.engine),
+            "matches": [{"entry": m.entry.model_dump(mode="json"), "score": m.score,
+                         "reasons": [r.model_dump() for r in m.reasons]} for m in matches]})
 
     serve_asgi(app, web, host=settings.matcher_host, port=settings.matcher_port)
     if settings.metrics_port is not None:  # for the worker's life: a daemon thread
