@@ -87,3 +87,74 @@ async def test_an_alert_appears_live_and_is_acknowledged_from_the_page(
             assert [s["action"] for s in history.json()] == ["raised", "acknowledged"]
         assert errors == []
         assert external == []  # usable offline: every asset comes from the notifier
+
+
+async def test_the_desk_shows_an_incident_and_the_hot_list_hit_with_what_to_do_first(
+        env, topics, directory, browser):
+    """An incident alert (what happened, suspects, vehicles, where they fled) and a hit on
+    its hot list (with the incident, the action asked for and the safety flags first)
+    arrive live; the incident alert is acknowledged from its card."""
+    from datetime import UTC, datetime
+
+    from aiokafka import AIOKafkaProducer
+
+    from shared.events import (
+        Category,
+        Caution,
+        IncidentReported,
+        Place,
+        RequiredAction,
+        SharingScope,
+        Suspect,
+        Vehicle,
+        WatchlistEntry,
+    )
+    from shared.settings import CommonSettings
+    from shared.topics import INCIDENTS
+
+    incident = IncidentReported(
+        occurred_at=datetime.now(UTC), producer_unit="CA-31212",
+        incident_type="cướp giật tài sản", summary="giật túi xách tại bến phà",
+        place=Place(unit_code="CA-31212"), severity="immediate",
+        suspects=(Suspect(name="Trần Văn Tèo", cautions=(Caution.ARMED,)),),
+        vehicles=(Vehicle(plate="65-B1 234.56", description="Exciter đỏ"),),
+        fled_towards=("CA-31207",))
+    hot = WatchlistEntry(
+        entry_id=f"INC-{incident.event_id.hex}-V1", owner_unit="CA-31212",
+        category=Category.INCIDENT_VEHICLE, plates=("65-B1 234.56",),
+        sharing_scope=SharingScope.OWNER_ONLY, incident_id=incident.event_id,
+        action=RequiredAction.ARREST, cautions=(Caution.ARMED,))
+    app = create_app(env.settings(NotifierSettings))
+    async with served(app) as url:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{url}/desk")
+        await page.fill("#key", directory["CA-31212"])
+        await page.click("button[type=submit]")
+        await expect(page.locator("#live")).to_have_class("live on")
+
+        producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(env.settings(CommonSettings).topic(INCIDENTS.name),
+                                         incident.model_dump_json().encode(), key=b"CA-31212")
+        finally:
+            await producer.stop()
+        card = page.locator("article").first
+        await expect(card.locator("h2")).to_contain_text("Vụ việc: cướp giật tài sản",
+                                                         timeout=15_000)
+        await expect(card).to_contain_text("Trần Văn Tèo · CÓ VŨ KHÍ")
+        await expect(card).to_contain_text("65-B1 234.56 · Exciter đỏ")
+        await expect(card).to_contain_text("Bỏ chạy về")
+        await expect(card).to_contain_text("incident on this unit's territory")
+        await expect(card.locator("[data-action=confirm]")).to_have_count(0)
+        await card.locator("[data-action=ack]").click()
+        await expect(card.locator(".status")).to_have_text("Đã nhận")
+
+        await send(env, make_hit(hot, seen="CA-31207"))
+        hit_card = page.locator("article", has_text="Phương tiện vụ việc")
+        await expect(hit_card).to_be_visible(timeout=15_000)
+        await expect(hit_card.locator(".flags")).to_have_text("CÓ VŨ KHÍ · Bắt giữ")
+        await expect(hit_card).to_contain_text("cướp giật tài sản – giật túi xách tại bến phà")
+        assert errors == []
