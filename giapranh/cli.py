@@ -59,14 +59,20 @@ def bench(
     hit_ratio: Annotated[float, typer.Option(
         min=0.001, max=1.0,
         help="Share of sightings that are of a listed subject (the rest match nothing).")] = 1.0,
+    pursuits: Annotated[int, typer.Option(
+        min=0, help="Pursuits to time: incident → neighbour's alert, and → its hot list "
+        "matching a plate read (0: none).")] = 20,
+    checks: Annotated[int, typer.Option(
+        min=0, help="Checks (POST /v1/checks) to time, one at a time (0: none).")] = 200,
     data_dir: Annotated[Path, typer.Option(help="The running giapranh dev's data directory.",
                                            envvar="GIAPRANH_DEV_DATA_DIR")] = Path(".giapranh"),
 ) -> None:
-    """Sighting-to-alert latency and the highest sustained rate, against `giapranh dev`."""
+    """Sighting-to-alert latency and the highest sustained rate, the pursuit scenario and
+    checks, against `giapranh dev`."""
     from giapranh.bench import bench as run
 
     raise typer.Exit(asyncio.run(run(data_dir, sorted(rate), seconds, max_p99_ms / 1000,
-                                     hit_ratio)))
+                                     hit_ratio, pursuits, checks)))
 
 
 @app.command()

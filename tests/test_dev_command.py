@@ -59,12 +59,16 @@ def test_dev_starts_everything_raises_the_example_alert_and_stops_on_ctrl_c(tmp_
 
         bench = subprocess.run(
             [sys.executable, "-m", "giapranh.cli", "bench", "--data-dir", str(tmp_path / "data"),
-             "--rate", "20", "--seconds", "2", "--hit-ratio", "0.5"],
+             "--rate", "20", "--seconds", "2", "--hit-ratio", "0.5", "--pursuits", "3",
+             "--checks", "20"],
             cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
         assert bench.returncode == 0, bench.stdout + bench.stderr
         # Half the sightings are of people on no list: 20 alerts expected, not 40.
         assert "20 sightings/s (50% matching): 20/20 alerts" in bench.stdout
         assert "highest sustained rate: 20 sightings/s" in bench.stdout
+        assert "pursuit: incident → alert at the neighbour: 3/3" in bench.stdout
+        assert "pursuit: incident → hot list matches a plate read: 3/3" in bench.stdout
+        assert "checks (POST /v1/checks, one at a time): 20" in bench.stdout
 
         # A child that dies is restarted, and the console says so.
         before = {alert["alert_id"] for alert in alert_visible_list()}
