@@ -142,3 +142,15 @@ def test_an_incident_fleeing_on_a_bearing_alerts_the_units_that_way_and_no_other
     west = incident.model_copy(update={"fled_bearing": 320})
     assert [r.unit_code for r in choose_incident_recipients(
         west, directory, today=date.today(), radius_km=0, pursuit_km=30)] == ["HOME", "WEST"]
+
+
+async def test_the_reporting_unit_hears_of_its_hit_whatever_the_scope(
+        env, notifier, directory, pool):
+    """A patrol of CA-30301 reports a subject on CA-31212's territory; the entry is shared
+    with no one (owner_only): the reporting unit still learns its report was a hit."""
+    hit = make_hit(WANTED, seen="CA-31212", sharing_scope=SharingScope.OWNER_ONLY)
+    hit = hit.model_copy(update={"reported_by": "CA-30301"})
+    await send(env, hit)
+    _, who = await delivered(notifier, directory, pool, hit, "CA-30301")
+    assert who == {"CA-31212": [SEEN_HERE], "CA-30307": [LISTED_HERE],
+                   "CA-30301": ["this unit reported the sighting"]}
