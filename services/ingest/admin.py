@@ -18,8 +18,9 @@ from shared.directory import (
     list_units,
 )
 from shared.errors import Forbidden
+from shared.http import error_responses
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
 
 async def _admin(unit: CurrentUnit) -> Principal:
@@ -37,12 +38,14 @@ async def units(db: Database, unit: CurrentUnit) -> list[Unit]:
     return await list_units(db)
 
 
-@router.post("/admin/units", status_code=status.HTTP_201_CREATED, response_model=Unit)
+@router.post("/admin/units", status_code=status.HTTP_201_CREATED, response_model=Unit,
+             responses=error_responses(403, 409))
 async def add_unit(body: UnitIn, db: Database, admin: Admin) -> Unit:
     return await create_unit(db, body)
 
 
-@router.post("/admin/agreements", status_code=status.HTTP_201_CREATED, response_model=Agreement)
+@router.post("/admin/agreements", status_code=status.HTTP_201_CREATED, response_model=Agreement,
+             responses=error_responses(403, 409))
 async def add_agreement(body: AgreementIn, db: Database, admin: Admin) -> Agreement:
     async with db.acquire() as conn:
         return await create_agreement(conn, body)
