@@ -92,7 +92,9 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.HTTP_REJECTIONS.labels(service=service, reason="invalid").inc()
         errors = [
-            {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+            # Malformed JSON is located by character offset, not by field: the body is at fault.
+            {"field": "body" if e["type"] == "json_invalid" else _field_path(tuple(e["loc"])),
+             "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
@@ -106,8 +108,12 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Starlette's own refusals (unknown route, wrong method, unreadable body) in our
-        error format."""
+        """Starlette's own refusals (unknown route, wrong method) in our error format."""
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the body as JSON (not UTF-8, nested too deeply, a number
+            # too long to convert): invalid JSON like any other, not a 400 naming nothing.
+            return await _invalid(request, RequestValidationError([{
+                "type": "json_invalid", "loc": ("body",), "msg": "not valid JSON"}]))
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
         metrics.HTTP_REJECTIONS.labels(
             service=service, reason=codes.get(exc.status_code, str(exc.status_code))).inc()
