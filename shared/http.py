@@ -396,16 +396,11 @@ SECURITY_SCHEMES = {
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Complete the document FastAPI generates (`complete_openapi`) each time FastAPI
-    generates it."""
+    """Serve the document FastAPI generates (and caches) completed by `complete_openapi`."""
     generate = app.openapi
-    completed: list[dict[str, Any]] = []
 
     def openapi() -> dict[str, Any]:
-        document = generate()
-        if not completed or completed[0] is not document:
-            completed[:] = [complete_openapi(document)]
-        return document
+        return complete_openapi(generate())  # in place: completing it again changes nothing
 
     app.openapi = openapi  # type: ignore[method-assign]
 
