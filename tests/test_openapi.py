@@ -1,7 +1,8 @@
 """The OpenAPI documents of both services: valid OpenAPI 3.1 whose references all resolve,
-and true to the services. Schemathesis runs against the real apps (database, broker, a
-unit's key) and must meet no 5xx, no answer outside its documented schema, content type or
-headers, and no undocumented status code, on every operation.
+and true to the services. Schemathesis runs against the real apps (database, broker, keys
+of the roles each operation needs) and must meet no 5xx, no answer outside its documented
+schema, content type or headers, and no undocumented status code, on every operation; the
+key and audit operations must also succeed at least once each.
 
 A deeper run than CI's: `GIAPRANH_SCHEMATHESIS_EXAMPLES=250 GIAPRANH_SCHEMATHESIS_SEED=7
 pytest tests/test_openapi.py` (about a minute and a half; the defaults take about 25 s).
@@ -40,6 +41,10 @@ REPORTER = "CA-31212"
 LISTER = "CA-30307"
 """Lists the demo's wanted person, so it may acknowledge, confirm, reject and close the
 alerts the notifier run starts with: the key of the notifier run."""
+KEYS_ADMIN = "CAT-52"
+"""Its province admin works the key and audit operations: a province none of the other keys
+belongs to, so that what those operations rotate or revoke (the keys of its units, its own
+key even) is no key the rest of the run depends on."""
 CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conformance",
           "content_type_conformance", "response_headers_conformance"]
 MAX_EXAMPLES = int(os.environ.get("GIAPRANH_SCHEMATHESIS_EXAMPLES", "50"))
@@ -115,26 +120,30 @@ async def _schemathesis(url: str, key: str, config: Path, reports: Path) -> tupl
     return process.returncode or 0, output.decode(errors="replace")
 
 
-def _requests(reports: Path) -> list[tuple[str, str]]:
-    """(method, path) of every request the run sent, from its HAR report."""
+def _requests(reports: Path) -> list[tuple[str, str, int]]:
+    """(method, path, status) of every request the run sent, from its HAR report."""
     [har] = glob.glob(str(reports / "har-*.json"))
-    return [(entry["request"]["method"], urlsplit(entry["request"]["url"]).path)
+    return [(entry["request"]["method"], urlsplit(entry["request"]["url"]).path,
+             entry["response"]["status"])
             for entry in json.loads(Path(har).read_text())["log"]["entries"]]
 
 
-def _uncovered(document: dict[str, Any], requests: list[tuple[str, str]]) -> list[str]:
-    """The document's operations that no request reached; a request counts for the most
-    literal template it matches (`/v1/alerts/stream`, not `/v1/alerts/{alert_id}`)."""
+def _statuses(document: dict[str, Any],
+              requests: list[tuple[str, str, int]]) -> dict[str, set[int]]:
+    """The statuses each of the document's operations answered (none: no request reached
+    it); a request counts for the most literal template it matches (`/v1/alerts/stream`,
+    not `/v1/alerts/{alert_id}`)."""
     templates = sorted(document["paths"], key=lambda template: template.count("{"))
     patterns = {template: re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template))
                                      + "$") for template in templates}
-    reached = set()
-    for method, path in requests:
+    answered: dict[str, set[int]] = {
+        f"{method.upper()} {template}": set()
+        for template, operations in document["paths"].items() for method in operations}
+    for method, path, status in requests:
         template = next((t for t in templates if patterns[t].match(path)), None)
-        if template is not None:
-            reached.add(f"{method} {template}")
-    return [f"{method.upper()} {template}" for template, operations in document["paths"].items()
-            for method in operations if f"{method.upper()} {template}" not in reached]
+        if template is not None and f"{method} {template}" in answered:
+            answered[f"{method} {template}"].add(status)
+    return answered
 
 
 async def _alerts_to_work_on(env: TestEnv, url: str, key: str, count: int = 4) -> None:
@@ -151,8 +160,10 @@ async def _alerts_to_work_on(env: TestEnv, url: str, key: str, count: int = 4) -
 
 async def test_schemathesis_finds_nothing_wrong_with_either_service(env, topics, directory, pool):
     pepper = env.settings(CommonSettings).api_key_pepper.get_secret_value()
-    admin_key = await issue_api_key(pool, "CAT-91", pepper, role="province_admin",
-                                    label="schemathesis")
+    directory_admin = await issue_api_key(pool, "CAT-91", pepper, role="province_admin",
+                                          person="schemathesis", label="schemathesis")
+    keys_admin = await issue_api_key(pool, KEYS_ADMIN, pepper, role="province_admin",
+                                     person="schemathesis", label="schemathesis")
     # Rate limits would answer most requests with 429 (documented, but it tests nothing).
     unlimited = {"requests_per_minute_per_key": 1e9}
     ingest_app = create_ingest(env.settings(IngestSettings, relay_idle_seconds=0.2,
@@ -160,9 +171,12 @@ async def test_schemathesis_finds_nothing_wrong_with_either_service(env, topics,
     notifier_app = create_notifier(env.settings(NotifierSettings, **unlimited))
     runs = {
         "ingest": (ingest_app, directory[REPORTER], [
-            # The admin operations with an admin key, so that they do more than refuse.
+            # The admin operations with keys of the roles they need, so that they do more
+            # than refuse.
             {"include-path-regex": "^/v1/admin/",
-             "headers": {"Authorization": f"Bearer {admin_key}"}},
+             "headers": {"Authorization": f"Bearer {directory_admin}"}},
+            {"include-path-regex": "^/v1/(keys|audit)",
+             "headers": {"Authorization": f"Bearer {keys_admin}"}},
         ]),
         "notifier": (notifier_app, directory[LISTER], [
             # A live stream does not end: read it for half a second, then go on.
@@ -184,7 +198,13 @@ async def test_schemathesis_finds_nothing_wrong_with_either_service(env, topics,
     for (name, (app, _, _)), (code, output) in zip(runs.items(), results, strict=True):
         assert code == 0, f"schemathesis found problems with {name}:\n{output[-20_000:]}"
         requests = _requests(env.tmp_path / name)
-        assert not _uncovered(app.openapi(), requests), (name, _uncovered(app.openapi(), requests))
+        answered = _statuses(app.openapi(), requests)
+        assert not [op for op, statuses in answered.items() if not statuses], (name, answered)
+        # The key and audit operations did their work, not only refuse it (a key revoking
+        # the one it is sent with would leave nothing but 401s).
+        refusing = [op for op, statuses in answered.items() if re.search(r" /v1/(keys|audit)", op)
+                    and not any(200 <= status < 300 for status in statuses)]
+        assert not refusing, (name, {op: answered[op] for op in refusing})
         total += len(requests)
         print(f"{name}: {len(requests)} requests")
     print(f"{total} requests in {elapsed:.0f} s")
