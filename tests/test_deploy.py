@@ -3,13 +3,15 @@
 The compose file parses; every GIAPRANH_* variable it sets is a real setting of the
 service it is set for; the services use the idempotent producer on Apache Kafka; every
 metric the dashboard queries is declared in shared/metrics.py; every scrape target is a
-service of the compose file on the port that service listens on.
+service of the compose file on the port its own /metrics listener (GIAPRANH_METRICS_PORT)
+listens on, reachable on the compose network and published nowhere.
 
 Kafka: the broker's start-up script (deploy/kafka/start.sh) is run here for real, with
 stand-ins for Kafka's two tools, and the configuration it writes is read: no listener
 reachable from outside the broker's container is PLAINTEXT, the published one is SASL_SSL
-once a certificate is given, the SCRAM users the services log in as are created, and every
-service gets every Kafka credentials setting the settings class has.
+once a certificate is given, the SCRAM users the services log in as are created, every
+service gets every Kafka credentials setting the settings class has, and the broker keeps
+reports for 7 days, less than the sighting retention period.
 """
 
 import json
@@ -85,16 +87,23 @@ def test_every_dashboard_metric_is_declared():
     assert queried <= declared | histogram_parts | counters, queried - declared - histogram_parts - counters
 
 
-def test_every_scrape_target_is_a_service_on_its_port(compose):
+def test_every_scrape_target_is_a_service_on_its_metrics_port(compose):
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     assert set(jobs) == set(SETTINGS)
     for name, job in jobs.items():
-        listens = int(compose["services"][name]["environment"][PORT_SETTING[name]])
+        service = compose["services"][name]
+        environment = service["environment"]
+        # /metrics has a listener of its own: the API port does not serve it.
+        metrics_port = int(environment["GIAPRANH_METRICS_PORT"])
+        assert metrics_port != int(environment[PORT_SETTING[name]]), name
+        # Bound where Prometheus, another container, reaches it (the default is loopback).
+        assert environment["GIAPRANH_METRICS_HOST"] == "0.0.0.0", name
+        assert metrics_port not in published_container_ports(service), name
         targets = [t for config in job.get("static_configs", []) for t in config["targets"]]
         targets += [f"{dns}:{config['port']}" for config in job.get("dns_sd_configs", [])
                     for dns in config["names"]]
-        assert targets == [f"{name}:{listens}"]
+        assert targets == [f"{name}:{metrics_port}"]
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_dashboard(compose):
@@ -203,6 +212,13 @@ def test_no_kafka_listener_published_outside_the_compose_network_is_plaintext(
     assert "sasl.jaas.config" in properties(tmp_path / "run" / "admin.properties")
     advertised = listeners(config["advertised.listeners"])
     assert advertised["EXTERNAL"] == ("localhost", 9092)  # KAFKA_EXTERNAL_HOST's default
+    # Reports leave the broker after 7 days (README, "Privacy"), long before the services
+    # purge an unmatched sighting's subject from PostgreSQL.
+    assert int(config["log.retention.hours"]) == 7 * 24
+    purged_after_days = float(compose["services"]["ingest"]["environment"].get(
+        "GIAPRANH_SIGHTING_RETENTION_DAYS",
+        IngestSettings.model_fields["sighting_retention_days"].default))
+    assert int(config["log.retention.hours"]) < purged_after_days * 24
     assert (tmp_path / "kafka-server-start.sh.args").read_text().split() == [
         str(tmp_path / "run" / "server.properties")]
 
@@ -254,6 +270,7 @@ def test_every_service_gets_the_kafka_credentials_settings(compose, tmp_path, mo
     ("KAFKA_CLIENT_PASSWORD", "short", "at least 16"),
     ("KAFKA_CLIENT_PASSWORD", 'with"quote-0123456789', "at least 16"),
     ("KAFKA_CLIENT_USER", "admin", "must not be admin"),
+    ("KAFKA_LOG_RETENTION_HOURS", "7d", "whole number of hours"),
 ])
 def test_the_broker_refuses_to_start_with_unusable_credentials(compose, tmp_path, variable,
                                                                value, complaint):

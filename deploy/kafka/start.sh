@@ -18,6 +18,8 @@
 #   KAFKA_CLIENT_PASSWORD     its password
 #   KAFKA_EXTERNAL_HOST       host name clients outside use (advertised; the certificate's)
 #   KAFKA_TLS_DIR             /etc/kafka/tls: server.pem = PKCS#8 key + certificate chain
+#   KAFKA_LOG_RETENTION_HOURS how long topics keep messages (default 168, 7 days; compacted
+#                             topics keep each key's latest value regardless)
 # SCRAM users are created at the first start only (the storage is then formatted): change a
 # password later with kafka-configs.sh (README, "Kafka security").
 set -euo pipefail
@@ -28,6 +30,7 @@ DATA_DIR=${KAFKA_DATA_DIR:-/var/lib/kafka/data}
 RUN_DIR=${KAFKA_RUN_DIR:-/tmp/giapranh-kafka}
 TLS_DIR=${KAFKA_TLS_DIR:-/etc/kafka/tls}
 EXTERNAL_HOST=${KAFKA_EXTERNAL_HOST:-localhost}
+RETENTION_HOURS=${KAFKA_LOG_RETENTION_HOURS:-168}
 MECHANISM=SCRAM-SHA-512
 ADMIN_USER=admin
 
@@ -44,6 +47,7 @@ for name in KAFKA_ADMIN_PASSWORD KAFKA_CLIENT_PASSWORD; do
     [[ ${!name} =~ ^[A-Za-z0-9_-]{16,}$ ]] ||
         fail "$name: at least 16 letters, digits, _ or - (e.g. openssl rand -hex 32)"
 done
+[[ $RETENTION_HOURS =~ ^[1-9][0-9]*$ ]] || fail "KAFKA_LOG_RETENTION_HOURS: a whole number of hours"
 
 if [[ -f $TLS_DIR/server.pem ]]; then
     EXTERNAL_PROTOCOL=SASL_SSL
@@ -76,6 +80,7 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
+log.retention.hours=$RETENTION_HOURS
 EOF
 if [[ $EXTERNAL_PROTOCOL == SASL_SSL ]]; then
     cat >> "$RUN_DIR/server.properties" <<EOF
