@@ -6,16 +6,15 @@ whether or not it exists); workflow steps are further limited to the units whose
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AnyHttpUrl, Field, field_validator
 
 from services.notifier.cap import render_atom, render_cap
 from services.notifier.deps import Alerts, CurrentUnit, Feed, Settings, UnitWebhooks
+from services.notifier.feed import EventStream
 from services.notifier.models import (
     AlertView,
     HistoryStep,
@@ -26,7 +25,6 @@ from services.notifier.models import (
 )
 from services.notifier.webhooks import MAX_URL_LENGTH
 from services.notifier.workflow import Outcome, StatusFilter
-from shared import metrics
 from shared.audit import Actor
 from shared.auth import Principal
 from shared.errors import NotFound, TooManyRequests
@@ -93,29 +91,21 @@ async def _stream_allowed(unit: CurrentUnit, feed: Feed) -> Principal:
     return unit
 
 
-@router.get("/alerts/stream", response_class=EventSourceResponse, responses={200: {
+@router.get("/alerts/stream", response_class=EventStream, status_code=200, responses={200: {
     "description": "A stream of server-sent events that does not end by itself: "
                    "`event: alert` (a new alert) or `event: update` (a change of one), `id` "
-                   "the alert id, `data` the alert as JSON (`AlertView`).",
+                   "the alert id, `data` the alert as JSON (`AlertView`); `: ping` comment "
+                   "lines when idle.",
     "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def stream_alerts(
     unit: Annotated[Principal, Depends(_stream_allowed)], feed: Feed
-) -> AsyncIterable[ServerSentEvent]:
+) -> EventStream:
     """Server-sent events for the calling unit: `event: alert` for each new alert and
     `event: update` for each change of one (acknowledged, confirmed, escalated, withdrawn,
-    ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`. The
-    stream ends when the key is revoked or expires."""
-    with feed.subscribe(unit) as queue:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return  # fell too far behind, or the key is gone: the client reconnects
-            metrics.DELIVERIES.labels(channel="sse", result="ok").inc()
-            if item.kind == "raised" and item.reported_at is not None:
-                metrics.SIGHTING_TO_DELIVERY.labels(channel="sse").observe(
-                    max(0.0, (utcnow() - item.reported_at).total_seconds()))
-            yield ServerSentEvent(raw_data=item.data, id=str(item.alert_id),
-                                  event="alert" if item.kind == "raised" else "update")
+    ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`; a comment
+    line (`: ping`) when nothing happened for 15 s. The stream ends when the key is revoked
+    or expires."""
+    return EventStream(feed, unit)
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertView, responses=error_responses(404))
