@@ -3,8 +3,8 @@
 The compose file parses; every GIAPRANH_* variable it sets is a real setting of the
 service it is set for; the services use the idempotent producer on Apache Kafka; every
 metric the dashboard queries is declared in shared/metrics.py; every scrape target is a
-service of the compose file on the port its own /metrics listener (GIAPRANH_METRICS_PORT)
-listens on, reachable on the compose network and published nowhere.
+service of the compose file on the port that serves its /metrics (GIAPRANH_METRICS_PORT if
+set, else the service's own), reachable on the compose network and published nowhere.
 
 Kafka: the broker's start-up script (deploy/kafka/start.sh) is run here for real, with
 stand-ins for Kafka's two tools, and the configuration it writes is read: no listener
@@ -94,11 +94,15 @@ def test_every_scrape_target_is_a_service_on_its_metrics_port(compose):
     for name, job in jobs.items():
         service = compose["services"][name]
         environment = service["environment"]
-        # /metrics has a listener of its own: the API port does not serve it.
-        metrics_port = int(environment["GIAPRANH_METRICS_PORT"])
-        assert metrics_port != int(environment[PORT_SETTING[name]]), name
-        # Bound where Prometheus, another container, reaches it (the default is loopback).
-        assert environment["GIAPRANH_METRICS_HOST"] == "0.0.0.0", name
+        if "GIAPRANH_METRICS_PORT" in environment:
+            # A listener of its own: the service's port does not serve /metrics then.
+            metrics_port = int(environment["GIAPRANH_METRICS_PORT"])
+            assert metrics_port != int(environment[PORT_SETTING[name]]), name
+            # Bound where Prometheus, another container, reaches it (default: loopback).
+            assert environment["GIAPRANH_METRICS_HOST"] == "0.0.0.0", name
+        else:
+            metrics_port = int(environment[PORT_SETTING[name]])
+        # Whatever port serves /metrics is on the compose network only.
         assert metrics_port not in published_container_ports(service), name
         targets = [t for config in job.get("static_configs", []) for t in config["targets"]]
         targets += [f"{dns}:{config['port']}" for config in job.get("dns_sd_configs", [])
