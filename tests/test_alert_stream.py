@@ -138,3 +138,24 @@ async def test_a_key_holds_a_limited_number_of_streams(env, topics, directory):
         assert other_unit.status_code == 200
         for task in streams:
             task.cancel()
+
+
+async def test_a_stream_its_client_closed_no_longer_counts_against_the_key(
+        env, topics, directory):
+    settings = env.settings(NotifierSettings, notifier_max_streams_per_key=1)
+    async with served(create_app(settings)) as url:
+        key = directory["CA-30307"]
+        opened, ended = asyncio.Event(), asyncio.Event()
+        stream = asyncio.create_task(_open_stream(url, key, opened, ended))
+        await asyncio.wait_for(opened.wait(), 10)
+        async with httpx.AsyncClient() as client:
+            second = await client.get(f"{url}/v1/alerts/stream", headers=bearer(key))
+        assert second.status_code == 429
+        stream.cancel()  # the desk closes the page
+
+        async def reopened():
+            async with httpx.AsyncClient(timeout=5) as client, client.stream(
+                    "GET", f"{url}/v1/alerts/stream", headers=bearer(key)) as response:
+                return response.status_code == 200
+
+        await eventually(reopened, what="the key's one stream to be free again")

@@ -84,4 +84,6 @@ def test_a_sighting_must_identify_someone():
 def test_production_refuses_the_development_pepper():
     with pytest.raises(ValidationError, match="GIAPRANH_API_KEY_PEPPER"):
         CommonSettings(environment="production")
-    assert CommonSettings(environment="production", api_key_pepper="x" * 32)
+    assert CommonSettings(environment="production", api_key_pepper="x" * 32,
+                          kafka_security_protocol="SASL_SSL", kafka_sasl_username="giapranh",
+                          kafka_sasl_password="y" * 32)

@@ -76,6 +76,17 @@ async def test_a_huge_ward_code_is_422(ingest, env, directory, pool):
     assert response.json()["error"]["field"] == "ward_code"
 
 
+@pytest.mark.parametrize("content", [
+    b"\x80 not UTF-8", b'{"occurred_at": ', b"[" * 100_000, b'{"n": ' + b"9" * 5000 + b"}",
+], ids=["not-utf8", "truncated", "nested-too-deeply", "number-too-long"])
+async def test_a_body_that_is_not_json_is_422_naming_the_body(ingest, directory, content):
+    headers = {**bearer(directory[SEER]), "Content-Type": "application/json"}
+    for path in ("/v1/sightings", "/v1/sightings/batch"):
+        response = await ingest.post(path, content=content, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["field"] == "body", (path, response.text)
+
+
 async def test_a_chunked_body_over_the_limit_is_413_on_every_endpoint(ingest, directory):
     headers = {**bearer(directory[SEER]), "Content-Type": "application/json"}
 

@@ -37,9 +37,9 @@ from shared.directory import (
 )
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.events import Contract, ShortText
-from shared.http import ProvinceAdminKey, UnitAdminKey
+from shared.http import ProvinceAdminKey, UnitAdminKey, error_responses
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
 MAX_GRACE_HOURS = 24 * 30
 
@@ -50,7 +50,8 @@ async def units(db: Database, unit: CurrentUnit) -> list[Unit]:
     return await list_units(db)
 
 
-@router.post("/admin/units", status_code=status.HTTP_201_CREATED, response_model=Unit)
+@router.post("/admin/units", status_code=status.HTTP_201_CREATED, response_model=Unit,
+             responses=error_responses(403, 409))
 async def add_unit(body: UnitIn, db: Database, admin: ProvinceAdminKey) -> Unit:
     """Add a unit to the directory (province admins)."""
     async with db.acquire() as conn, conn.transaction():
@@ -60,7 +61,8 @@ async def add_unit(body: UnitIn, db: Database, admin: ProvinceAdminKey) -> Unit:
         return created
 
 
-@router.post("/admin/agreements", status_code=status.HTTP_201_CREATED, response_model=Agreement)
+@router.post("/admin/agreements", status_code=status.HTTP_201_CREATED, response_model=Agreement,
+             responses=error_responses(403, 409))
 async def add_agreement(body: AgreementIn, db: Database, admin: ProvinceAdminKey) -> Agreement:
     """Record a coordination agreement between units (province admins)."""
     async with db.acquire() as conn, conn.transaction():
@@ -133,7 +135,7 @@ async def _key_in_reach(conn: asyncpg.Connection | asyncpg.Pool, principal: Prin
     return KeyView(**info.__dict__)
 
 
-@router.get("/keys", response_model=list[KeyView])
+@router.get("/keys", response_model=list[KeyView], responses=error_responses(403))
 async def list_keys(
     db: Database, admin: UnitAdminKey,
     unit: Annotated[str | None, Query(max_length=64, description=(
@@ -148,7 +150,8 @@ async def list_keys(
     return [KeyView(**info.__dict__) for info in await list_api_keys(db, units=scope)]
 
 
-@router.post("/keys", status_code=status.HTTP_201_CREATED, response_model=KeyIssued)
+@router.post("/keys", status_code=status.HTTP_201_CREATED, response_model=KeyIssued,
+             responses=error_responses(403))
 async def issue_key(body: KeyIn, db: Database, settings: Settings,
                     admin: UnitAdminKey) -> KeyIssued:
     """Issue a key for a person of the caller's unit (province admins: of a unit under
@@ -173,7 +176,7 @@ async def issue_key(body: KeyIn, db: Database, settings: Settings,
     return KeyIssued(**view.model_dump(), key=key)
 
 
-@router.post("/keys/{key_id}/rotate", response_model=Rotated)
+@router.post("/keys/{key_id}/rotate", response_model=Rotated, responses=error_responses(404))
 async def rotate_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
                      settings: Settings, caller: CurrentUnit,
                      body: RotateIn | None = None) -> Rotated:
@@ -197,7 +200,7 @@ async def rotate_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
     return Rotated(**view.model_dump(), key=key, old_key_stops_at=stops)
 
 
-@router.post("/keys/{key_id}/revoke", response_model=KeyView)
+@router.post("/keys/{key_id}/revoke", response_model=KeyView, responses=error_responses(404))
 async def revoke_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
                      caller: CurrentUnit) -> KeyView:
     """Revoke a key at once (its open alert streams close): your own, or one of the units
@@ -227,7 +230,7 @@ class AuditView(BaseModel):
     hash: str = Field(description="The record's chain hash, hex.")
 
 
-@router.get("/audit", response_model=list[AuditView])
+@router.get("/audit", response_model=list[AuditView], responses=error_responses(403))
 async def audit_records(
     db: Database, admin: UnitAdminKey,
     unit: Annotated[str | None, Query(max_length=64, description=(

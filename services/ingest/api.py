@@ -36,10 +36,10 @@ from shared.events import (
     WatchlistEntryFields,
     utcnow,
 )
-from shared.http import json_body, json_body_openapi
+from shared.http import error_responses, json_body, json_body_openapi
 from shared.topics import SIGHTINGS, TopicSpec
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 log = logging.getLogger(__name__)
 
 ClientEventId = Annotated[
@@ -163,7 +163,8 @@ def _sighting(body: SightingIn, unit_code: str, recorded_at: datetime) -> Sighti
     )
 
 
-@router.post("/sightings", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
+@router.post("/sightings", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted,
+             responses=error_responses(409))
 async def report_sighting(
     body: SightingIn, unit: CurrentUnit, store: Store, settings: Settings
 ) -> EventAccepted:
@@ -174,7 +175,8 @@ async def report_sighting(
 
 
 @router.post("/sightings/batch", status_code=status.HTTP_202_ACCEPTED,
-             response_model=BatchAccepted, openapi_extra=json_body_openapi(SightingBatchIn))
+             response_model=BatchAccepted, responses=error_responses(409),
+             openapi_extra=json_body_openapi(SightingBatchIn))
 async def report_sightings(
     unit: CurrentUnit, store: Store, settings: Settings,
     body: SightingBatchIn = json_body(SightingBatchIn),
@@ -201,7 +203,7 @@ async def report_sightings(
     return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 
-@router.put("/watchlist/{entry_id}", response_model=EntryStored)
+@router.put("/watchlist/{entry_id}", response_model=EntryStored, responses=error_responses(403))
 async def upsert_watchlist_entry(
     entry_id: Annotated[EntryId, Path()], body: WatchlistEntryFields, unit: WatchlistWriter,
     store: Store,
@@ -230,14 +232,16 @@ async def list_watchlist_entries(
                                    limit=limit, offset=offset)
 
 
-@router.get("/watchlist/{entry_id}", response_model=WatchlistEntryView)
+@router.get("/watchlist/{entry_id}", response_model=WatchlistEntryView,
+            responses=error_responses(404))
 async def get_watchlist_entry(
     entry_id: Annotated[EntryId, Path()], unit: CurrentUnit, store: Store
 ) -> WatchlistEntryView:
     return await store.own_entry(entry_id, unit.unit_code)
 
 
-@router.post("/watchlist/{entry_id}/cancel", response_model=EventAccepted)
+@router.post("/watchlist/{entry_id}/cancel", response_model=EventAccepted,
+             responses=error_responses(403, 404, 409))
 async def cancel_watchlist_entry(
     entry_id: Annotated[EntryId, Path()], body: CancelIn, unit: WatchlistWriter, store: Store
 ) -> EventAccepted:
@@ -248,7 +252,7 @@ async def cancel_watchlist_entry(
     return _accepted(result, unit.unit_code)
 
 
-@router.get("/events/{event_id}", response_model=EventStatus)
+@router.get("/events/{event_id}", response_model=EventStatus, responses=error_responses(404))
 async def event_status(event_id: UUID, unit: CurrentUnit, store: Store) -> EventStatus:
     """Where one of the calling unit's events is: `accepted` (stored, waiting for the
     broker), `relayed` (on the broker, matched or being matched), `matched` (it raised

@@ -42,9 +42,10 @@ from shared.events import (
     WatchlistEntry,
     utcnow,
 )
+from shared.http import error_responses
 from shared.topics import SIGHTINGS
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
 
 class CheckIn(Contract):
@@ -84,7 +85,7 @@ class CheckResult(BaseModel):
         None, description="The sighting filed with `record: true`.")
 
 
-@router.post("/checks", response_model=CheckResult)
+@router.post("/checks", response_model=CheckResult, responses=error_responses(409, 503))
 async def check(body: CheckIn, unit: CurrentUnit, store: Store, settings: Settings,
                 request: Request) -> CheckResult:
     """Check a person, id or plate against every list now. The answer carries each match's

@@ -51,10 +51,10 @@ from shared.events import (
     WatchlistEntryUpserted,
     utcnow,
 )
-from shared.http import DeskKey
+from shared.http import DeskKey, error_responses
 from shared.topics import INCIDENTS, WATCHLIST
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
 
 # ------------------------------------------------------------------------------- bodies
@@ -224,7 +224,8 @@ def _fingerprint(body: Contract) -> bytes:
 # ------------------------------------------------------------------------------- routes
 
 
-@router.post("/incidents", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted)
+@router.post("/incidents", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted,
+             responses=error_responses(409))
 async def report_incident(
     body: IncidentIn, unit: CurrentUnit, store: Store, settings: Settings
 ) -> EventAccepted:
@@ -265,7 +266,7 @@ async def report_incident(
 
 
 @router.post("/incidents/{incident_id}/update", status_code=status.HTTP_202_ACCEPTED,
-             response_model=EventAccepted)
+             response_model=EventAccepted, responses=error_responses(404, 409))
 async def update_incident(
     incident_id: Annotated[UUID, Path()], body: IncidentUpdateIn, unit: CurrentUnit,
     store: Store,
@@ -302,7 +303,7 @@ async def update_incident(
 
 
 @router.post("/incidents/{incident_id}/close", status_code=status.HTTP_202_ACCEPTED,
-             response_model=EventAccepted)
+             response_model=EventAccepted, responses=error_responses(403, 404, 409))
 async def close_incident(
     incident_id: Annotated[UUID, Path()], body: IncidentCloseIn, unit: DeskKey, store: Store,
 ) -> EventAccepted:
@@ -343,7 +344,8 @@ async def _changed(conn: asyncpg.Connection, store: IngestStore,
     return accepted
 
 
-@router.get("/incidents/{incident_id}", response_model=IncidentView)
+@router.get("/incidents/{incident_id}", response_model=IncidentView,
+            responses=error_responses(404))
 async def get_incident(
     incident_id: Annotated[UUID, Path()], unit: CurrentUnit, store: Store
 ) -> IncidentView:

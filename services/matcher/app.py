@@ -41,7 +41,9 @@ import faust
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from faust.auth import SASLCredentials, SSLCredentials
 from faust.contrib.asgi import serve_asgi
+from faust.types.auth import CredentialsT
 from mode import Service
 from pydantic import BaseModel
 
@@ -76,6 +78,7 @@ from shared.http import install_metrics, metrics_listener
 from shared.kafka import (
     cancel_requested,
     publish_all,
+    security_options,
     start_producer,
     stop_if_cancelled,
     stop_quietly,
@@ -383,6 +386,22 @@ class MatcherRuntime(Service):
             metrics.WATCHLIST_SIZE.labels(category=category).set(size)
 
 
+def broker_credentials(settings: MatcherSettings) -> CredentialsT | None:
+    """faust's form of `security_options`: the worker's own clients (its producer and
+    consumer) authenticate like every other client of giapranh."""
+    options = security_options(settings)
+    protocol = options["security_protocol"]
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return SSLCredentials(options["ssl_context"])
+    # SASLCredentials says SASL_SSL when it has an SSL context, SASL_PLAINTEXT otherwise.
+    return SASLCredentials(username=options["sasl_plain_username"],
+                           password=options["sasl_plain_password"],
+                           mechanism=options["sasl_mechanism"],
+                           ssl_context=options.get("ssl_context"))
+
+
 class CheckQuery(BaseModel):
     subject: Subject
     at: datetime | None = None
@@ -393,6 +412,7 @@ def create_app(settings: MatcherSettings) -> faust.App:
     app = faust.App(
         settings.matcher_group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
@@ -441,5 +461,7 @@ def create_app(settings: MatcherSettings) -> faust.App:
 
     serve_asgi(app, web, host=settings.matcher_host, port=settings.matcher_port)
     if settings.metrics_port is not None:  # for the worker's life: a daemon thread
-        metrics_listener(settings).__enter__()
+        listener = metrics_listener(settings)
+        listener.__enter__()
+        app.metrics_listener = listener  # type: ignore[attr-defined] # kept: its exit stops it
     return app

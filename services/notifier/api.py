@@ -6,16 +6,15 @@ whether or not it exists); workflow steps are further limited to the units whose
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AnyHttpUrl, Field, field_validator
 
 from services.notifier.cap import render_atom, render_cap
 from services.notifier.deps import Alerts, CurrentUnit, Feed, Settings, UnitWebhooks
+from services.notifier.feed import EventStream
 from services.notifier.models import (
     AlertView,
     HistoryStep,
@@ -26,14 +25,13 @@ from services.notifier.models import (
 )
 from services.notifier.webhooks import MAX_URL_LENGTH
 from services.notifier.workflow import Outcome, StatusFilter
-from shared import metrics
 from shared.audit import Actor
 from shared.auth import Principal
 from shared.errors import NotFound, TooManyRequests
 from shared.events import Contract, LongText, utcnow
-from shared.http import DeskKey, UnitAdminKey
+from shared.http import DeskKey, UnitAdminKey, error_responses
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 CAP_MEDIA_TYPE = "application/cap+xml"
 ATOM_MEDIA_TYPE = "application/atom+xml"
 
@@ -65,7 +63,7 @@ class WebhookIn(Contract):
     format: WebhookFormat = "json"
 
 
-@router.get("/me", response_model=UnitView)
+@router.get("/me", response_model=UnitView, responses=error_responses(404))
 async def who_am_i(unit: CurrentUnit, alerts: Alerts) -> UnitView:
     """The calling unit, as the directory knows it (the desk page shows it)."""
     row = await alerts.unit(unit.unit_code)
@@ -93,40 +91,43 @@ async def _stream_allowed(unit: CurrentUnit, feed: Feed) -> Principal:
     return unit
 
 
-@router.get("/alerts/stream", response_class=EventSourceResponse)
+@router.get("/alerts/stream", response_class=EventStream, status_code=200, responses={200: {
+    "description": "A stream of server-sent events that does not end by itself: "
+                   "`event: alert` (a new alert) or `event: update` (a change of one), `id` "
+                   "the alert id, `data` the alert as JSON (`AlertView`); `: ping` comment "
+                   "lines when idle.",
+    # Each event as schemathesis (and any SSE client) reads one: its fields, all text.
+    "content": {"text/event-stream": {"schema": {
+        "type": "object", "properties": {
+            "event": {"type": "string", "enum": ["alert", "update"]},
+            "id": {"type": "string", "format": "uuid"},
+            "data": {"type": "string", "description": "The alert as JSON (`AlertView`)."}},
+        "required": ["data"]}}}}})
 async def stream_alerts(
     unit: Annotated[Principal, Depends(_stream_allowed)], feed: Feed
-) -> AsyncIterable[ServerSentEvent]:
+) -> EventStream:
     """Server-sent events for the calling unit: `event: alert` for each new alert and
     `event: update` for each change of one (acknowledged, confirmed, escalated, withdrawn,
-    ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`. The
-    stream ends when the key is revoked or expires."""
-    with feed.subscribe(unit) as queue:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return  # fell too far behind, or the key is gone: the client reconnects
-            metrics.DELIVERIES.labels(channel="sse", result="ok").inc()
-            if item.kind == "raised" and item.reported_at is not None:
-                metrics.SIGHTING_TO_DELIVERY.labels(channel="sse").observe(
-                    max(0.0, (utcnow() - item.reported_at).total_seconds()))
-            yield ServerSentEvent(raw_data=item.data, id=str(item.alert_id),
-                                  event="alert" if item.kind == "raised" else "update")
+    ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`; a comment
+    line (`: ping`) when nothing happened for 15 s. The stream ends when the key is revoked
+    or expires."""
+    return EventStream(feed, unit)
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertView)
+@router.get("/alerts/{alert_id}", response_model=AlertView, responses=error_responses(404))
 async def get_alert(alert_id: UUID, unit: CurrentUnit, alerts: Alerts) -> AlertView:
     return await alerts.alert_for_unit(alert_id, unit.unit_code)
 
 
-@router.get("/alerts/{alert_id}/history", response_model=list[HistoryStep])
+@router.get("/alerts/{alert_id}/history", response_model=list[HistoryStep],
+            responses=error_responses(404))
 async def alert_history(alert_id: UUID, unit: CurrentUnit, alerts: Alerts) -> list[HistoryStep]:
     """Every step of the alert, oldest first: raised, acknowledged, escalated, ..."""
     return await alerts.history(alert_id, unit.unit_code)
 
 
 @router.get("/alerts/{alert_id}/cap", response_class=Response,
-            responses={200: {"content": {CAP_MEDIA_TYPE: {}}}})
+            responses={200: {"content": {CAP_MEDIA_TYPE: {}}}, **error_responses(404)})
 async def alert_cap(alert_id: UUID, unit: CurrentUnit, alerts: Alerts,
                     settings: Settings) -> Response:
     """The alert's current state as an OASIS CAP 1.2 message (Alert, Update or Cancel)."""
@@ -151,14 +152,16 @@ async def atom_feed(unit: CurrentUnit, alerts: Alerts, settings: Settings, reque
     return Response(body, media_type=ATOM_MEDIA_TYPE)
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertView)
+@router.post("/alerts/{alert_id}/ack", response_model=AlertView,
+             responses=error_responses(403, 404))
 async def acknowledge_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts) -> AlertView:
     """Acknowledge receipt at the calling unit's duty desk (repeating it changes nothing).
     Desk keys and above."""
     return await alerts.acknowledge(alert_id, unit.unit_code, Actor.of(unit))
 
 
-@router.post("/alerts/{alert_id}/confirm", response_model=AlertView)
+@router.post("/alerts/{alert_id}/confirm", response_model=AlertView,
+             responses=error_responses(403, 404, 409))
 async def confirm_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts,
                         body: Decision | None = None) -> AlertView:
     """The listing unit (or a unit above it) confirms the subject is still wanted."""
@@ -166,14 +169,16 @@ async def confirm_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts,
                                Actor.of(unit))
 
 
-@router.post("/alerts/{alert_id}/reject", response_model=AlertView)
+@router.post("/alerts/{alert_id}/reject", response_model=AlertView,
+             responses=error_responses(403, 404, 409))
 async def reject_alert(alert_id: UUID, body: Rejection, unit: DeskKey,
                        alerts: Alerts) -> AlertView:
     """The listing unit (or a unit above it) rejects the hit, saying why."""
     return await alerts.decide(alert_id, unit.unit_code, False, body.note, Actor.of(unit))
 
 
-@router.post("/alerts/{alert_id}/close", response_model=AlertView)
+@router.post("/alerts/{alert_id}/close", response_model=AlertView,
+             responses=error_responses(403, 404, 409))
 async def close_alert(alert_id: UUID, body: Closing, unit: DeskKey,
                       alerts: Alerts) -> AlertView:
     """Record the outcome (detained, not_located, false_match) of a confirmed or rejected
@@ -182,7 +187,7 @@ async def close_alert(alert_id: UUID, body: Closing, unit: DeskKey,
                               Actor.of(unit))
 
 
-@router.get("/webhook", response_model=WebhookView)
+@router.get("/webhook", response_model=WebhookView, responses=error_responses(403, 404))
 async def get_webhook(unit: UnitAdminKey, webhooks: UnitWebhooks) -> WebhookView:
     """The calling unit's webhook (unit admins)."""
     hook = await webhooks.of(unit.unit_code)
@@ -191,7 +196,7 @@ async def get_webhook(unit: UnitAdminKey, webhooks: UnitWebhooks) -> WebhookView
     return hook
 
 
-@router.put("/webhook", response_model=WebhookCreated)
+@router.put("/webhook", response_model=WebhookCreated, responses=error_responses(403))
 async def put_webhook(body: WebhookIn, unit: UnitAdminKey,
                       webhooks: UnitWebhooks) -> WebhookCreated:
     """Register (or replace) the calling unit's webhook (unit admins). The signing secret
@@ -201,7 +206,7 @@ async def put_webhook(body: WebhookIn, unit: UnitAdminKey,
     return WebhookCreated(url=str(body.url), format=body.format, secret=secret)
 
 
-@router.delete("/webhook", status_code=204)
+@router.delete("/webhook", status_code=204, responses=error_responses(403))
 async def delete_webhook(unit: UnitAdminKey, webhooks: UnitWebhooks) -> Response:
     """Remove the calling unit's webhook (unit admins)."""
     await webhooks.remove(unit.unit_code, actor=Actor.of(unit))

@@ -4,10 +4,14 @@ The transaction that changes an alert also sends `pg_notify('giapranh_alerts', {
 kind, units})` (`SseChannel`), so the notification exists exactly when the change does.
 Every instance LISTENs on its own connection; one worker task takes the notifications in
 order, in batches, and for each recipient unit with open streams reads the unit's views of
-the changed alerts with one query and renders each once: a thousand streams of one unit
-cost one query and one JSON encoding per change, not a thousand. For alerts with too many
-recipients to list in a notification (scope `all_units`), it looks up which subscribed
-units received them.
+the changed alerts with one query and encodes each change once, as the bytes of its
+server-sent event (`FeedItem.frame`): a thousand streams of one unit cost one query, one
+JSON encoding and one SSE encoding per change, and each stream only writes the same bytes
+(`EventStream`, a plain ASGI response: no per-stream serialising, no helper tasks per
+event). The worker hands an item to `FAN_OUT_SLICE` streams at a time and lets other work
+run in between, so that a change for a thousand desks never holds up everyone else's
+requests for the whole fan-out. For alerts with too many recipients to list in a
+notification (scope `all_units`), it looks up which subscribed units received them.
 
 Streams belong to an API key: a key revoked (the `giapranh_keys` notification a trigger
 sends) or expired closes its streams within a second, and every 30 s the keys of open
@@ -16,7 +20,8 @@ streams are checked again in case a notification was missed. A key may hold at m
 
 Back-pressure: each subscriber has a bounded queue. A desk that stops reading while
 `QUEUE_SIZE` changes pile up is disconnected (its browser reconnects and reloads the list),
-rather than letting one slow client hold memory.
+rather than letting one slow client hold memory. Idle streams get a comment line every
+`HEARTBEAT_SECONDS`, so that proxies do not time them out.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+from fastapi.sse import format_sse_event
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from services.notifier.channels import ALERTS_CHANNEL
+from shared import metrics
 from shared.auth import KEYS_CHANNEL, KeyStore, Principal
 from shared.events import utcnow
 from shared.kafka import stop_if_cancelled
@@ -44,6 +53,9 @@ QUEUE_SIZE = 1000
 DISCONNECT = None  # queued when a subscriber must go: too far behind, or its key is gone
 REVALIDATE_SECONDS = 30.0
 EXPIRY_CHECK_SECONDS = 0.5
+HEARTBEAT_SECONDS = 15.0
+FAN_OUT_SLICE = 100
+"""Streams handed one change before the worker lets other tasks (requests) run."""
 
 Render = Callable[[str, list[UUID]], Awaitable[dict[UUID, str]]]
 """(unit, alert ids) -> the unit's views of those alerts, as JSON text, by alert id."""
@@ -59,12 +71,25 @@ class Change:
 
 @dataclass(frozen=True)
 class FeedItem:
-    """One change as a unit's desks receive it: the view rendered once for all of them."""
+    """What a unit's streams write: one change's server-sent event, encoded once for all
+    of them (`event: alert` for a new alert, `event: update` for a change of one, `id` the
+    alert id, `data` the unit's view of the alert as JSON), or a heartbeat."""
 
-    alert_id: UUID
-    kind: str
-    reported_at: datetime | None
-    data: str
+    frame: bytes
+    alert_id: UUID | None = None
+    reported_at: datetime | None = None
+    """The sighting's time, for a new alert (the sighting-to-desk latency)."""
+
+    @classmethod
+    def of(cls, change: Change, data: str) -> FeedItem:
+        raised = change.kind == "raised"
+        frame = format_sse_event(data_str=data, event="alert" if raised else "update",
+                                 id=str(change.alert_id))
+        return cls(frame, change.alert_id, change.reported_at if raised else None)
+
+
+HEARTBEAT = FeedItem(b": ping\n\n")
+"""An SSE comment: clients ignore it, proxies see the stream alive."""
 
 
 @dataclass(eq=False)
@@ -77,14 +102,23 @@ class _Subscription:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(DISCONNECT)
 
+    def offer(self, item: FeedItem) -> bool:
+        """Queue `item`, or close the subscription if it is too far behind (False)."""
+        if self.queue.qsize() >= QUEUE_SIZE:
+            self.close()
+            return False
+        self.queue.put_nowait(item)
+        return True
+
 
 class AlertFeed:
     def __init__(self, database_url: str, render: Render, keys: KeyStore, *,
-                 max_streams_per_key: int):
+                 max_streams_per_key: int, heartbeat_seconds: float = HEARTBEAT_SECONDS):
         self._database_url = database_url
         self._render = render
         self._keys = keys
         self.max_streams = max_streams_per_key
+        self._heartbeat_seconds = heartbeat_seconds
         self._connection: asyncpg.Connection | None = None
         self._subscribers: dict[str, set[_Subscription]] = defaultdict(set)
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
@@ -95,7 +129,8 @@ class AlertFeed:
         await self._connection.add_listener(ALERTS_CHANNEL, self._on_alert)
         await self._connection.add_listener(KEYS_CHANNEL, self._on_key_revoked)
         self._tasks = [asyncio.create_task(self._deliver(), name="feed-deliver"),
-                       asyncio.create_task(self._watch_keys(), name="feed-keys")]
+                       asyncio.create_task(self._watch_keys(), name="feed-keys"),
+                       asyncio.create_task(self._heartbeats(), name="feed-heartbeats")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -170,18 +205,23 @@ class AlertFeed:
                     by_unit[unit].append(change)
         for unit, changes in by_unit.items():
             views = await self._render(unit, list({c.alert_id: None for c in changes}))
-            for change in changes:
-                data = views.get(change.alert_id)
-                if data is None:
-                    continue
-                item = FeedItem(change.alert_id, change.kind, change.reported_at, data)
-                for subscription in list(self._subscribers.get(unit, ())):
-                    queue = subscription.queue
-                    if queue.qsize() >= QUEUE_SIZE:
-                        subscription.close()
-                        self._subscribers[unit].discard(subscription)
-                    else:
-                        queue.put_nowait(item)
+            items = [FeedItem.of(change, views[change.alert_id]) for change in changes
+                     if change.alert_id in views]
+            if items:
+                await self._offer(unit, items)
+
+    async def _offer(self, unit: str, items: list[FeedItem]) -> None:
+        """Queue `items` for each of the unit's streams, `FAN_OUT_SLICE` streams at a time
+        (the streams write them when the worker yields)."""
+        subscriptions = list(self._subscribers.get(unit, ()))
+        for start in range(0, len(subscriptions), FAN_OUT_SLICE):
+            if start:
+                await asyncio.sleep(0)  # the slice's streams write, requests get a turn
+            for subscription in subscriptions[start:start + FAN_OUT_SLICE]:
+                for item in items:
+                    if not subscription.offer(item):
+                        self._subscribers.get(unit, set()).discard(subscription)
+                        break
 
     async def _recipients(self, alert_ids: list[UUID]) -> dict[UUID, tuple[str, ...]]:
         assert self._connection is not None
@@ -190,6 +230,16 @@ class AlertFeed:
             "WHERE alert_id = ANY($1::uuid[]) AND unit_code = ANY($2::text[]) "
             "GROUP BY alert_id", alert_ids, list(self._subscribers))
         return {row["alert_id"]: tuple(row["units"]) for row in rows}
+
+    async def _heartbeats(self) -> None:
+        """A heartbeat to every stream with nothing queued, every `heartbeat_seconds`."""
+        while True:
+            stop_if_cancelled()
+            await asyncio.sleep(self._heartbeat_seconds)
+            for subscriptions in list(self._subscribers.values()):
+                for subscription in list(subscriptions):
+                    if subscription.queue.empty():
+                        subscription.queue.put_nowait(HEARTBEAT)
 
     # ------------------------------------------------------------------ keys
 
@@ -234,3 +284,66 @@ class AlertFeed:
                 continue
             if open_keys - valid:
                 self._close_keys(open_keys - valid, "revoked or ended")
+
+
+# ------------------------------------------------------------------ the HTTP response
+
+
+class EventStream(Response):
+    """One live stream as an ASGI response: subscribes its key's unit while the client is
+    connected and writes each queued `FeedItem` as it is (several at once when they piled
+    up), until the client goes, or the feed closes it (revoked or expired key, too far
+    behind). Its one helper task only waits for the client to disconnect."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, feed: AlertFeed, principal: Principal):
+        # Not Response.__init__: it would declare the empty body's length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache",
+                           "X-Accel-Buffering": "no"})  # nginx must not buffer the events
+        self._feed = feed
+        self._principal = principal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        delivered = metrics.DELIVERIES.labels(channel="sse", result="ok")
+        latency = metrics.SIGHTING_TO_DELIVERY.labels(channel="sse")
+        with self._feed.subscribe(self._principal) as queue:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            gone = asyncio.Event()
+            watch = asyncio.create_task(_until_disconnected(receive, queue, gone),
+                                        name="sse-disconnect")
+            try:
+                while not gone.is_set():
+                    item = await queue.get()
+                    frames: list[bytes] = []
+                    while item is not DISCONNECT and not gone.is_set():
+                        frames.append(item.frame)
+                        if item.alert_id is not None:
+                            delivered.inc()
+                            if item.reported_at is not None:
+                                latency.observe(
+                                    max(0.0, (utcnow() - item.reported_at).total_seconds()))
+                        if queue.empty():
+                            break
+                        item = queue.get_nowait()
+                    if frames and not gone.is_set():
+                        await send({"type": "http.response.body", "body": b"".join(frames),
+                                    "more_body": True})
+                    if item is DISCONNECT:
+                        break  # the client reconnects (and reloads the list) if it may
+            finally:
+                watch.cancel()
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _until_disconnected(receive: Receive, queue: asyncio.Queue[FeedItem | None],
+                              gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+    with contextlib.suppress(asyncio.QueueFull):
+        queue.put_nowait(DISCONNECT)  # wakes the stream if it waits for an item
