@@ -92,6 +92,8 @@ BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT, BIRTH_YEAR_ONE_OFF, BIRTH_YEAR_DIFFERENT = 4
 BIRTH_DATE_DIFFERENT = -2.0  # both full dates known, a year or less apart, not equal
 
 
+_MISSING = object()
+
 BEST_NAME = max(NAME_FULL, NAME_REORDERED, ALIAS)
 BEST_BIRTH = max(BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT)
 
@@ -174,7 +176,8 @@ class _Record:
     plates: tuple[str, ...]
     valid_until: datetime | None
     owner: str
-    raw: bytes
+    stored: tuple[object, ...] | bytes
+    """The entry as `_stored` keeps it, decoded by `_entry` for each alert."""
     name_key: object
     """What the name contribution depends on (name and aliases), shared by namesakes:
     hashed by identity, since namesakes share their `_Name` objects."""
@@ -220,6 +223,7 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
     year = year or (cccd_birth_year(digits) if digits else None)
     name = names(entry.full_name)
     aliases = tuple(n for n in (names(a) for a in entry.aliases) if n is not None)
+    owner = sys.intern(entry.owner_unit)
     return _Record(
         entry_id=entry.entry_id,
         version=entry.version,
@@ -232,10 +236,93 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
         id_int=_digits_int(digits),
         plates=tuple(p for p in (compact_plate(p) for p in entry.plates) if p),
         valid_until=entry.valid_until,
-        owner=sys.intern(entry.owner_unit),
-        raw=entry.model_dump_json(exclude_defaults=True).encode(),
+        owner=owner,
+        stored=_stored(entry.model_dump_json(exclude_defaults=True).encode(),
+                       (entry.entry_id, owner, name.text if name else None, digits)),
         name_key=name if not aliases else (name, aliases),
     )
+
+
+# ----------------------------------------------------------------- the stored entry
+#
+# An alert carries the listed entry exactly as `WatchlistEntry.model_validate_json` reads
+# it back from its JSON (`model_dump_json(exclude_defaults=True)`). Decoding that JSON for
+# every alert was a sixth of the matching time, so the entry is read back once, when it is
+# listed, and its field values kept (`_stored`); an alert builds a new `WatchlistEntry`
+# from them the way `model_construct` does, without validating again (`_entry`): the same
+# field values, the same fields set, equal to what decoding the JSON gives. An entry the
+# JSON does not read back plainly keeps its JSON, decoded as before.
+
+_ENTRY_FIELDS = tuple(WatchlistEntry.model_fields)
+_ENTRY_DEFAULTS: dict[str, object] = {
+    name: None if field.is_required() else field.default
+    for name, field in WatchlistEntry.model_fields.items()}
+_LAYOUTS: list[tuple[str, ...]] = []
+"""The fields set of stored entries (a few combinations), each once, in field order."""
+_LAYOUT_OF: dict[frozenset[str], tuple[int, tuple[int, ...]] | None] = {}
+"""Fields set -> (its number in `_LAYOUTS`, where `_SHARED` fields are in it), or None
+if entries with these fields set are not kept as values."""
+_SHARED = ("entry_id", "owner_unit", "full_name", "national_id")
+"""Fields whose value the record mostly holds anyway (`_stored`'s `shared`)."""
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_decode_json = WatchlistEntry.model_validate_json
+
+
+def _stored(raw: bytes, shared: tuple[object, ...]) -> tuple[object, ...] | bytes:
+    """The values of the fields set of the entry `raw` decodes to, in field order, then
+    the number of its layout; or `raw` itself if it does not decode plainly. A value
+    equal to its field's in `shared` (the values of `_SHARED`, as the record holds them)
+    is kept once."""
+    try:
+        entry = _decode_json(raw)
+    except ValueError:
+        return raw  # decoding it fails at each alert, as it always did
+    if (type(entry) is not WatchlistEntry or entry.__pydantic_extra__ is not None
+            or entry.__pydantic_private__ is not None):
+        return raw
+    values = entry.__dict__
+    fields_set = frozenset(entry.__pydantic_fields_set__)
+    layout = _LAYOUT_OF.get(fields_set, _MISSING)
+    if layout is _MISSING:
+        layout = _LAYOUT_OF[fields_set] = _layout(values, fields_set)
+    if layout is None:
+        return raw
+    number, share_at = layout  # type: ignore[misc]
+    kept = [values[name] for name in _LAYOUTS[number]]
+    for at, value in zip(share_at, shared, strict=True):
+        if at >= 0 and kept[at] == value:
+            kept[at] = value
+    kept.append(number)
+    return tuple(kept)
+
+
+def _layout(values: dict[str, object], fields_set: frozenset[str]
+            ) -> tuple[int, tuple[int, ...]] | None:
+    """A new layout, checked on the first entry that has it: what does not depend on an
+    entry's data (the order of the fields, the defaults of those not set) is checked once."""
+    if (tuple(values) != _ENTRY_FIELDS or not fields_set <= values.keys()
+            or any(values[name] is not _ENTRY_DEFAULTS[name]
+                   for name in _ENTRY_FIELDS if name not in fields_set)):
+        return None
+    names = tuple(name for name in _ENTRY_FIELDS if name in fields_set)
+    _LAYOUTS.append(names)
+    return len(_LAYOUTS) - 1, tuple(names.index(f) if f in names else -1 for f in _SHARED)
+
+
+def _entry(stored: tuple[object, ...] | bytes) -> WatchlistEntry:
+    """The listed entry, as `WatchlistEntry.model_validate_json` of its JSON gives it."""
+    if type(stored) is bytes:
+        return WatchlistEntry.model_validate_json(stored)
+    names = _LAYOUTS[stored[-1]]  # type: ignore[index]
+    values = _ENTRY_DEFAULTS.copy()
+    values.update(zip(names, stored))  # (zip stops before the layout number)
+    entry = _new_object(WatchlistEntry)
+    _set_attribute(entry, "__dict__", values)
+    _set_attribute(entry, "__pydantic_fields_set__", set(names))
+    _set_attribute(entry, "__pydantic_extra__", None)
+    _set_attribute(entry, "__pydantic_private__", None)
+    return entry
 
 
 def _syllables(r: _Record) -> Iterator[str]:
@@ -499,7 +586,7 @@ class MatchingEngine:
             return None
         record = self._records[slot]
         assert record is not None
-        return WatchlistEntry.model_validate_json(record.raw)
+        return _entry(record.stored)
 
     def size_by_category(self) -> dict[str, int]:
         return {category: n for category, n in self._categories.items() if n}
@@ -917,7 +1004,7 @@ def _best_of(first: list[Match], second: list[Match]) -> list[Match]:
 
 
 def _alert(record: _Record, score: float, reasons: list[Reason | _Explained]) -> Match:
-    return Match(WatchlistEntry.model_validate_json(record.raw), score,
+    return Match(_entry(record.stored), score,
                  tuple([_explain(reason) for reason in reasons]))
 
 
@@ -1028,8 +1115,6 @@ def _evaluate(
         reasons.append(("birth", birth[1], birth[2]))
     return points, reasons
 
-
-_MISSING = object()
 
 
 _PLATE_EXACT_TEXT = "plate {} exact"
