@@ -51,6 +51,7 @@ import math
 import sys
 import unicodedata
 import weakref
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,23 @@ def _one_byte_apart(a: int, b: int) -> bool:
         return False
     low = (x & -x).bit_length() - 1
     return (x.bit_length() - 1) >> 3 == low >> 3
+
+
+_CODE_LENGTH = 1 << 56
+_CODE_PLATES = 1 << 60
+_CODE_DIGITS = _CODE_LENGTH - 1
+_ONE_DIGIT_CODES = frozenset(d << 4 * i for i in range(14) for d in range(1, 16))
+"""`_id_code` differences of ids one digit apart."""
+
+
+def _id_code(digits: str | None, plates: bool) -> int:
+    """An id of up to 14 ASCII digits as one small integer, a digit per four bits, with
+    its length and whether the entry has plates: what `MatchingEngine._match` needs to drop
+    a namesake whose id differs without fetching its record (`_ONE_DIGIT_CODES`). 0 for
+    anything else, which is then judged from the record."""
+    if not digits or len(digits) > 14 or not digits.isascii():
+        return 0
+    return int(digits, 16) | len(digits) * _CODE_LENGTH | (_CODE_PLATES if plates else 0)
 
 
 def points_for(score: float) -> float:
@@ -542,6 +560,8 @@ class MatchingEngine:
         self.threshold = threshold
         self.max_bucket = max_bucket
         self._records: list[_Record | None] = []
+        self._id_codes = array("Q")
+        """`_id_code` of each slot's record (0: none, or a free slot)."""
         self._names = _SharedNames()
         self._free: list[int] = []
         self._slot_of: dict[str, int] = {}
@@ -605,10 +625,13 @@ class MatchingEngine:
         self._tombstones.pop(entry.entry_id, None)
         record = _prepare(entry, self._names)
         slot = self._free.pop() if self._free else len(self._records)
+        code = _id_code(record.id_digits, bool(record.plates))
         if slot == len(self._records):
             self._records.append(record)
+            self._id_codes.append(code)
         else:
             self._records[slot] = record
+            self._id_codes[slot] = code
         self._slot_of[entry.entry_id] = slot
         self._categories[record.category] += 1
         self._vocabulary.update(_syllables(record))
@@ -685,6 +708,7 @@ class MatchingEngine:
                     del self._pairs[pair]
         self._alias_names.subtract(alias.folded for alias in record.aliases)
         self._records[slot] = None
+        self._id_codes[slot] = 0
         self._free.append(slot)
         self._categories[record.category] -= 1
         self._vocabulary.subtract(_syllables(record))
@@ -890,11 +914,21 @@ class MatchingEngine:
         # give, unless a plate could make up for it; ids of another length say nothing).
         id_int = query.id_int if ID_DIFFERENT + BEST_BIRTH + BEST_NAME < needed else 0
         id_bits, plate = id_int.bit_length(), query.plate  # the same bit length: as many digits
+        # The same test on `_id_code`s, without fetching the record: differences in the
+        # digits only (the same length; plates only if the query has none), and more than
+        # one digit. What it cannot tell is told from the record below.
+        code = _id_code(query.id_digits, False) if id_int else 0
+        mask = ~0 if plate else ~_CODE_PLATES
+        codes, one_digit = self._id_codes, _ONE_DIGIT_CODES
 
         scored = len(candidates)
         kept: list[tuple[float, _Record, list[Reason | _Explained]]] = []
         keep = kept.append
         for slot in candidates:
+            if code and (listed := codes[slot]):
+                differs = (listed ^ code) & mask
+                if 0 < differs <= _CODE_DIGITS and differs not in one_digit:
+                    continue
             record = records[slot]
             if (id_int and record is not None and record.id_int and record.id_int != id_int
                     and record.id_int.bit_length() == id_bits
