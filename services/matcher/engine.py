@@ -412,10 +412,6 @@ def _identity(r: _Record) -> tuple[object, ...]:
     return (r.name_key, r.birth_year, r.birth_date, r.id_digits, r.plates, r.valid_until)
 
 
-def _best_first(kept: tuple[float, _Record, object]) -> tuple[float, str]:
-    return -kept[0], kept[1].entry_id
-
-
 def _copies(r: _Record) -> tuple[object, ...]:
     """Entries of one unit alike in everything scoring reads are copies: one query takes
     only a few of them."""
@@ -922,7 +918,8 @@ class MatchingEngine:
         codes, one_digit = self._id_codes, _ONE_DIGIT_CODES
 
         scored = len(candidates)
-        kept: list[tuple[float, _Record, list[Reason | _Explained]]] = []
+        # (-score, entry id, ...): sorted as they are, best first; entry ids never repeat
+        kept: list[tuple[float, str, _Record, list[Reason | _Explained]]] = []
         keep = kept.append
         for slot in candidates:
             if code and (listed := codes[slot]):
@@ -941,7 +938,7 @@ class MatchingEngine:
             # (points first: `score_of` costs more, and rounds, hence the margin)
             if (evaluated is not None and evaluated[0] >= nearly
                     and (score := score_of(evaluated[0])) >= threshold):
-                keep((score, record, evaluated[1]))
+                keep((-score, record.entry_id, record, evaluated[1]))
         omitted = 0
         if crowds:
             self.crowds_met += len(crowds)
@@ -959,26 +956,27 @@ class MatchingEngine:
                     for slots in by_owner.values():
                         taken = [s for s in slots[:COPIES_PER_OWNER + 1] if s not in candidates]
                         for slot in taken[:COPIES_PER_OWNER]:
-                            keep((score, records[slot], evaluated[1]))
+                            member = records[slot]
+                            keep((-score, member.entry_id, member, evaluated[1]))
                         omitted += max(0, len(slots) - COPIES_PER_OWNER)
         # At most COPIES_PER_OWNER copies from one unit (entries alike in everything
         # scoring reads): ingest refuses more, and building them all, an entry each,
         # would cost more than everything else.
         if len(kept) > 1:  # best first: the order of the matches
-            kept.sort(key=_best_first)
+            kept.sort()
         if len(kept) > COPIES_PER_OWNER:
             per_class: dict[tuple[object, ...], int] = {}
-            for score, record, reasons in kept:
+            for negated, _, record, reasons in kept:
                 copies = _copies(record)
                 taken_here = per_class.get(copies, 0)
                 if taken_here >= COPIES_PER_OWNER:
                     omitted += 1
                     continue
                 per_class[copies] = taken_here + 1
-                append(_alert(record, score, reasons))
+                append(_alert(record, -negated, reasons))
         else:
-            for score, record, reasons in kept:
-                append(_alert(record, score, reasons))
+            for negated, _, record, reasons in kept:
+                append(_alert(record, -negated, reasons))
         self.last_candidates = scored
         self.last_crowds = [crowd.size for crowd in crowds] if crowds else _NO_CROWDS
         self.last_omitted = omitted
