@@ -152,6 +152,8 @@ class _Name:
     tokens: tuple[Syllable, ...]
     folded: str
     folds: frozenset[str]
+    marked: bool
+    """Some syllable carries a diacritic."""
     joined: bool = False
     """Cut into listed syllables: it was written without (some) spaces."""
 
@@ -177,7 +179,7 @@ def _joined_reading(name: _Name, known: Callable[[str], int | None]) -> _Name | 
     if not cut:
         return None
     return _Name(name.text, tuple(tokens), " ".join(t.fold for t in tokens),
-                 frozenset(t.fold for t in tokens), joined=True)
+                 frozenset(t.fold for t in tokens), any(t.marked for t in tokens), joined=True)
 
 
 @dataclass(slots=True)
@@ -209,7 +211,8 @@ def _name(text: str | None) -> _Name | None:
     if not tokens:
         return None
     shown = " ".join(text.split())
-    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens))
+    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens),
+                 any(t.marked for t in tokens))
 
 
 class _SharedNames:
@@ -1036,8 +1039,11 @@ def _best_of(first: list[Match], second: list[Match]) -> list[Match]:
 
 
 def _alert(record: _Record, score: float, reasons: list[Reason | _Explained]) -> Match:
-    return Match(_entry(record.stored), score,
-                 tuple([_explain(reason) for reason in reasons]))
+    return _new_tuple(Match, (_entry(record.stored), score,  # = Match(...), one call less
+                              tuple([_explain(reason) for reason in reasons])))
+
+
+_new_tuple = tuple.__new__
 
 
 # ------------------------------------------------------------------------- scoring
@@ -1051,13 +1057,16 @@ Alignment = tuple[list[int | None], int, int, int, tuple[tuple[int, int], ...]] 
 
 
 class _Caches:
-    """Per-query memo: alignments by listed name text, name contributions by name key."""
+    """Per-query memo: alignments by listed name text, name contributions by name key,
+    birth evidence by birth year."""
 
-    __slots__ = ("aligned", "named")
+    __slots__ = ("aligned", "birth", "named")
 
     def __init__(self) -> None:
         self.aligned: dict[str, Alignment] = {}
         self.named: dict[object, tuple[float, _Explained] | None] = {}
+        self.birth: dict[int | None, tuple[float, _Explained] | None] = {}
+        """Birth evidence by the entry's birth year, when no two full dates meet."""
 
 
 _Named = tuple[float, str, str, tuple[object, ...]] | None
@@ -1074,8 +1083,7 @@ class _Explained:
 
     def reason(self) -> MatchReason:
         if self.built is None:
-            self.built = MatchReason(feature=self.feature,
-                                     detail=self.template.format(*self.args))
+            self.built = _explain((self.feature, self.template, self.args))
         return self.built
 
 
@@ -1084,7 +1092,8 @@ _BIRTH_REASONS: dict[tuple[str, tuple[object, ...]], MatchReason] = {}
 
 def _explain(reason: Reason | _Explained) -> MatchReason:
     if type(reason) is _Explained:
-        return reason.reason()
+        built = reason.built
+        return built if built is not None else reason.reason()
     feature, template, args = reason  # type: ignore[misc]
     if feature != "birth":
         return MatchReason(feature=feature, detail=template.format(*args))
@@ -1128,7 +1137,12 @@ def _evaluate(
 
     if plate_possible:
         points += _score_plate(q.plate, r.plates, reasons)  # type: ignore[arg-type]
-    birth = _birth_evidence(q, r)
+    if q.birth_date is None or r.birth_date is None:  # then the birth years decide
+        birth = caches.birth.get(r.birth_year, _MISSING)
+        if birth is _MISSING:
+            birth = caches.birth[r.birth_year] = _birth_reason(q, r)
+    else:
+        birth = _birth_reason(q, r)
     if birth is not None:
         points += birth[0]
     if q.name is not None:
@@ -1144,8 +1158,14 @@ def _evaluate(
             points += named[0]
             reasons.append(named[1])
     if birth is not None:
-        reasons.append(("birth", birth[1], birth[2]))
+        reasons.append(birth[1])
     return points, reasons
+
+
+def _birth_reason(q: _Query, r: _Record) -> tuple[float, _Explained] | None:
+    """`_birth_evidence` with its reason, formatted once if it alerts."""
+    birth = _birth_evidence(q, r)
+    return None if birth is None else (birth[0], _Explained("birth", birth[1], birth[2]))
 
 
 
@@ -1177,8 +1197,11 @@ def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
     `Phạm` is another name, `Thnah` for `Thanh` a typo; (query, listed) positions written
     as variants, `Huỳnh` for `Hoàng`), or None if some query syllable matches nothing.
     """
-    if len(query.folds - listed.folds) > MAX_NAME_EDITS:
-        return None  # cheap rejection before aligning
+    folds = query.folds
+    if len(folds) > MAX_NAME_EDITS and (  # cheap rejection before aligning
+            folds.isdisjoint(listed.folds) if len(folds) == MAX_NAME_EDITS + 1
+            else len(folds - listed.folds) > MAX_NAME_EDITS):
+        return None
     tokens = listed.tokens
     if query.folded == listed.folded:  # same names in the same order: marks decide
         conflicts = 0
@@ -1357,6 +1380,9 @@ class _NameNotes:
     marks: bool = True
 
     def __format__(self, spec: str) -> str:
+        if not (self.variants or self.typos or self.other_names or self.conflicts
+                or self.query.joined or (self.marks and not self.query.marked)):
+            return ""  # (the common case: nothing to note)
         notes = [f"{where} {typed} = {listed}: {what}" for where, typed, listed, what
                  in _variant_notes(self.query, self.listed, self.variants)]
         if self.query.joined:
@@ -1367,7 +1393,7 @@ class _NameNotes:
             notes.append(f"{self.other_names} syllable(s) one letter off another name")
         if self.conflicts:
             notes.append(f"{self.conflicts} syllable(s) with other marks")
-        if self.marks and not any(t.marked for t in self.query.tokens):
+        if self.marks and not self.query.marked:
             notes.append("no diacritics on query")
         return f" ({', '.join(notes)})" if notes else ""
 
