@@ -451,7 +451,9 @@ class _Crowd:
                 for slot in slots]
 
 
-Bucket = int | list[int] | _Crowd
+Bucket = int | array | _Crowd
+"""One slot; or a few, as an array of unsigned ints (reading one reads no int objects
+scattered over the heap, and it takes half the memory of a list); or a crowd."""
 _NO_CROWDS: list = []  # shared, never appended to
 
 
@@ -720,8 +722,8 @@ class MatchingEngine:
         if bucket is None:
             table[key] = slot
         elif type(bucket) is int:
-            table[key] = [bucket, slot]
-        elif type(bucket) is list:
+            table[key] = array("I", (bucket, slot))
+        elif type(bucket) is array:
             bucket.append(slot)
             if len(bucket) > self.max_bucket:
                 crowd = table[key] = _Crowd()
@@ -736,7 +738,7 @@ class MatchingEngine:
         if type(bucket) is int:
             if bucket == slot:
                 del table[key]
-        elif type(bucket) is list:
+        elif type(bucket) is array:
             bucket.remove(slot)
             if len(bucket) == 1:
                 table[key] = bucket[0]
@@ -747,7 +749,7 @@ class MatchingEngine:
                 if not slots:
                     del table[key]
                 else:
-                    table[key] = slots[0] if len(slots) == 1 else slots
+                    table[key] = slots[0] if len(slots) == 1 else array("I", slots)
 
     # ------------------------------------------------------------------ matching
 
@@ -777,7 +779,7 @@ class MatchingEngine:
                 continue
             if type(bucket) is int:
                 found.add(bucket)
-            elif type(bucket) is list:
+            elif type(bucket) is array:
                 found.update(bucket)
             else:
                 crowds = crowds or {}
@@ -799,7 +801,7 @@ class MatchingEngine:
                         continue
                     if type(bucket) is int:
                         found.add(bucket)
-                    elif type(bucket) is list:
+                    elif type(bucket) is array:
                         found.update(bucket)
                     else:
                         crowds = crowds or {}
