@@ -184,23 +184,24 @@ def _joined_reading(name: _Name, known: Callable[[str], int | None]) -> _Name | 
 
 @dataclass(slots=True)
 class _Record:
-    entry_id: str
-    version: int
-    category: str
-    name: _Name | None
-    aliases: tuple[_Name, ...]
-    birth_year: int | None
-    birth_date: date | None
-    id_digits: str | None
-    id_int: int
-    plates: tuple[str, ...]
-    valid_until: datetime | None
-    owner: str
-    stored: tuple[object, ...] | bytes
-    """The entry as `_stored` keeps it, decoded by `_entry` for each alert."""
+    # What scoring reads of every candidate first, together in memory.
     name_key: object
     """What the name contribution depends on (name and aliases), shared by namesakes:
     hashed by identity, since namesakes share their `_Name` objects."""
+    birth_year: int | None
+    valid_until: datetime | None
+    entry_id: str
+    name: _Name | None
+    aliases: tuple[_Name, ...]
+    id_digits: str | None
+    birth_date: date | None
+    plates: tuple[str, ...]
+    id_int: int
+    stored: tuple[object, ...] | bytes
+    """The entry as `_stored` keeps it, decoded by `_entry` for each alert."""
+    owner: str
+    version: int
+    category: str
 
 
 def _name(text: str | None) -> _Name | None:
@@ -245,13 +246,14 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
     name = names(entry.full_name)
     aliases = tuple(n for n in (names(a) for a in entry.aliases) if n is not None)
     owner = sys.intern(entry.owner_unit)
+    year = None if year is None else _YEARS.setdefault(year, year)
     return _Record(
         entry_id=entry.entry_id,
         version=entry.version,
         category=entry.category.value,
         name=name,
         aliases=aliases,
-        birth_year=None if year is None else _YEARS.setdefault(year, year),
+        birth_year=year,
         birth_date=entry.birth_date,
         id_digits=digits or None,
         id_int=_digits_int(digits),
@@ -259,7 +261,7 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
         valid_until=entry.valid_until,
         owner=owner,
         stored=_stored(entry.model_dump_json(exclude_defaults=True).encode(),
-                       (entry.entry_id, owner, name.text if name else None, digits)),
+                       (entry.entry_id, owner, name.text if name else None, digits, year)),
         name_key=name if not aliases else (name, aliases),
     )
 
@@ -283,7 +285,7 @@ _LAYOUTS: list[tuple[str, ...]] = []
 _LAYOUT_OF: dict[frozenset[str], tuple[int, tuple[int, ...]] | None] = {}
 """Fields set -> (its number in `_LAYOUTS`, where `_SHARED` fields are in it), or None
 if entries with these fields set are not kept as values."""
-_SHARED = ("entry_id", "owner_unit", "full_name", "national_id")
+_SHARED = ("entry_id", "owner_unit", "full_name", "national_id", "birth_year")
 """Fields whose value the record mostly holds anyway (`_stored`'s `shared`)."""
 _new_object = object.__new__
 _set_attribute = object.__setattr__
@@ -312,7 +314,7 @@ def _stored(raw: bytes, shared: tuple[object, ...]) -> tuple[object, ...] | byte
     number, share_at = layout  # type: ignore[misc]
     kept = [values[name] for name in _LAYOUTS[number]]
     for at, value in zip(share_at, shared, strict=True):
-        if at >= 0 and kept[at] == value:
+        if at >= 0 and kept[at] == value and type(kept[at]) is type(value):
             kept[at] = value
     kept.append(number)
     return tuple(kept)
@@ -1059,13 +1061,13 @@ Alignment = tuple[list[int | None], int, int, int, tuple[tuple[int, int], ...]] 
 
 
 class _Caches:
-    """Per-query memo: alignments by listed name text, name contributions by name key,
+    """Per-query memo: alignments by listed name, name contributions by name key,
     birth evidence by birth year."""
 
     __slots__ = ("aligned", "birth", "named")
 
     def __init__(self) -> None:
-        self.aligned: dict[str, Alignment] = {}
+        self.aligned: dict[_Name, Alignment] = {}
         self.named: dict[object, tuple[float, _Explained] | None] = {}
         self.birth: dict[int | None, tuple[float, _Explained] | None] = {}
         """Birth evidence by the entry's birth year, when no two full dates meet."""
@@ -1275,12 +1277,13 @@ def _spelled_off(typed: Syllable, listed: Syllable) -> bool:
 
 
 def _cached_align(
-    qname: _Name, listed: _Name, vocabulary: Counter[str], cache: dict[str, Alignment]
+    qname: _Name, listed: _Name, vocabulary: Counter[str], cache: dict[_Name, Alignment]
 ) -> Alignment:
-    """`_align`, once per written name within a query: namesakes share the result."""
-    aligned = cache.get(listed.text, _MISSING)
+    """`_align`, once per written name within a query: namesakes share the result (and
+    their `_Name`, by which it is kept: found without reading the name)."""
+    aligned = cache.get(listed, _MISSING)
     if aligned is _MISSING:
-        aligned = cache[listed.text] = _align(qname, listed, vocabulary)
+        aligned = cache[listed] = _align(qname, listed, vocabulary)
     return aligned  # type: ignore[return-value]
 
 
@@ -1321,7 +1324,7 @@ def _in_order(positions: list[int]) -> bool:
 
 
 def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str],
-                cache: dict[str, Alignment]) -> _Named:
+                cache: dict[_Name, Alignment]) -> _Named:
     """(points, feature, template, arguments) of the best of the entry's name and aliases
     for the query's name; the same for every entry with the same name and aliases."""
     best: _Named = None
