@@ -389,3 +389,30 @@ def test_an_id_one_digit_off_finds_its_entry_through_a_name_typo_without_a_scan(
     assert len(engine.candidates(report)) < 20
     details = " ".join(reasons(engine, **report.model_dump(exclude_none=True)))
     assert "one digit off" in details
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"full_name": "  Trần  Thị Mai ", "aliases": ("Út",), "plates": ("51F-123.45", "30K2A2570")},
+    {"birth_date": date(1991, 3, 4), "gender": "male", "urgency": "routine", "version": 7,
+     "description": "  mô tả\n  ", "sharing_scope": "all_units",
+     "valid_until": datetime(2027, 1, 1, tzinfo=UTC) + timedelta(hours=-7)},
+    {"national_id": "089.091.004 217", "sharing_scope": "neighbours", "version": 1},
+])
+def test_an_alert_carries_the_entry_as_its_json_reads_back(fields):
+    """Alerts build the entry from values kept when it was listed, not by decoding its JSON
+    each time: the same entry, field for field, fields set and types included."""
+    listed = entry(**fields)
+    engine = MatchingEngine()
+    engine.upsert(listed)
+    [match] = engine.match(Subject(national_id="089091004217"), at=NOW)
+    again = WatchlistEntry.model_validate_json(listed.model_dump_json(exclude_defaults=True))
+    for got in (match.entry, engine.get("E-1")):
+        assert got == again and repr(got) == repr(again)
+        assert list(got.__dict__) == list(again.__dict__)
+        assert [type(v) for v in got.__dict__.values()] == [type(v) for v in again.__dict__.values()]
+        assert got.model_fields_set == again.model_fields_set
+        assert got.model_dump_json() == again.model_dump_json()
+        assert got.model_dump(exclude_unset=True) == again.model_dump(exclude_unset=True)
+    assert match.entry is not engine.get("E-1")
+    assert match.entry.model_fields_set is not engine.get("E-1").model_fields_set

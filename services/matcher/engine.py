@@ -51,6 +51,7 @@ import math
 import sys
 import unicodedata
 import weakref
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT, BIRTH_YEAR_ONE_OFF, BIRTH_YEAR_DIFFERENT = 4
 BIRTH_DATE_DIFFERENT = -2.0  # both full dates known, a year or less apart, not equal
 
 
+_MISSING = object()
+
 BEST_NAME = max(NAME_FULL, NAME_REORDERED, ALIAS)
 BEST_BIRTH = max(BIRTH_DATE_EXACT, BIRTH_YEAR_EXACT)
 
@@ -109,6 +112,23 @@ def _one_byte_apart(a: int, b: int) -> bool:
         return False
     low = (x & -x).bit_length() - 1
     return (x.bit_length() - 1) >> 3 == low >> 3
+
+
+_CODE_LENGTH = 1 << 56
+_CODE_PLATES = 1 << 60
+_CODE_DIGITS = _CODE_LENGTH - 1
+_ONE_DIGIT_CODES = frozenset(d << 4 * i for i in range(14) for d in range(1, 16))
+"""`_id_code` differences of ids one digit apart."""
+
+
+def _id_code(digits: str | None, plates: bool) -> int:
+    """An id of up to 14 ASCII digits as one small integer, a digit per four bits, with
+    its length and whether the entry has plates: what `MatchingEngine._match` needs to drop
+    a namesake whose id differs without fetching its record (`_ONE_DIGIT_CODES`). 0 for
+    anything else, which is then judged from the record."""
+    if not digits or len(digits) > 14 or not digits.isascii():
+        return 0
+    return int(digits, 16) | len(digits) * _CODE_LENGTH | (_CODE_PLATES if plates else 0)
 
 
 def points_for(score: float) -> float:
@@ -132,6 +152,8 @@ class _Name:
     tokens: tuple[Syllable, ...]
     folded: str
     folds: frozenset[str]
+    marked: bool
+    """Some syllable carries a diacritic."""
     joined: bool = False
     """Cut into listed syllables: it was written without (some) spaces."""
 
@@ -157,27 +179,29 @@ def _joined_reading(name: _Name, known: Callable[[str], int | None]) -> _Name | 
     if not cut:
         return None
     return _Name(name.text, tuple(tokens), " ".join(t.fold for t in tokens),
-                 frozenset(t.fold for t in tokens), joined=True)
+                 frozenset(t.fold for t in tokens), any(t.marked for t in tokens), joined=True)
 
 
 @dataclass(slots=True)
 class _Record:
-    entry_id: str
-    version: int
-    category: str
-    name: _Name | None
-    aliases: tuple[_Name, ...]
-    birth_year: int | None
-    birth_date: date | None
-    id_digits: str | None
-    id_int: int
-    plates: tuple[str, ...]
-    valid_until: datetime | None
-    owner: str
-    raw: bytes
+    # What scoring reads of every candidate first, together in memory.
     name_key: object
     """What the name contribution depends on (name and aliases), shared by namesakes:
     hashed by identity, since namesakes share their `_Name` objects."""
+    birth_year: int | None
+    valid_until: datetime | None
+    entry_id: str
+    name: _Name | None
+    aliases: tuple[_Name, ...]
+    id_digits: str | None
+    birth_date: date | None
+    plates: tuple[str, ...]
+    id_int: int
+    stored: tuple[object, ...] | bytes
+    """The entry as `_stored` keeps it, decoded by `_entry` for each alert."""
+    owner: str
+    version: int
+    category: str
 
 
 def _name(text: str | None) -> _Name | None:
@@ -188,7 +212,8 @@ def _name(text: str | None) -> _Name | None:
     if not tokens:
         return None
     shown = " ".join(text.split())
-    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens))
+    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens),
+                 any(t.marked for t in tokens))
 
 
 class _SharedNames:
@@ -220,22 +245,107 @@ def _prepare(entry: WatchlistEntry, names: _SharedNames) -> _Record:
     year = year or (cccd_birth_year(digits) if digits else None)
     name = names(entry.full_name)
     aliases = tuple(n for n in (names(a) for a in entry.aliases) if n is not None)
+    owner = sys.intern(entry.owner_unit)
+    year = None if year is None else _YEARS.setdefault(year, year)
     return _Record(
         entry_id=entry.entry_id,
         version=entry.version,
         category=entry.category.value,
         name=name,
         aliases=aliases,
-        birth_year=None if year is None else _YEARS.setdefault(year, year),
+        birth_year=year,
         birth_date=entry.birth_date,
         id_digits=digits or None,
         id_int=_digits_int(digits),
         plates=tuple(p for p in (compact_plate(p) for p in entry.plates) if p),
         valid_until=entry.valid_until,
-        owner=sys.intern(entry.owner_unit),
-        raw=entry.model_dump_json(exclude_defaults=True).encode(),
+        owner=owner,
+        stored=_stored(entry.model_dump_json(exclude_defaults=True).encode(),
+                       (entry.entry_id, owner, name.text if name else None, digits, year)),
         name_key=name if not aliases else (name, aliases),
     )
+
+
+# ----------------------------------------------------------------- the stored entry
+#
+# An alert carries the listed entry exactly as `WatchlistEntry.model_validate_json` reads
+# it back from its JSON (`model_dump_json(exclude_defaults=True)`). Decoding that JSON for
+# every alert was a sixth of the matching time, so the entry is read back once, when it is
+# listed, and its field values kept (`_stored`); an alert builds a new `WatchlistEntry`
+# from them the way `model_construct` does, without validating again (`_entry`): the same
+# field values, the same fields set, equal to what decoding the JSON gives. An entry the
+# JSON does not read back plainly keeps its JSON, decoded as before.
+
+_ENTRY_FIELDS = tuple(WatchlistEntry.model_fields)
+_ENTRY_DEFAULTS: dict[str, object] = {
+    name: None if field.is_required() else field.default
+    for name, field in WatchlistEntry.model_fields.items()}
+_LAYOUTS: list[tuple[str, ...]] = []
+"""The fields set of stored entries (a few combinations), each once, in field order."""
+_LAYOUT_OF: dict[frozenset[str], tuple[int, tuple[int, ...]] | None] = {}
+"""Fields set -> (its number in `_LAYOUTS`, where `_SHARED` fields are in it), or None
+if entries with these fields set are not kept as values."""
+_SHARED = ("entry_id", "owner_unit", "full_name", "national_id", "birth_year")
+"""Fields whose value the record mostly holds anyway (`_stored`'s `shared`)."""
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_decode_json = WatchlistEntry.model_validate_json
+
+
+def _stored(raw: bytes, shared: tuple[object, ...]) -> tuple[object, ...] | bytes:
+    """The values of the fields set of the entry `raw` decodes to, in field order, then
+    the number of its layout; or `raw` itself if it does not decode plainly. A value
+    equal to its field's in `shared` (the values of `_SHARED`, as the record holds them)
+    is kept once."""
+    try:
+        entry = _decode_json(raw)
+    except ValueError:
+        return raw  # decoding it fails at each alert, as it always did
+    if (type(entry) is not WatchlistEntry or entry.__pydantic_extra__ is not None
+            or entry.__pydantic_private__ is not None):
+        return raw
+    values = entry.__dict__
+    fields_set = frozenset(entry.__pydantic_fields_set__)
+    layout = _LAYOUT_OF.get(fields_set, _MISSING)
+    if layout is _MISSING:
+        layout = _LAYOUT_OF[fields_set] = _layout(values, fields_set)
+    if layout is None:
+        return raw
+    number, share_at = layout  # type: ignore[misc]
+    kept = [values[name] for name in _LAYOUTS[number]]
+    for at, value in zip(share_at, shared, strict=True):
+        if at >= 0 and kept[at] == value and type(kept[at]) is type(value):
+            kept[at] = value
+    kept.append(number)
+    return tuple(kept)
+
+
+def _layout(values: dict[str, object], fields_set: frozenset[str]
+            ) -> tuple[int, tuple[int, ...]] | None:
+    """A new layout, checked on the first entry that has it: what does not depend on an
+    entry's data (the order of the fields, the defaults of those not set) is checked once."""
+    if (tuple(values) != _ENTRY_FIELDS or not fields_set <= values.keys()
+            or any(values[name] is not _ENTRY_DEFAULTS[name]
+                   for name in _ENTRY_FIELDS if name not in fields_set)):
+        return None
+    names = tuple(name for name in _ENTRY_FIELDS if name in fields_set)
+    _LAYOUTS.append(names)
+    return len(_LAYOUTS) - 1, tuple(names.index(f) if f in names else -1 for f in _SHARED)
+
+
+def _entry(stored: tuple[object, ...] | bytes) -> WatchlistEntry:
+    """The listed entry, as `WatchlistEntry.model_validate_json` of its JSON gives it."""
+    if type(stored) is bytes:
+        return WatchlistEntry.model_validate_json(stored)
+    names = _LAYOUTS[stored[-1]]  # type: ignore[index]
+    values = _ENTRY_DEFAULTS.copy()
+    values.update(zip(names, stored))  # (zip stops before the layout number)
+    entry = _new_object(WatchlistEntry)
+    _set_attribute(entry, "__dict__", values)
+    _set_attribute(entry, "__pydantic_fields_set__", set(names))
+    _set_attribute(entry, "__pydantic_extra__", None)
+    _set_attribute(entry, "__pydantic_private__", None)
+    return entry
 
 
 def _syllables(r: _Record) -> Iterator[str]:
@@ -307,10 +417,6 @@ def _identity(r: _Record) -> tuple[object, ...]:
     return (r.name_key, r.birth_year, r.birth_date, r.id_digits, r.plates, r.valid_until)
 
 
-def _best_first(kept: tuple[float, _Record, object]) -> tuple[float, str]:
-    return -kept[0], kept[1].entry_id
-
-
 def _copies(r: _Record) -> tuple[object, ...]:
     """Entries of one unit alike in everything scoring reads are copies: one query takes
     only a few of them."""
@@ -347,7 +453,9 @@ class _Crowd:
                 for slot in slots]
 
 
-Bucket = int | list[int] | _Crowd
+Bucket = int | array | _Crowd
+"""One slot; or a few, as an array of unsigned ints (reading one reads no int objects
+scattered over the heap, and it takes half the memory of a list); or a crowd."""
 _NO_CROWDS: list = []  # shared, never appended to
 
 
@@ -455,6 +563,8 @@ class MatchingEngine:
         self.threshold = threshold
         self.max_bucket = max_bucket
         self._records: list[_Record | None] = []
+        self._id_codes = array("Q")
+        """`_id_code` of each slot's record (0: none, or a free slot)."""
         self._names = _SharedNames()
         self._free: list[int] = []
         self._slot_of: dict[str, int] = {}
@@ -499,7 +609,7 @@ class MatchingEngine:
             return None
         record = self._records[slot]
         assert record is not None
-        return WatchlistEntry.model_validate_json(record.raw)
+        return _entry(record.stored)
 
     def size_by_category(self) -> dict[str, int]:
         return {category: n for category, n in self._categories.items() if n}
@@ -518,10 +628,13 @@ class MatchingEngine:
         self._tombstones.pop(entry.entry_id, None)
         record = _prepare(entry, self._names)
         slot = self._free.pop() if self._free else len(self._records)
+        code = _id_code(record.id_digits, bool(record.plates))
         if slot == len(self._records):
             self._records.append(record)
+            self._id_codes.append(code)
         else:
             self._records[slot] = record
+            self._id_codes[slot] = code
         self._slot_of[entry.entry_id] = slot
         self._categories[record.category] += 1
         self._vocabulary.update(_syllables(record))
@@ -598,6 +711,7 @@ class MatchingEngine:
                     del self._pairs[pair]
         self._alias_names.subtract(alias.folded for alias in record.aliases)
         self._records[slot] = None
+        self._id_codes[slot] = 0
         self._free.append(slot)
         self._categories[record.category] -= 1
         self._vocabulary.subtract(_syllables(record))
@@ -610,8 +724,8 @@ class MatchingEngine:
         if bucket is None:
             table[key] = slot
         elif type(bucket) is int:
-            table[key] = [bucket, slot]
-        elif type(bucket) is list:
+            table[key] = array("I", (bucket, slot))
+        elif type(bucket) is array:
             bucket.append(slot)
             if len(bucket) > self.max_bucket:
                 crowd = table[key] = _Crowd()
@@ -626,7 +740,7 @@ class MatchingEngine:
         if type(bucket) is int:
             if bucket == slot:
                 del table[key]
-        elif type(bucket) is list:
+        elif type(bucket) is array:
             bucket.remove(slot)
             if len(bucket) == 1:
                 table[key] = bucket[0]
@@ -637,7 +751,7 @@ class MatchingEngine:
                 if not slots:
                     del table[key]
                 else:
-                    table[key] = slots[0] if len(slots) == 1 else slots
+                    table[key] = slots[0] if len(slots) == 1 else array("I", slots)
 
     # ------------------------------------------------------------------ matching
 
@@ -667,7 +781,7 @@ class MatchingEngine:
                 continue
             if type(bucket) is int:
                 found.add(bucket)
-            elif type(bucket) is list:
+            elif type(bucket) is array:
                 found.update(bucket)
             else:
                 crowds = crowds or {}
@@ -689,7 +803,7 @@ class MatchingEngine:
                         continue
                     if type(bucket) is int:
                         found.add(bucket)
-                    elif type(bucket) is list:
+                    elif type(bucket) is array:
                         found.update(bucket)
                     else:
                         crowds = crowds or {}
@@ -803,11 +917,22 @@ class MatchingEngine:
         # give, unless a plate could make up for it; ids of another length say nothing).
         id_int = query.id_int if ID_DIFFERENT + BEST_BIRTH + BEST_NAME < needed else 0
         id_bits, plate = id_int.bit_length(), query.plate  # the same bit length: as many digits
+        # The same test on `_id_code`s, without fetching the record: differences in the
+        # digits only (the same length; plates only if the query has none), and more than
+        # one digit. What it cannot tell is told from the record below.
+        code = _id_code(query.id_digits, False) if id_int else 0
+        mask = ~0 if plate else ~_CODE_PLATES
+        codes, one_digit = self._id_codes, _ONE_DIGIT_CODES
 
         scored = len(candidates)
-        kept: list[tuple[float, _Record, list[Reason | _Explained]]] = []
+        # (-score, entry id, ...): sorted as they are, best first; entry ids never repeat
+        kept: list[tuple[float, str, _Record, list[Reason | _Explained]]] = []
         keep = kept.append
         for slot in candidates:
+            if code and (listed := codes[slot]):
+                differs = (listed ^ code) & mask
+                if 0 < differs <= _CODE_DIGITS and differs not in one_digit:
+                    continue
             record = records[slot]
             if (id_int and record is not None and record.id_int and record.id_int != id_int
                     and record.id_int.bit_length() == id_bits
@@ -820,7 +945,7 @@ class MatchingEngine:
             # (points first: `score_of` costs more, and rounds, hence the margin)
             if (evaluated is not None and evaluated[0] >= nearly
                     and (score := score_of(evaluated[0])) >= threshold):
-                keep((score, record, evaluated[1]))
+                keep((-score, record.entry_id, record, evaluated[1]))
         omitted = 0
         if crowds:
             self.crowds_met += len(crowds)
@@ -838,26 +963,27 @@ class MatchingEngine:
                     for slots in by_owner.values():
                         taken = [s for s in slots[:COPIES_PER_OWNER + 1] if s not in candidates]
                         for slot in taken[:COPIES_PER_OWNER]:
-                            keep((score, records[slot], evaluated[1]))
+                            member = records[slot]
+                            keep((-score, member.entry_id, member, evaluated[1]))
                         omitted += max(0, len(slots) - COPIES_PER_OWNER)
         # At most COPIES_PER_OWNER copies from one unit (entries alike in everything
         # scoring reads): ingest refuses more, and building them all, an entry each,
         # would cost more than everything else.
         if len(kept) > 1:  # best first: the order of the matches
-            kept.sort(key=_best_first)
+            kept.sort()
         if len(kept) > COPIES_PER_OWNER:
             per_class: dict[tuple[object, ...], int] = {}
-            for score, record, reasons in kept:
+            for negated, _, record, reasons in kept:
                 copies = _copies(record)
                 taken_here = per_class.get(copies, 0)
                 if taken_here >= COPIES_PER_OWNER:
                     omitted += 1
                     continue
                 per_class[copies] = taken_here + 1
-                append(_alert(record, score, reasons))
+                append(_alert(record, -negated, reasons))
         else:
-            for score, record, reasons in kept:
-                append(_alert(record, score, reasons))
+            for negated, _, record, reasons in kept:
+                append(_alert(record, -negated, reasons))
         self.last_candidates = scored
         self.last_crowds = [crowd.size for crowd in crowds] if crowds else _NO_CROWDS
         self.last_omitted = omitted
@@ -917,8 +1043,11 @@ def _best_of(first: list[Match], second: list[Match]) -> list[Match]:
 
 
 def _alert(record: _Record, score: float, reasons: list[Reason | _Explained]) -> Match:
-    return Match(WatchlistEntry.model_validate_json(record.raw), score,
-                 tuple([_explain(reason) for reason in reasons]))
+    return _new_tuple(Match, (_entry(record.stored), score,  # = Match(...), one call less
+                              tuple([_explain(reason) for reason in reasons])))
+
+
+_new_tuple = tuple.__new__
 
 
 # ------------------------------------------------------------------------- scoring
@@ -932,13 +1061,16 @@ Alignment = tuple[list[int | None], int, int, int, tuple[tuple[int, int], ...]] 
 
 
 class _Caches:
-    """Per-query memo: alignments by listed name text, name contributions by name key."""
+    """Per-query memo: alignments by listed name, name contributions by name key,
+    birth evidence by birth year."""
 
-    __slots__ = ("aligned", "named")
+    __slots__ = ("aligned", "birth", "named")
 
     def __init__(self) -> None:
-        self.aligned: dict[str, Alignment] = {}
+        self.aligned: dict[_Name, Alignment] = {}
         self.named: dict[object, tuple[float, _Explained] | None] = {}
+        self.birth: dict[int | None, tuple[float, _Explained] | None] = {}
+        """Birth evidence by the entry's birth year, when no two full dates meet."""
 
 
 _Named = tuple[float, str, str, tuple[object, ...]] | None
@@ -955,8 +1087,7 @@ class _Explained:
 
     def reason(self) -> MatchReason:
         if self.built is None:
-            self.built = MatchReason(feature=self.feature,
-                                     detail=self.template.format(*self.args))
+            self.built = _explain((self.feature, self.template, self.args))
         return self.built
 
 
@@ -965,7 +1096,8 @@ _BIRTH_REASONS: dict[tuple[str, tuple[object, ...]], MatchReason] = {}
 
 def _explain(reason: Reason | _Explained) -> MatchReason:
     if type(reason) is _Explained:
-        return reason.reason()
+        built = reason.built
+        return built if built is not None else reason.reason()
     feature, template, args = reason  # type: ignore[misc]
     if feature != "birth":
         return MatchReason(feature=feature, detail=template.format(*args))
@@ -1009,7 +1141,12 @@ def _evaluate(
 
     if plate_possible:
         points += _score_plate(q.plate, r.plates, reasons)  # type: ignore[arg-type]
-    birth = _birth_evidence(q, r)
+    if q.birth_date is None or r.birth_date is None:  # then the birth years decide
+        birth = caches.birth.get(r.birth_year, _MISSING)
+        if birth is _MISSING:
+            birth = caches.birth[r.birth_year] = _birth_reason(q, r)
+    else:
+        birth = _birth_reason(q, r)
     if birth is not None:
         points += birth[0]
     if q.name is not None:
@@ -1025,11 +1162,15 @@ def _evaluate(
             points += named[0]
             reasons.append(named[1])
     if birth is not None:
-        reasons.append(("birth", birth[1], birth[2]))
+        reasons.append(birth[1])
     return points, reasons
 
 
-_MISSING = object()
+def _birth_reason(q: _Query, r: _Record) -> tuple[float, _Explained] | None:
+    """`_birth_evidence` with its reason, formatted once if it alerts."""
+    birth = _birth_evidence(q, r)
+    return None if birth is None else (birth[0], _Explained("birth", birth[1], birth[2]))
+
 
 
 _PLATE_EXACT_TEXT = "plate {} exact"
@@ -1060,8 +1201,11 @@ def _align(query: _Name, listed: _Name, vocabulary: Counter[str]) -> Alignment:
     `Phạm` is another name, `Thnah` for `Thanh` a typo; (query, listed) positions written
     as variants, `Huỳnh` for `Hoàng`), or None if some query syllable matches nothing.
     """
-    if len(query.folds - listed.folds) > MAX_NAME_EDITS:
-        return None  # cheap rejection before aligning
+    folds = query.folds
+    if len(folds) > MAX_NAME_EDITS and (  # cheap rejection before aligning
+            folds.isdisjoint(listed.folds) if len(folds) == MAX_NAME_EDITS + 1
+            else len(folds - listed.folds) > MAX_NAME_EDITS):
+        return None
     tokens = listed.tokens
     if query.folded == listed.folded:  # same names in the same order: marks decide
         conflicts = 0
@@ -1133,12 +1277,13 @@ def _spelled_off(typed: Syllable, listed: Syllable) -> bool:
 
 
 def _cached_align(
-    qname: _Name, listed: _Name, vocabulary: Counter[str], cache: dict[str, Alignment]
+    qname: _Name, listed: _Name, vocabulary: Counter[str], cache: dict[_Name, Alignment]
 ) -> Alignment:
-    """`_align`, once per written name within a query: namesakes share the result."""
-    aligned = cache.get(listed.text, _MISSING)
+    """`_align`, once per written name within a query: namesakes share the result (and
+    their `_Name`, by which it is kept: found without reading the name)."""
+    aligned = cache.get(listed, _MISSING)
     if aligned is _MISSING:
-        aligned = cache[listed.text] = _align(qname, listed, vocabulary)
+        aligned = cache[listed] = _align(qname, listed, vocabulary)
     return aligned  # type: ignore[return-value]
 
 
@@ -1179,7 +1324,7 @@ def _in_order(positions: list[int]) -> bool:
 
 
 def _score_name(qname: _Name, r: _Record, vocabulary: Counter[str],
-                cache: dict[str, Alignment]) -> _Named:
+                cache: dict[_Name, Alignment]) -> _Named:
     """(points, feature, template, arguments) of the best of the entry's name and aliases
     for the query's name; the same for every entry with the same name and aliases."""
     best: _Named = None
@@ -1240,6 +1385,9 @@ class _NameNotes:
     marks: bool = True
 
     def __format__(self, spec: str) -> str:
+        if not (self.variants or self.typos or self.other_names or self.conflicts
+                or self.query.joined or (self.marks and not self.query.marked)):
+            return ""  # (the common case: nothing to note)
         notes = [f"{where} {typed} = {listed}: {what}" for where, typed, listed, what
                  in _variant_notes(self.query, self.listed, self.variants)]
         if self.query.joined:
@@ -1250,7 +1398,7 @@ class _NameNotes:
             notes.append(f"{self.other_names} syllable(s) one letter off another name")
         if self.conflicts:
             notes.append(f"{self.conflicts} syllable(s) with other marks")
-        if self.marks and not any(t.marked for t in self.query.tokens):
+        if self.marks and not self.query.marked:
             notes.append("no diacritics on query")
         return f" ({', '.join(notes)})" if notes else ""
 
