@@ -9,9 +9,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from giapranh.demo import DEMO_ENTRIES
-from shared.events import HitFound, HitsWithdrawn, Place, WatchlistEntry
+from shared.events import HitFound, HitsWithdrawn, IncidentReported, Place, WatchlistEntry
 from shared.settings import CommonSettings
-from shared.topics import HITS
+from shared.topics import HITS, INCIDENTS
 from tests.conftest import TestEnv, bearer
 
 WANTED = DEMO_ENTRIES[0]    # CA-30307 (Long Xuyên, An Giang), wanted: urgent
@@ -62,3 +62,15 @@ async def recipients(pool: Any, alert_id: str) -> dict[str, list[str]]:
     rows = await pool.fetch("SELECT unit_code, reasons FROM deliveries WHERE alert_id = $1",
                             uuid.UUID(alert_id))
     return {row["unit_code"]: list(row["reasons"]) for row in rows}
+
+
+async def send_incident(env: TestEnv, incident: IncidentReported) -> None:
+    """An incident on the incidents topic, keyed by its unit as ingest's relay does."""
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(env.settings(CommonSettings).topic(INCIDENTS.name),
+                                     incident.model_dump_json().encode(),
+                                     key=(incident.producer_unit or "").encode())
+    finally:
+        await producer.stop()

@@ -17,7 +17,7 @@ from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhooks import verify
 from tests.conftest import _serve, bearer, eventually, served
-from tests.notifier_helpers import WANTED, alert_of, make_hit, send, withdrawal
+from tests.notifier_helpers import WANTED, alert_of, make_hit, send, send_incident, withdrawal
 
 CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -210,24 +210,15 @@ async def test_incident_alerts_and_flagged_hits_are_valid_cap_with_their_instruc
     """An incident alert is CAP `Alert` with categories Security and Rescue; a hit on an
     armed suspect says so first in `instruction`, with severity Extreme; the Atom feed
     carrying both stays valid."""
-    from aiokafka import AIOKafkaProducer
 
     from shared.events import Caution, IncidentReported, Place, RequiredAction, Suspect
-    from shared.settings import CommonSettings
-    from shared.topics import INCIDENTS
 
     incident = IncidentReported(
         occurred_at=datetime.now(UTC), producer_unit="CA-31212", incident_type="cướp giật",
         summary="bỏ chạy về hướng Vĩnh Thạnh", place=Place(unit_code="CA-31212"),
         severity="immediate", suspects=(Suspect(name="Trần Văn Tèo", cautions=(Caution.ARMED,)),),
         fled_bearing=300)
-    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(env.settings(CommonSettings).topic(INCIDENTS.name),
-                                     incident.model_dump_json().encode(), key=b"CA-31212")
-    finally:
-        await producer.stop()
+    await send_incident(env, incident)
     await send(env, make_hit(WANTED, action=RequiredAction.DISCREET_CHECK,
                              cautions=(Caution.ARMED, Caution.ESCAPE_RISK)))
     key = directory["CA-31212"]

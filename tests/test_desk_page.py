@@ -11,7 +11,7 @@ from playwright.async_api import async_playwright, expect
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
 from tests.conftest import bearer, eventually, served
-from tests.notifier_helpers import WANTED, alert_of, make_hit, send
+from tests.notifier_helpers import WANTED, alert_of, make_hit, send, send_incident
 
 CHROMIUM = os.environ.get("GIAPRANH_CHROMIUM", "/usr/bin/chromium")
 # The flags a root CI machine on a closed network needs (see .ci/run).
@@ -96,8 +96,6 @@ async def test_the_desk_shows_an_incident_and_the_hot_list_hit_with_what_to_do_f
     arrive live; the incident alert is acknowledged from its card."""
     from datetime import UTC, datetime
 
-    from aiokafka import AIOKafkaProducer
-
     from shared.events import (
         Category,
         Caution,
@@ -109,8 +107,6 @@ async def test_the_desk_shows_an_incident_and_the_hot_list_hit_with_what_to_do_f
         Vehicle,
         WatchlistEntry,
     )
-    from shared.settings import CommonSettings
-    from shared.topics import INCIDENTS
 
     incident = IncidentReported(
         occurred_at=datetime.now(UTC), producer_unit="CA-31212",
@@ -134,13 +130,7 @@ async def test_the_desk_shows_an_incident_and_the_hot_list_hit_with_what_to_do_f
         await page.click("button[type=submit]")
         await expect(page.locator("#live")).to_have_class("live on")
 
-        producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap_servers)
-        await producer.start()
-        try:
-            await producer.send_and_wait(env.settings(CommonSettings).topic(INCIDENTS.name),
-                                         incident.model_dump_json().encode(), key=b"CA-31212")
-        finally:
-            await producer.stop()
+        await send_incident(env, incident)
         card = page.locator("article").first
         await expect(card.locator("h2")).to_contain_text("Vụ việc: cướp giật tài sản",
                                                          timeout=15_000)
