@@ -212,8 +212,8 @@ def _name(text: str | None) -> _Name | None:
     if not tokens:
         return None
     shown = " ".join(text.split())
-    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens),
-                 any(t.marked for t in tokens))
+    folds = [t.fold for t in tokens]
+    return _Name(shown, tokens, " ".join(folds), frozenset(folds), any([t.marked for t in tokens]))
 
 
 class _SharedNames:
