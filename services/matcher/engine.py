@@ -212,8 +212,8 @@ def _name(text: str | None) -> _Name | None:
     if not tokens:
         return None
     shown = " ".join(text.split())
-    return _Name(shown, tokens, " ".join(t.fold for t in tokens), frozenset(t.fold for t in tokens),
-                 any(t.marked for t in tokens))
+    folds = [t.fold for t in tokens]
+    return _Name(shown, tokens, " ".join(folds), frozenset(folds), any([t.marked for t in tokens]))
 
 
 class _SharedNames:
@@ -420,7 +420,8 @@ def _identity(r: _Record) -> tuple[object, ...]:
 def _copies(r: _Record) -> tuple[object, ...]:
     """Entries of one unit alike in everything scoring reads are copies: one query takes
     only a few of them."""
-    return (r.owner, *_identity(r))
+    return (r.owner, r.name_key, r.birth_year, r.birth_date, r.id_digits, r.plates,
+            r.valid_until)  # (owner, *_identity(r)), inlined
 
 
 class _Crowd:
@@ -1093,6 +1094,9 @@ class _Explained:
 
 _BIRTH_REASONS: dict[tuple[str, tuple[object, ...]], MatchReason] = {}
 
+_validate_reason = MatchReason.__pydantic_validator__.validate_python
+"""`MatchReason(**fields)` without the Python of `BaseModel.__init__` around it."""
+
 
 def _explain(reason: Reason | _Explained) -> MatchReason:
     if type(reason) is _Explained:
@@ -1100,14 +1104,14 @@ def _explain(reason: Reason | _Explained) -> MatchReason:
         return built if built is not None else reason.reason()
     feature, template, args = reason  # type: ignore[misc]
     if feature != "birth":
-        return MatchReason(feature=feature, detail=template.format(*args))
+        return _validate_reason({"feature": feature, "detail": template.format(*args)})
     # Birth reasons repeat across reports (`birth year 1985`): one object each.
     built = _BIRTH_REASONS.get((template, args))
     if built is None:
         if len(_BIRTH_REASONS) >= 50_000:
             _BIRTH_REASONS.clear()
-        built = _BIRTH_REASONS[(template, args)] = MatchReason(
-            feature=feature, detail=template.format(*args))
+        built = _BIRTH_REASONS[(template, args)] = _validate_reason(
+            {"feature": feature, "detail": template.format(*args)})
     return built
 
 

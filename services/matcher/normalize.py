@@ -139,8 +139,13 @@ def syllable(token: str) -> Syllable:
 
 
 def name_tokens(name: str) -> tuple[Syllable, ...]:
-    text = unicodedata.normalize("NFC", name).translate(_ETH).lower()
-    return tuple(syllable(token) for token in _NON_NAME.sub(" ", text).split())
+    text = unicodedata.normalize("NFC", name)
+    if "Ð" in text or "ð" in text:  # (a translation table reads every character: slow)
+        text = text.translate(_ETH)
+    text = text.lower()
+    if not text.replace(" ", "").isalpha():  # letters and spaces only: nothing to remove
+        text = _NON_NAME.sub(" ", text)
+    return tuple([syllable(token) for token in text.split()])
 
 
 def fold_name(name: str) -> str:
@@ -228,11 +233,14 @@ def id_digits(raw: str) -> str:
     return _NOT_DIGIT.sub("", raw)
 
 
+_CENTURIES = {"0": 1900, "1": 1900, "2": 2000, "3": 2000, "4": 2100, "5": 2100}
+
+
 def cccd_birth_year(digits: str) -> int | None:
     """A 12-digit CCCD encodes century+gender (4th digit) and the birth year (5th-6th)."""
     if len(digits) != 12:
         return None
-    century = {"0": 1900, "1": 1900, "2": 2000, "3": 2000, "4": 2100, "5": 2100}.get(digits[3])
+    century = _CENTURIES.get(digits[3])
     return None if century is None else century + int(digits[4:6])
 
 
@@ -245,6 +253,8 @@ _OCR_CLASS = str.maketrans({"D": "0", "O": "0", "Q": "0", "B": "8", "S": "5", "Z
 
 
 def compact_plate(raw: str) -> str:
+    if raw.isascii() and (upper := raw.upper()).isalnum():
+        return upper  # (NFKC leaves ASCII as it is; only [0-9A-Z] are left)
     return _NOT_PLATE.sub("", unicodedata.normalize("NFKC", raw).upper())
 
 
