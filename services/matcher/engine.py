@@ -562,6 +562,8 @@ def gc_paused() -> Iterator[None]:
 class MatchingEngine:
     def __init__(self, threshold: float = PRODUCTION_THRESHOLD, max_bucket: int = MAX_BUCKET):
         self.threshold = threshold
+        self._needed = (threshold, points_for(threshold))
+        """(threshold, the points it needs), for `_match`."""
         self.max_bucket = max_bucket
         self._records: list[_Record | None] = []
         self._id_codes = array("Q")
@@ -775,7 +777,8 @@ class MatchingEngine:
         crowds: dict[int, _Crowd] | None = None
         index, near = self._index, self._id_near
         # The id, or one digit off it; then the flat keys.
-        buckets = [near.get(number) for number in _id_near_keys(query.id_digits)]
+        buckets = ([near.get(number) for number in _id_near_keys(query.id_digits)]
+                   if query.id_digits else [])
         buckets += [index.get(key) for key in query.keys(self)]
         for bucket in buckets:
             if bucket is None:
@@ -790,7 +793,9 @@ class MatchingEngine:
         years = (None,) if query.year is None else (query.year - 1, query.year,
                                                     query.year + 1, None)
         pairs = self._pairs
-        for pair, keys in query.pair_probes(self):
+        name = query.name
+        for pair, keys in (query.pair_probes(self) if name is not None and len(name.tokens) >= 2
+                           else ()):
             by_year = pairs.get(pair)
             if by_year is None:
                 continue
@@ -893,6 +898,8 @@ class MatchingEngine:
         """
         query = _Query(subject)
         matches = self._match(query, at)
+        if query.name is None:
+            return matches  # (nothing to cut)
         cut = self._cut(query)
         if cut is None:
             return matches
@@ -906,10 +913,13 @@ class MatchingEngine:
 
     def _match(self, query: _Query, at: datetime) -> list[Match]:
         caches = _Caches()
-        needed = points_for(self.threshold)
+        threshold = self.threshold
+        if threshold != self._needed[0]:
+            self._needed = (threshold, points_for(threshold))
+        needed = self._needed[1]
         nearly = needed - 0.01
         candidates, crowds = self._candidates(query)
-        records, vocabulary, threshold = self._records, self._vocabulary, self.threshold
+        records, vocabulary = self._records, self._vocabulary
         evaluate = _evaluate
         matches: list[Match] = []
         append = matches.append
