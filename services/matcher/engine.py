@@ -140,6 +140,20 @@ def score_of(points: float) -> float:
     return 0.0 if points <= 0 else round(1 - 2 ** (-points / 4), 4)
 
 
+_SCORES: dict[float, float] = {}
+"""`score_of` of the points met so far: sums of a few constants, a few hundred values;
+`round` to four places costs more than the rest of a candidate's arithmetic."""
+
+
+def _score(points: float) -> float:
+    score = _SCORES.get(points)
+    if score is None:
+        if len(_SCORES) >= 10_000:
+            _SCORES.clear()
+        score = _SCORES[points] = score_of(points)
+    return score
+
+
 class Match(NamedTuple):
     entry: WatchlistEntry
     score: float
@@ -955,7 +969,7 @@ class MatchingEngine:
             evaluated = evaluate(query, record, vocabulary, needed, caches)
             # (points first: `score_of` costs more, and rounds, hence the margin)
             if (evaluated is not None and evaluated[0] >= nearly
-                    and (score := score_of(evaluated[0])) >= threshold):
+                    and (score := _score(evaluated[0])) >= threshold):
                 keep((-score, record.entry_id, record, evaluated[1]))
         omitted = 0
         if crowds:
@@ -969,7 +983,7 @@ class MatchingEngine:
                     scored += 1
                     first = records[next(iter(by_owner.values()))[0]]
                     evaluated = self._evaluate_member(query, first, at, caches, needed)
-                    if evaluated is None or (score := score_of(evaluated[0])) < threshold:
+                    if evaluated is None or (score := _score(evaluated[0])) < threshold:
                         continue
                     for slots in by_owner.values():
                         taken = [s for s in slots[:COPIES_PER_OWNER + 1] if s not in candidates]
