@@ -140,6 +140,20 @@ def score_of(points: float) -> float:
     return 0.0 if points <= 0 else round(1 - 2 ** (-points / 4), 4)
 
 
+_SCORES: dict[float, float] = {}
+"""`score_of` of the points met so far: sums of a few constants, a few hundred values;
+`round` to four places costs more than the rest of a candidate's arithmetic."""
+
+
+def _score(points: float) -> float:
+    score = _SCORES.get(points)
+    if score is None:
+        if len(_SCORES) >= 10_000:
+            _SCORES.clear()
+        score = _SCORES[points] = score_of(points)
+    return score
+
+
 class Match(NamedTuple):
     entry: WatchlistEntry
     score: float
@@ -562,6 +576,8 @@ def gc_paused() -> Iterator[None]:
 class MatchingEngine:
     def __init__(self, threshold: float = PRODUCTION_THRESHOLD, max_bucket: int = MAX_BUCKET):
         self.threshold = threshold
+        self._needed = (threshold, points_for(threshold))
+        """(threshold, the points it needs), for `_match`."""
         self.max_bucket = max_bucket
         self._records: list[_Record | None] = []
         self._id_codes = array("Q")
@@ -775,7 +791,8 @@ class MatchingEngine:
         crowds: dict[int, _Crowd] | None = None
         index, near = self._index, self._id_near
         # The id, or one digit off it; then the flat keys.
-        buckets = [near.get(number) for number in _id_near_keys(query.id_digits)]
+        buckets = ([near.get(number) for number in _id_near_keys(query.id_digits)]
+                   if query.id_digits else [])
         buckets += [index.get(key) for key in query.keys(self)]
         for bucket in buckets:
             if bucket is None:
@@ -790,7 +807,9 @@ class MatchingEngine:
         years = (None,) if query.year is None else (query.year - 1, query.year,
                                                     query.year + 1, None)
         pairs = self._pairs
-        for pair, keys in query.pair_probes(self):
+        name = query.name
+        for pair, keys in (query.pair_probes(self) if name is not None and len(name.tokens) >= 2
+                           else ()):
             by_year = pairs.get(pair)
             if by_year is None:
                 continue
@@ -893,6 +912,8 @@ class MatchingEngine:
         """
         query = _Query(subject)
         matches = self._match(query, at)
+        if query.name is None:
+            return matches  # (nothing to cut)
         cut = self._cut(query)
         if cut is None:
             return matches
@@ -906,10 +927,13 @@ class MatchingEngine:
 
     def _match(self, query: _Query, at: datetime) -> list[Match]:
         caches = _Caches()
-        needed = points_for(self.threshold)
+        threshold = self.threshold
+        if threshold != self._needed[0]:
+            self._needed = (threshold, points_for(threshold))
+        needed = self._needed[1]
         nearly = needed - 0.01
         candidates, crowds = self._candidates(query)
-        records, vocabulary, threshold = self._records, self._vocabulary, self.threshold
+        records, vocabulary = self._records, self._vocabulary
         evaluate = _evaluate
         matches: list[Match] = []
         append = matches.append
@@ -945,7 +969,7 @@ class MatchingEngine:
             evaluated = evaluate(query, record, vocabulary, needed, caches)
             # (points first: `score_of` costs more, and rounds, hence the margin)
             if (evaluated is not None and evaluated[0] >= nearly
-                    and (score := score_of(evaluated[0])) >= threshold):
+                    and (score := _score(evaluated[0])) >= threshold):
                 keep((-score, record.entry_id, record, evaluated[1]))
         omitted = 0
         if crowds:
@@ -959,7 +983,7 @@ class MatchingEngine:
                     scored += 1
                     first = records[next(iter(by_owner.values()))[0]]
                     evaluated = self._evaluate_member(query, first, at, caches, needed)
-                    if evaluated is None or (score := score_of(evaluated[0])) < threshold:
+                    if evaluated is None or (score := _score(evaluated[0])) < threshold:
                         continue
                     for slots in by_owner.values():
                         taken = [s for s in slots[:COPIES_PER_OWNER + 1] if s not in candidates]
