@@ -13,12 +13,15 @@ the directory, and the keys and audit log of every unit under its own).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
 import asyncpg
@@ -28,6 +31,11 @@ API_KEY_PREFIX = "gpk_"
 
 KEYS_CHANNEL = "giapranh_keys"
 """NOTIFY channel: the id of each key revoked (a trigger sends it)."""
+
+KEY_CHANGES_CHANNEL = "giapranh_key_changes"
+"""NOTIFY channel: any change of a key (its id) or of a unit (`*`): cached principals go."""
+
+log = logging.getLogger(__name__)
 
 
 Role = Literal["reporter", "desk", "unit_admin", "province_admin"]
@@ -207,27 +215,104 @@ async def units_under(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str) -
 
 
 class KeyStore:
-    """Resolves API keys to principals (a key of a merged or ended unit resolves to none)."""
+    """Resolves API keys to principals (a key of a merged or ended unit resolves to none).
 
-    def __init__(self, pool: asyncpg.Pool, pepper: str):
+    With `cache_seconds`, a resolved key is kept that long in memory, so a request costs
+    no database round trip for it; `watch` keeps the cache honest: it LISTENs for every
+    change of a key or a unit (revocation, expiry, rotation, merge: triggers NOTIFY
+    `giapranh_key_changes`) and drops what changed at once. While it is not listening (not
+    started, connection lost) nothing is cached: every request asks the database.
+    """
+
+    MAX_CACHED = 50_000
+
+    def __init__(self, pool: asyncpg.Pool, pepper: str, *, cache_seconds: float = 0.0):
         self._pool = pool
         self._pepper = pepper
         self._used: dict[int, float] = {}
+        self._cache_seconds = cache_seconds
+        self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._generation = 0
+        """Bumped by every change notification: a look-up that started before one is not
+        cached (it may have read the key just before the change)."""
+        self.listening = False
 
     async def principal(self, key: str) -> Principal | None:
+        digest = hash_api_key(key, self._pepper)
+        if self.listening:
+            cached = self._cache.get(digest)
+            if cached is not None:
+                until, principal = cached
+                if time.monotonic() < until and (
+                        principal.expires_at is None
+                        or principal.expires_at > datetime.now(UTC)):
+                    await self._mark_used(principal.key_id)
+                    return principal
+                del self._cache[digest]
+        generation = self._generation
         row = await self._pool.fetchrow(
             f"""SELECT k.id, k.unit_code, k.role, k.expires_at, k.person_id, p.name
                   FROM api_keys k JOIN units u ON u.code = k.unit_code
                   JOIN people p ON p.id = k.person_id
                  WHERE k.key_hash = $1 AND {VALID_KEY}""",
-            hash_api_key(key, self._pepper),
+            digest,
         )
         if row is None:
-            return None
+            return None  # (never cached: a key issued a moment later works at once)
         await self._mark_used(row["id"])
-        return Principal(unit_code=row["unit_code"], role=row["role"], key_id=row["id"],
-                         expires_at=row["expires_at"], person_id=row["person_id"],
-                         person_name=row["name"])
+        principal = Principal(unit_code=row["unit_code"], role=row["role"], key_id=row["id"],
+                              expires_at=row["expires_at"], person_id=row["person_id"],
+                              person_name=row["name"])
+        if self.listening and self._cache_seconds and generation == self._generation:
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self._cache_seconds, principal)
+        return principal
+
+    def forget(self, key_id: int | None = None) -> None:
+        """Drop the cached principal of `key_id` (None: all)."""
+        self._generation += 1
+        if key_id is None:
+            self._cache.clear()
+            return
+        for digest in [d for d, (_, p) in self._cache.items() if p.key_id == key_id]:
+            self._cache.pop(digest, None)
+
+    def _on_change(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        try:
+            self.forget(None if payload == "*" else int(payload))
+        except ValueError:
+            self.forget()
+
+    async def watch(self, database_url: str, *, check_every: float = 5.0) -> None:
+        """Listen for key and unit changes for as long as it runs; the cache works only
+        while this listens (a lost connection empties it until listening again)."""
+        if not self._cache_seconds:
+            return
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(database_url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _: lost.set())
+                await conn.add_listener(KEY_CHANGES_CHANNEL, self._on_change)
+                self.forget()
+                self.listening = True
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), check_every)
+                    if not lost.is_set():  # a link that died silently delivers nothing
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), check_every)
+            except (OSError, TimeoutError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
+                log.warning("key cache off until its database listener is back: %r", exc)
+            finally:
+                self.listening = False
+                self.forget()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(1.0)
 
     async def _mark_used(self, key_id: int) -> None:
         """Record the key's last use, at most once a minute per key and process."""

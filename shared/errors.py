@@ -69,7 +69,20 @@ class TooManyRequests(GiapranhError):
 
 
 class ServiceUnavailable(GiapranhError):
-    """A service this request needs cannot answer now: try again shortly."""
+    """A service this request needs cannot answer now: try again shortly (after
+    `retry_after` seconds, the `Retry-After` header, when known)."""
 
     status_code = 503
     code = "unavailable"
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+class Overloaded(ServiceUnavailable):
+    """More work waiting than the service takes on: refused at once, so that clients back
+    off instead of timing out."""
+
+    code = "overloaded"

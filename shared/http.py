@@ -35,8 +35,8 @@ from shared.auth import KeyStore, Principal
 from shared.errors import (
     Forbidden,
     GiapranhError,
+    Overloaded,
     PayloadTooLarge,
-    TooManyRequests,
     Unauthorized,
 )
 from shared.ratelimit import RateLimit
@@ -134,8 +134,9 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         if exc.field:
             body["field"] = exc.field
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        if isinstance(exc, TooManyRequests):
-            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
         return JSONResponse({"error": body}, status_code=exc.status_code, headers=headers)
 
 
@@ -298,6 +299,44 @@ class BodySizeLimit:
         await response({"type": "http"}, None, send)  # type: ignore[arg-type]
 
 
+UNSHED_PATHS = ("/healthz", "/readyz", "/metrics")
+"""Never refused by `LoadShedding` (nor counted): probes and scrapes must see an overloaded
+service as it is."""
+
+
+class LoadShedding:
+    """Refuses a request at once, 503 `overloaded` with `Retry-After`, while `limit`
+    requests are already being handled (long-lived streams, `.../stream`, not counted):
+    beyond its capacity a service answers in milliseconds and clients back off, instead of
+    queueing until they time out and retry, which makes a storm of it."""
+
+    def __init__(self, app: Any, limit: int, service: str, retry_after: int = 1):
+        self.app = app
+        self.limit = limit
+        self.service = service
+        self.retry_after = retry_after
+        self.in_flight = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in UNSHED_PATHS or scope[
+                "path"].endswith("/stream"):
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            metrics.HTTP_REJECTIONS.labels(service=self.service, reason="overloaded").inc()
+            response = JSONResponse(
+                {"error": {"code": Overloaded.code, "message":
+                           f"{self.in_flight} requests are being handled, the most this "
+                           f"instance takes on (GIAPRANH_MAX_REQUESTS_IN_FLIGHT): try "
+                           f"again after {self.retry_after} s"}},
+                status_code=503, headers={"Retry-After": str(self.retry_after)})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class _TooLarge(BaseException):
     """Raised while the body streams in; not an `Exception`, so that FastAPI's body
     parsing, which turns any exception into a 400, lets it through to `BodySizeLimit`."""
@@ -327,6 +366,9 @@ def create_http_app(
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, service=service)
+    if settings is not None and getattr(settings, "max_requests_in_flight", 0):
+        app.add_middleware(LoadShedding, limit=settings.max_requests_in_flight,
+                           service=service)
     install_metrics(app, service, public=not own_listener)  # outermost: counts the 413s too
     install_openapi(app)
 
@@ -373,7 +415,8 @@ def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) ->
 
     from shared.logs import logging_config
 
-    config = logging_config(service, settings.log_level, settings.log_format)
+    config = logging_config(service, settings.log_level, settings.log_format,
+                                  events=settings.log_events)
     # Open SSE streams never end by themselves: give them 5 s on shutdown, then close them
     # (desks reconnect to another instance and reload what they missed).
     uvicorn.run(app, host=host, port=port, log_config=config,
@@ -424,7 +467,10 @@ _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
           "state does not allow, a duplicate).", {}),
     413: ("The request body is larger than the service accepts.", {}),
     422: ("The request is invalid: `error.field` names the field at fault.", {}),
-    503: ("A service the request needs cannot answer now: try again shortly.", {}),
+    503: ("A service the request needs cannot answer now, or more requests are waiting "
+          "than it takes on (`overloaded`): try again after `Retry-After` seconds.",
+          {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": False,
+                           "description": "Seconds to wait, when known."}}),
     429: ("Over a rate limit of the key: try again after `Retry-After` seconds.",
           {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True,
                            "description": "Seconds to wait."}}),
@@ -479,6 +525,8 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
             statuses = set()
             if "requestBody" in operation:
                 statuses |= {413, 422}
+            if "401" in responses:
+                statuses.add(503)  # `LoadShedding` may refuse any of them
             if operation.get("parameters"):
                 statuses.add(422)
             for status, response in error_responses(*sorted(statuses)).items():

@@ -3,7 +3,9 @@
 Log calls pass ids as `extra`: `log.info("hit", extra={"correlation_id": ..., ...})`.
 The correlation id is the id of the report that started the chain, so
 `grep <sighting id>` over the three services' logs shows its acceptance, its hits and the
-alerts they raised. `GIAPRANH_LOG_FORMAT=text` gives plain lines for development.
+alerts they raised, when `GIAPRANH_LOG_EVENTS=true` (those per-event lines go to the
+`giapranh.events.<service>` loggers at DEBUG, off by default: counted in the metrics).
+`GIAPRANH_LOG_FORMAT=text` gives plain lines for development.
 """
 
 from __future__ import annotations
@@ -38,7 +40,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def logging_config(service: str, level: str, fmt: str) -> dict[str, Any]:
+EVENTS_LOGGER = "giapranh.events"
+"""Parent of the per-event loggers (`giapranh.events.ingest`, `.matcher`, `.notifier`)."""
+
+
+def event_logger(service: str) -> logging.Logger:
+    """The logger of one line per event of `service` (at DEBUG, so `isEnabledFor` skips
+    building them unless `GIAPRANH_LOG_EVENTS` is on)."""
+    return logging.getLogger(f"{EVENTS_LOGGER}.{service}")
+
+
+def logging_config(service: str, level: str, fmt: str, *, events: bool = False
+                   ) -> dict[str, Any]:
     """A `logging.config.dictConfig` for a service (faust's worker takes one too)."""
     formatter: dict[str, Any] = (
         {"()": JsonFormatter, "service": service} if fmt == "json"
@@ -50,4 +63,5 @@ def logging_config(service: str, level: str, fmt: str) -> dict[str, Any]:
         "formatters": {"default": formatter},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "default"}},
         "root": {"level": level, "handlers": ["console"]},
+        "loggers": {EVENTS_LOGGER: {"level": "DEBUG" if events else "WARNING"}},
     }

@@ -20,6 +20,10 @@ HTTP_REJECTIONS = Counter(
 EVENTS_ACCEPTED = Counter(
     "giapranh_ingest_events_accepted_total", "Events accepted into the outbox, by type.", ["type"]
 )
+GROUP_COMMIT_SIZE = Histogram(
+    "giapranh_ingest_group_commit_reports", "Single reports written per transaction "
+    "(group commit).", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
+)
 OUTBOX_RELAYED = Counter(
     "giapranh_outbox_relayed_total", "Outbox rows published to Kafka by the relay."
 )

@@ -123,6 +123,14 @@ class CommonSettings(BaseSettings):
         SecretStr(DEV_PEPPER),
         description="Server-side secret mixed into API-key hashes. Required in production.",
     )
+    max_requests_in_flight: int = Field(
+        512, ge=0, le=100_000,
+        description="Requests an instance handles at once (live streams not counted); "
+        "beyond it, 503 `overloaded` with Retry-After at once (0: no limit).")
+    key_cache_seconds: float = Field(
+        10.0, ge=0, le=300,
+        description="Seconds a resolved API key is kept in memory (0: ask the database on "
+        "every request). Any change of a key or unit drops it at once (NOTIFY).")
     requests_per_minute_per_key: float = Field(
         6000, gt=0,
         description="Requests one API key may make per minute (bursts of a tenth of it), per "
@@ -137,6 +145,10 @@ class CommonSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with event and correlation ids; text."
     )
+    log_events: bool = Field(
+        False, description="Also log one line per accepted event, hit and alert (logger "
+        "`giapranh.events`), to follow a report by its id; off by default: they are counted "
+        "in the metrics, and at a thousand a second the lines cost more than the work.")
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> CommonSettings:

@@ -223,8 +223,7 @@ class MatcherProcess:
             env=env.process_env(
                 GIAPRANH_MATCHER_PORT=str(port),
                 GIAPRANH_MATCHER_DATA_DIR=str(env.tmp_path / f"matcher-{port}"),
-                GIAPRANH_LOG_LEVEL="INFO",
-                **extra_env,
+                **{"GIAPRANH_LOG_LEVEL": "INFO", "GIAPRANH_LOG_EVENTS": "true", **extra_env},
             ),
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

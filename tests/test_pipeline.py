@@ -41,7 +41,7 @@ async def alerts(notifier, key):
 async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_the_right_units(
     env, pool, directory, ingest, notifier, matcher, caplog
 ):
-    caplog.set_level("INFO")
+    caplog.set_level("DEBUG", logger="giapranh.events")  # as GIAPRANH_LOG_EVENTS=true
     await list_entry(env, pool)
     accepted = await ingest.post("/v1/sightings", json=SIGHTING, headers=bearer(directory["CA-31212"]))
     assert accepted.status_code == 202
@@ -75,7 +75,7 @@ async def test_a_listed_subject_sighted_across_the_border_raises_one_alert_for_t
     assert seen_here["why_you"] == ["subject seen on this unit's territory"]
     # One sighting followed through the three services' logs by its correlation id.
     sighting_id = accepted.json()["event_id"]
-    traced = {(r.name.split(".")[1], r.getMessage().split()[0]) for r in caplog.records
+    traced = {(r.name.split(".")[2], r.getMessage().split()[0]) for r in caplog.records
               if str(getattr(r, "correlation_id", "")) == sighting_id}
     assert {("ingest", "accepted"), ("notifier", "alert")} <= traced
     matcher_lines = [json.loads(line) for line in matcher.log().splitlines()

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
 from services.ingest.deps import CurrentUnit, Database, Settings
@@ -37,7 +37,7 @@ from shared.directory import (
 )
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.events import Contract, ShortText
-from shared.http import ProvinceAdminKey, UnitAdminKey, error_responses
+from shared.http import ProvinceAdminKey, UnitAdminKey, error_responses, service_state
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
@@ -178,7 +178,7 @@ async def issue_key(body: KeyIn, db: Database, settings: Settings,
 
 @router.post("/keys/{key_id}/rotate", response_model=Rotated, responses=error_responses(404))
 async def rotate_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
-                     settings: Settings, caller: CurrentUnit,
+                     settings: Settings, caller: CurrentUnit, request: Request,
                      body: RotateIn | None = None) -> Rotated:
     """Replace a key by a new one for the same person and role: your own (any role), or
     one of the units you administer. The old key keeps working for `grace_hours`."""
@@ -197,12 +197,13 @@ async def rotate_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
         await audit.record(conn, Actor.of(caller), "key.rotate", subject=str(key_id),
                            unit_code=old.unit_code,
                            detail={"new_key": new_id, "old_key_stops_at": stops})
+    service_state(request).keys.forget(key_id)  # its expiry changed
     return Rotated(**view.model_dump(), key=key, old_key_stops_at=stops)
 
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyView, responses=error_responses(404))
 async def revoke_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
-                     caller: CurrentUnit) -> KeyView:
+                     caller: CurrentUnit, request: Request) -> KeyView:
     """Revoke a key at once (its open alert streams close): your own, or one of the units
     you administer."""
     async with db.acquire() as conn, conn.transaction():
@@ -211,7 +212,10 @@ async def revoke_key(key_id: Annotated[int, Path(ge=1, le=2**62)], db: Database,
             return view  # revoked already: nothing changes
         await audit.record(conn, Actor.of(caller), "key.revoke", subject=str(key_id),
                            unit_code=view.unit_code, detail={"person": view.person_name})
-        return await _key_in_reach(conn, caller, key_id)
+        view = await _key_in_reach(conn, caller, key_id)
+    # Committed: this process's cache drops the key now, not when the NOTIFY comes back.
+    service_state(request).keys.forget(key_id)
+    return view
 
 
 # ------------------------------------------------------------------------------ audit

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, Field, model_validator
 
-from services.ingest.deps import CurrentUnit, Settings, Store, WatchlistWriter
+from services.ingest.deps import CurrentUnit, Settings, Sightings, Store, WatchlistWriter
 from services.ingest.store import (
     Accepted,
     EventStatus,
@@ -37,10 +37,12 @@ from shared.events import (
     utcnow,
 )
 from shared.http import error_responses, json_body, json_body_openapi
+from shared.logs import event_logger
 from shared.topics import SIGHTINGS, TopicSpec
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 log = logging.getLogger(__name__)
+events_log = event_logger("ingest")
 
 ClientEventId = Annotated[
     UUID | None,
@@ -114,9 +116,11 @@ class EntryStored(BaseModel):
 def _accepted(result: Accepted, unit_code: str) -> EventAccepted:
     if not result.duplicate:
         metrics.EVENTS_ACCEPTED.labels(type=result.type).inc()
-    log.info("accepted %s%s", result.type, " (repeat)" if result.duplicate else "",
-             extra={"event_id": result.event_id, "correlation_id": result.event_id,
-                    "unit": unit_code})
+    if events_log.isEnabledFor(logging.DEBUG):  # counted in giapranh_events_accepted_total
+        events_log.debug("accepted %s%s", result.type,
+                         " (repeat)" if result.duplicate else "",
+                         extra={"event_id": result.event_id,
+                                "correlation_id": result.event_id, "unit": unit_code})
     return _view(result)
 
 
@@ -164,14 +168,16 @@ def _sighting(body: SightingIn, unit_code: str, recorded_at: datetime) -> Sighti
 
 
 @router.post("/sightings", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted,
-             responses=error_responses(409))
+             responses=error_responses(409, 503))
 async def report_sighting(
-    body: SightingIn, unit: CurrentUnit, store: Store, settings: Settings
+    body: SightingIn, unit: CurrentUnit, store: Store, settings: Settings,
+    sightings: Sightings,
 ) -> EventAccepted:
     """Report a person or vehicle seen at a place and time."""
     await _check_reports([body], store, settings)
-    return await _publish(_sighting(body, unit.unit_code, utcnow()), body, store, SIGHTINGS,
-                          unit.person_id)
+    result = await sightings.record(Report(_sighting(body, unit.unit_code, utcnow()),
+                                           _fingerprint(body), unit.person_id))
+    return _accepted(result, unit.unit_code)
 
 
 @router.post("/sightings/batch", status_code=status.HTTP_202_ACCEPTED,
@@ -197,9 +203,11 @@ async def report_sightings(
     duplicates = sum(view.duplicate for view in views)
     metrics.EVENTS_ACCEPTED.labels(type=SightingReported.__name__).inc(len(views) - duplicates)
     log.info("accepted a batch of sightings", extra={"unit": unit.unit_code, "count": len(views)})
-    for view in views:
-        log.debug("accepted SightingReported", extra={
-            "event_id": view.event_id, "correlation_id": view.event_id, "unit": unit.unit_code})
+    if events_log.isEnabledFor(logging.DEBUG):
+        for view in views:
+            events_log.debug("accepted SightingReported", extra={
+                "event_id": view.event_id, "correlation_id": view.event_id,
+                "unit": unit.unit_code})
     return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 

@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from services.ingest import admin, api, checks, incidents
+from services.ingest.groupcommit import GroupCommit
 from services.ingest.privacy import run_purges
 from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
@@ -18,6 +19,7 @@ from shared.auth import KeyStore
 from shared.db import create_pool
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.ratelimit import RateLimit
+from shared.topics import SIGHTINGS
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
@@ -26,9 +28,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
         pool = await create_pool(settings)
         relay = OutboxRelay(pool, settings)
         reconciler = Reconciler(pool, settings)
+        keys = KeyStore(pool, settings.api_key_pepper.get_secret_value(),
+                        cache_seconds=settings.key_cache_seconds)
         app.state.settings = settings
-        app.state.store = IngestStore(pool, settings,
-                                      max_lookalikes=settings.max_lookalikes_per_unit)
+        app.state.store = store = IngestStore(pool, settings,
+                                              max_lookalikes=settings.max_lookalikes_per_unit)
+        app.state.sightings = sightings = GroupCommit(
+            store, SIGHTINGS, max_wait_seconds=settings.ingest_max_wait_seconds)
         app.state.watchlist_writes = RateLimit(settings.watchlist_writes_per_minute,
                                                "watchlist changes")
         app.state.matcher_client = httpx.AsyncClient(
@@ -36,10 +42,12 @@ def create_app(settings: IngestSettings) -> FastAPI:
         set_state(app, ServiceState(
             pool=pool, requests=RateLimit(settings.requests_per_minute_per_key, "requests",
                                           burst=settings.requests_per_minute_per_key / 10),
-            keys=KeyStore(pool, settings.api_key_pepper.get_secret_value()),
+            keys=keys,
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy}))
         try:
-            async with (background(relay.run(), "outbox-relay"),
+            async with (background(keys.watch(settings.database_url), "key-cache"),
+                        background(sightings.run(), "group-commit"),
+                        background(relay.run(), "outbox-relay"),
                         background(reconciler.run(), "reconciler"),
                         background(run_purges(pool, settings.sighting_retention_days,
                                               settings.purge_interval_seconds), "purge")):

@@ -5,16 +5,21 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 
+from services.ingest.groupcommit import GroupCommit
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
 from shared.auth import Principal
 from shared.http import CurrentUnit, service_state
 
-__all__ = ["CurrentUnit", "Database", "Settings", "Store", "WatchlistWriter"]
+__all__ = ["CurrentUnit", "Database", "Settings", "Sightings", "Store", "WatchlistWriter"]
 
 
 def _store(request: Request) -> IngestStore:
     return request.app.state.store
+
+
+def _sightings(request: Request) -> GroupCommit:
+    return request.app.state.sightings
 
 
 def _settings(request: Request) -> IngestSettings:
@@ -32,6 +37,8 @@ async def _watchlist_write(request: Request, unit: CurrentUnit) -> Principal:
 
 
 Store = Annotated[IngestStore, Depends(_store)]
+Sightings = Annotated[GroupCommit, Depends(_sightings)]
+"""Where single sightings are written (group commit)."""
 WatchlistWriter = Annotated[Principal, Depends(_watchlist_write)]
 """The calling unit, for a watchlist change (rate-limited per key)."""
 Settings = Annotated[IngestSettings, Depends(_settings)]

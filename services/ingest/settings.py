@@ -6,6 +6,10 @@ from shared.settings import CommonSettings
 class IngestSettings(CommonSettings):
     ingest_host: str = Field("127.0.0.1", description="Address the ingest API binds to.")
     ingest_port: int = Field(8000, ge=1, le=65535, description="Port of the ingest API.")
+    ingest_max_wait_seconds: float = Field(
+        1.0, gt=0, le=60,
+        description="Longest a single report may wait to be written (group commit); while "
+        "the oldest has waited longer, new ones get 503 `overloaded` with Retry-After.")
     relay_batch_size: int = Field(
         1000, ge=1, le=50_000, description="Outbox rows published per relay round."
     )

@@ -80,16 +80,23 @@ class IngestStore:
         self._pool = pool
         self._settings = settings
         self._max_lookalikes = max_lookalikes
+        self._known_units: set[str] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self._pool
 
     async def unknown_units(self, codes: set[str]) -> set[str]:
-        known = await self._pool.fetch(
-            "SELECT code FROM units WHERE code = ANY($1::text[])", list(codes)
-        )
-        return codes - {row["code"] for row in known}
+        """The codes no unit has. Units are never deleted (events reference them), so a
+        code once found is remembered: a report costs no round trip for its place."""
+        asked = codes - self._known_units
+        if not asked:
+            return set()
+        known = {row["code"] for row in await self._pool.fetch(
+            "SELECT code FROM units WHERE code = ANY($1::text[])", list(asked))}
+        if len(self._known_units) < 100_000:
+            self._known_units |= known
+        return asked - known
 
     async def record(self, event: Event, *, spec: TopicSpec, fingerprint: bytes,
                      person_id: int | None = None) -> Accepted:
@@ -110,6 +117,17 @@ class IngestStore:
     async def _record(
         self, conn: asyncpg.Connection, reports: list[Report], *, spec: TopicSpec
     ) -> list[Accepted]:
+        results = await self._write(conn, reports, spec=spec)
+        for result in results:
+            if isinstance(result, Conflict):
+                raise result
+        return results  # type: ignore[return-value]
+
+    async def _write(
+        self, conn: asyncpg.Connection, reports: list[Report], *, spec: TopicSpec
+    ) -> list[Accepted | Conflict]:
+        """Each report's acceptance, or the conflict of one whose id was already used for
+        another request (it wrote nothing; the others are written all the same)."""
         events = [r.event for r in reports]
         records = [spec.record(self._settings, e) for e in events]
         encoded = [value for _, _, value in records]
@@ -150,7 +168,7 @@ class IngestStore:
                 [r.event.event_id for r in reports if r.event.event_id not in inserted],
             )
         } if len(fresh) < len(reports) else {}
-        results = []
+        results: list[Accepted | Conflict] = []
         for index, report in enumerate(reports):
             event = report.event
             if event.event_id in inserted:
@@ -166,10 +184,10 @@ class IngestStore:
             if not same:
                 # Also a repeated id inside one batch with different bodies.
                 where = f"{index}.event_id" if len(reports) > 1 else "event_id"
-                raise Conflict(
+                results.append(Conflict(
                     f"event id {event.event_id} was already used for a different request",
-                    field=where,
-                )
+                    field=where))
+                continue
             results.append(Accepted(event.event_id, row["type"], row["recorded_at"],
                                     duplicate=True))
         return results

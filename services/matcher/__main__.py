@@ -23,7 +23,8 @@ def main() -> None:
     app = create_app(settings)
     worker = faust.Worker(
         app, loglevel=settings.log_level.lower(),
-        logging_config=logging_config("matcher", settings.log_level, settings.log_format),
+        logging_config=logging_config("matcher", settings.log_level, settings.log_format,
+                                      events=settings.log_events),
     )
     worker.execute_from_commandline()
 

@@ -83,17 +83,24 @@ from shared.kafka import (
     stop_if_cancelled,
     stop_quietly,
 )
+from shared.logs import event_logger
 from shared.stream import TRANSIENT_ERRORS, Message, Outcome, Stream, StreamRunner
 from shared.topics import HITS, INCIDENTS, SIGHTINGS, WATCHLIST, TopicSpec
 
 log = logging.getLogger(__name__)
+events_log = event_logger("matcher")
 
 MAX_BATCHES_IN_FLIGHT = 4
 """Batches whose hits may be on their way to the broker while the next one is matched."""
 
 
 def _log_hit(hit: HitFound) -> None:
-    log.info("%s hit on %s (score %.2f)", "late" if hit.late else "live", hit.entry.entry_id,
+    """Each hit at DEBUG (counted in `giapranh_hits_total` instead): at a thousand hits a
+    second an INFO line each cost ~15 % of the matcher's CPU."""
+    if not events_log.isEnabledFor(logging.DEBUG):
+        return
+    events_log.debug("%s hit on %s (score %.2f)", "late" if hit.late else "live",
+                     hit.entry.entry_id,
              hit.score, extra={"event_id": hit.event_id, "correlation_id": hit.correlation(),
                                "hit_id": hit.hit_id, "entry_id": hit.entry.entry_id,
                                "unit": hit.place.unit_code})

@@ -105,7 +105,8 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             clock, destination=destination, poll_seconds=settings.webhook_poll_seconds)
         hits = hit_stream(settings, alerts)
         incidents = incident_stream(settings, alerts)
-        keys = KeyStore(pool, settings.api_key_pepper.get_secret_value())
+        keys = KeyStore(pool, settings.api_key_pepper.get_secret_value(),
+                        cache_seconds=settings.key_cache_seconds)
 
         async def views(unit_code: str, alert_ids: list[UUID]) -> dict[UUID, str]:
             found = await alerts.alerts_by_id(unit_code, alert_ids)
@@ -128,7 +129,8 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                             "incident_consumer": "ready" if incidents.ready.is_set()
                             else "starting"}))
         try:
-            async with (background(hits.run(), "hit-consumer"),
+            async with (background(keys.watch(settings.database_url), "key-cache"),
+                        background(hits.run(), "hit-consumer"),
                         background(incidents.run(), "incident-consumer"),
                         background(replay_incidents(
                             alerts, settings.incident_replay_seconds), "incident-replay"),

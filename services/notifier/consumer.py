@@ -22,10 +22,12 @@ from services.notifier.settings import NotifierSettings
 from shared import metrics
 from shared.events import AlertRaised, utcnow
 from shared.kafka import stop_if_cancelled
+from shared.logs import event_logger
 from shared.stream import Message, Outcome, Stream, StreamRunner
 from shared.topics import ALERTS, HITS, INCIDENTS, TopicSpec
 
 log = logging.getLogger(__name__)
+events_log = event_logger("notifier")
 REANNOUNCE_WINDOW = timedelta(minutes=5)
 """After the broker lost the alerts topic, alerts raised this recently are announced again
 (its readers are outside the core pipeline and drop repeats by alert id)."""
@@ -88,10 +90,12 @@ def announcement(alert: NewAlert) -> AlertRaised:
     """The `AlertRaised` of a new alert, counted and logged."""
     now = utcnow()
     metrics.ALERTS_RAISED.inc()
-    log.info("alert raised for %s", ", ".join(r.unit_code for r in alert.recipients),
-             extra={"alert_id": alert.alert_id, "hit_id": alert.hit.hit_id,
-                    "correlation_id": alert.hit.correlation(),
-                    "entry_id": alert.hit.entry.entry_id})
+    if events_log.isEnabledFor(logging.DEBUG):  # counted in giapranh_alerts_raised_total
+        events_log.debug(
+            "alert raised for %s", ", ".join(r.unit_code for r in alert.recipients),
+            extra={"alert_id": alert.alert_id, "hit_id": alert.hit.hit_id,
+                   "correlation_id": alert.hit.correlation(),
+                   "entry_id": alert.hit.entry.entry_id})
     metrics.DELIVERIES.labels(channel="store", result="ok").inc(len(alert.recipients))
     for recipient in alert.recipients:
         metrics.ALERTS_BY_UNIT.labels(unit=recipient.unit_code).inc()

@@ -1,0 +1,151 @@
+"""Group commit: single reports that arrive together are written in one transaction.
+
+Each `POST /v1/sightings` used to cost its own transaction (BEGIN, two INSERTs, NOTIFY,
+COMMIT: five round trips and a WAL flush). Here a request queues its report and waits; a
+few writer tasks each take every report waiting (up to `max_group`), write them with their
+outbox rows in one transaction, and answer each request only once that transaction has
+committed. The guarantee is the one a request had alone: 202 means stored with its outbox
+row; a failure answers every request of the group with the error, and none was stored.
+Under load the groups grow by themselves; alone, a report waits for nobody.
+
+A report whose id was already used for another request is answered 409 alone: it wrote
+nothing, and the rest of its group is committed. Two reports with one id never share a
+group (the second waits for the next), so a retry racing its original is recognised as a
+repeat.
+
+Load shedding: when the oldest report waiting has waited longer than `max_wait_seconds`,
+the database is not keeping up; a new report is refused at once with 503 `overloaded` and
+`Retry-After`, instead of joining a queue its client would time out in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+
+from services.ingest.store import Accepted, IngestStore, Report
+from shared import metrics
+from shared.errors import Conflict, Overloaded, ServiceUnavailable
+from shared.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    report: Report
+    since: float
+    future: asyncio.Future[Accepted] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class GroupCommit:
+    def __init__(self, store: IngestStore, spec: TopicSpec, *, writers: int = 3,
+                 max_group: int = 500, max_wait_seconds: float = 1.0):
+        self._store = store
+        self._spec = spec
+        self._writers = writers
+        self._max_group = max_group
+        self.max_wait_seconds = max_wait_seconds
+        self._queue: deque[_Waiting] = deque()
+        self._wake = asyncio.Event()
+        self.running = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest waiting report has waited (0 when none waits)."""
+        return time.monotonic() - self._queue[0].since if self._queue else 0.0
+
+    async def record(self, report: Report) -> Accepted:
+        """Store `report` with its outbox row, in a group; its acceptance once committed."""
+        if not self.running:  # (not started, or stopping: write it alone)
+            return (await self._store.record_many([report], spec=self._spec))[0]
+        waited = self.oldest_wait()
+        if waited > self.max_wait_seconds:
+            metrics.HTTP_REJECTIONS.labels(service="ingest", reason="overloaded").inc()
+            raise Overloaded(
+                f"reports have waited {waited:.1f} s to be written, more than "
+                f"GIAPRANH_INGEST_MAX_WAIT_SECONDS ({self.max_wait_seconds:g} s): the "
+                "database is not keeping up; try again after 1 s", retry_after=1)
+        waiting = _Waiting(report, time.monotonic())
+        self._queue.append(waiting)
+        self._wake.set()
+        return await asyncio.shield(waiting.future)
+
+    async def run(self) -> None:
+        """The writers, for as long as it runs; reports still waiting when it stops are
+        answered 503 (none of them was written)."""
+        self.running = True
+        try:
+            await asyncio.gather(*(self._write_groups() for _ in range(self._writers)))
+        finally:
+            self.running = False
+            while self._queue:
+                waiting = self._queue.popleft()
+                if not waiting.future.done():
+                    waiting.future.set_exception(ServiceUnavailable(
+                        "ingest is stopping: try again", retry_after=1))
+
+    def _take(self) -> list[_Waiting]:
+        group: list[_Waiting] = []
+        ids: set[UUID] = set()
+        later: list[_Waiting] = []
+        while self._queue and len(group) < self._max_group:
+            waiting = self._queue.popleft()
+            event_id = waiting.report.event.event_id
+            if event_id in ids:
+                later.append(waiting)  # the same id twice: the next group takes it
+                continue
+            ids.add(event_id)
+            group.append(waiting)
+        self._queue.extendleft(reversed(later))
+        return group
+
+    async def _write_groups(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            group = self._take()
+            if group:
+                await self._write(group)
+
+    async def _write(self, group: list[_Waiting]) -> None:
+        try:
+            async with self._store.pool.acquire() as conn, conn.transaction():
+                results = await self._store._write(
+                    conn, [waiting.report for waiting in group], spec=self._spec)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("a group of %d reports could not be written: %r", len(group), exc)
+            for waiting in group:
+                if not waiting.future.done():
+                    waiting.future.set_exception(ServiceUnavailable(
+                        f"the database cannot store reports now ({type(exc).__name__}): "
+                        "try again", retry_after=1))
+            return
+        except BaseException as exc:
+            for waiting in group:
+                if not waiting.future.done():
+                    waiting.future.set_exception(
+                        ServiceUnavailable("ingest is stopping: try again", retry_after=1)
+                        if isinstance(exc, asyncio.CancelledError) else exc)
+            raise
+        metrics.GROUP_COMMIT_SIZE.observe(len(group))
+        for waiting, result in zip(group, results, strict=True):
+            if waiting.future.done():
+                continue
+            if isinstance(result, Conflict):
+                waiting.future.set_exception(Conflict(result.message, field="event_id"))
+            else:
+                waiting.future.set_result(result)
+

@@ -1,0 +1,219 @@
+"""Single requests under load: group commit, cached keys, and refusing work at once
+(503 `overloaded` with Retry-After) instead of letting clients time out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from services.ingest.app import create_app as create_ingest
+from services.ingest.settings import IngestSettings
+from shared.auth import issue_api_key
+from shared.settings import CommonSettings
+from tests.conftest import _serve, bearer, eventually
+from tests.test_ingest_api import SIGHTING
+
+
+def sighting(event_id: uuid.UUID | None = None, name: str = "NGUYEN VAN A") -> dict:
+    return {**SIGHTING, "event_id": str(event_id or uuid.uuid4()),
+            "subject": {"name": name}}
+
+
+async def stored(pool: asyncpg.Pool, ids: list[str]) -> tuple[int, int]:
+    """(events, outbox rows) stored for these event ids."""
+    events = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", ids)
+    outbox = await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[])", ids)
+    return events, outbox
+
+
+async def test_concurrent_single_sightings_share_transactions_and_keep_their_answers(
+    ingest, directory, pool
+):
+    key = bearer(directory["CA-31212"])
+    taken = uuid.uuid4()
+    first = await ingest.post("/v1/sightings", json=sighting(taken), headers=key)
+    assert first.status_code == 202
+    groups_before = await pool.fetchval("SELECT count(DISTINCT xmin::text) FROM events")
+
+    fresh = [sighting() for _ in range(200)]
+    repeat = sighting(uuid.UUID(fresh[0]["event_id"]))  # the same request again, at once
+    conflict = sighting(taken, name="TRAN VAN B")  # an id used for another body
+    answers = await asyncio.gather(*(
+        ingest.post("/v1/sightings", json=body, headers=key)
+        for body in [*fresh, repeat, conflict]))
+
+    statuses = [a.status_code for a in answers]
+    assert statuses[:-1] == [202] * 201, statuses
+    assert answers[-1].status_code == 409
+    assert answers[-1].json()["error"]["field"] == "event_id"
+    assert [a.json()["event_id"] for a in answers[:200]] == [b["event_id"] for b in fresh]
+    assert sum(a.json()["duplicate"] for a in answers[:201]) == 1  # the repeat, only
+    ids = [b["event_id"] for b in fresh]
+    assert await stored(pool, ids) == (200, 200)  # each once, with its outbox row
+    # Written in fewer transactions than requests (each transaction id is one group).
+    groups = await pool.fetchval("SELECT count(DISTINCT xmin::text) FROM events") - groups_before
+    assert groups < 200, groups
+
+
+async def test_ingest_refuses_at_once_while_the_database_is_not_keeping_up(
+    env, topics, directory, pool
+):
+    settings = env.settings(IngestSettings, ingest_max_wait_seconds=0.3,
+                            relay_idle_seconds=0.2)
+    async for client in _serve(create_ingest(settings)):
+        key = bearer(directory["CA-31212"])
+        assert (await client.post("/v1/sightings", json=sighting(), headers=key)
+                ).status_code == 202  # the key is cached, the unit known
+        # The database stalls: something holds the outbox table.
+        blocker = await asyncpg.connect(env.database_url)
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        try:
+            stuck_bodies = [sighting() for _ in range(5)]
+            stuck = [asyncio.create_task(client.post("/v1/sightings", json=body, headers=key))
+                     for body in stuck_bodies]
+            await asyncio.sleep(0.5)  # longer than the 0.3 s a report may wait
+            # (Answered while the lock is still held: had it queued, it would hang here.)
+            refused = await client.post("/v1/sightings", json=sighting(), headers=key)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert refused.headers["retry-after"] == "1"
+            assert "GIAPRANH_INGEST_MAX_WAIT_SECONDS" in refused.json()["error"]["message"]
+            assert not any(task.done() for task in stuck)
+        finally:
+            await holding.rollback()
+            await blocker.close()
+        # Those already waiting are written and answered once the database moves again.
+        answers = await asyncio.gather(*stuck)
+        assert [a.status_code for a in answers] == [202] * 5
+        assert await stored(pool, [b["event_id"] for b in stuck_bodies]) == (5, 5)
+        again = await client.post("/v1/sightings", json=sighting(), headers=key)
+        assert again.status_code == 202
+
+
+async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_after(
+    env, topics, directory, pool
+):
+    settings = env.settings(IngestSettings, max_requests_in_flight=3)
+    async for client in _serve(create_ingest(settings)):
+        key = bearer(directory["CA-31212"])
+        blocker = await asyncpg.connect(env.database_url)
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        try:
+            held = [asyncio.create_task(client.post("/v1/sightings", json=sighting(),
+                                                    headers=key)) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            refused = await client.post("/v1/sightings", json=sighting(), headers=key)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert int(refused.headers["retry-after"]) >= 1
+            # Probes and scrapes are never refused: they must see the service as it is.
+            assert (await client.get("/healthz")).status_code == 200
+        finally:
+            await holding.rollback()
+            await blocker.close()
+        assert [a.status_code for a in await asyncio.gather(*held)] == [202] * 3
+        assert (await client.post("/v1/sightings", json=sighting(), headers=key)
+                ).status_code == 202
+
+
+# ----------------------------------------------------------------------- cached keys
+
+
+async def test_a_cached_key_stops_working_within_a_second_of_any_change(
+    ingest, directory, pool, env
+):
+    pepper = env.settings(CommonSettings).api_key_pepper.get_secret_value()
+    keys = ingest.app.state.service.keys
+    await eventually(lambda: asyncio.sleep(0, keys.listening), timeout=5,
+                     what="the key cache listening")
+
+    async def works(key: str) -> bool:
+        response = await ingest.post("/v1/sightings", json=sighting(), headers=bearer(key))
+        assert response.status_code in (202, 401), response.text
+        return response.status_code == 202
+
+    async def refused(key: str) -> None:
+        async def probe() -> bool:
+            return not await works(key)
+        await eventually(probe, timeout=1.0, interval=0.01, what="the key refused")
+
+    # Revoked by another process (as `giapranh keys revoke` does).
+    revoked = await issue_api_key(pool, "CA-31212", pepper, role="reporter")
+    assert await works(revoked)  # (cached now)
+    await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1",
+                       revoked[:12])
+    await refused(revoked)
+
+    # Its expiry brought forward.
+    shortened = await issue_api_key(pool, "CA-31212", pepper, role="reporter")
+    assert await works(shortened)
+    await pool.execute("UPDATE api_keys SET expires_at = now() WHERE key_prefix = $1",
+                       shortened[:12])
+    await refused(shortened)
+
+    # Expiring while cached: refused from that moment, with no notification at all.
+    expiring = await issue_api_key(pool, "CA-31212", pepper, role="reporter")
+    await pool.execute(
+        "UPDATE api_keys SET expires_at = now() + interval '1.5 seconds' "
+        "WHERE key_prefix = $1", expiring[:12])
+    assert await works(expiring)
+    await asyncio.sleep(1.6)
+    assert not await works(expiring)
+
+    # Its unit ended (merged away).
+    ended = await issue_api_key(pool, "CA-31237", pepper, role="reporter")
+    assert await works(ended)
+    await pool.execute("UPDATE units SET active_to = now() WHERE code = 'CA-31237'")
+    await refused(ended)
+
+
+async def test_without_its_listener_the_key_cache_is_off(ingest, directory, pool, env):
+    """A change the cache could not hear about must still count at once: while its
+    LISTEN connection is down, every request asks the database."""
+    pepper = env.settings(CommonSettings).api_key_pepper.get_secret_value()
+    keys = ingest.app.state.service.keys
+    await eventually(lambda: asyncio.sleep(0, keys.listening), timeout=5,
+                     what="the key cache listening")
+    key = await issue_api_key(pool, "CA-31212", pepper, role="reporter")
+    assert (await ingest.post("/v1/sightings", json=sighting(), headers=bearer(key))
+            ).status_code == 202  # cached
+
+    await pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%giapranh_key_changes%'")
+    await eventually(lambda: asyncio.sleep(0, not keys.listening), timeout=5,
+                     what="the cache to notice its listener is gone")
+    # Revoked while nobody listens: the NOTIFY goes nowhere, the next request refuses.
+    await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1",
+                       key[:12])
+    refused = await ingest.post("/v1/sightings", json=sighting(), headers=bearer(key))
+    assert refused.status_code == 401
+    # It listens again by itself.
+    await eventually(lambda: asyncio.sleep(0, keys.listening), timeout=5,
+                     what="the key cache listening again")
+
+
+@pytest.mark.parametrize("cache_seconds", [0.0])
+async def test_with_the_cache_off_every_request_asks_the_database(
+    env, topics, directory, pool, cache_seconds
+):
+    settings = env.settings(IngestSettings, key_cache_seconds=cache_seconds)
+    async for client in _serve(create_ingest(settings)):
+        pepper = env.settings(CommonSettings).api_key_pepper.get_secret_value()
+        key = await issue_api_key(pool, "CA-31212", pepper, role="reporter")
+        assert (await client.post("/v1/sightings", json=sighting(), headers=bearer(key))
+                ).status_code == 202
+        await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1",
+                           key[:12])
+        assert (await client.post("/v1/sightings", json=sighting(), headers=bearer(key))
+                ).status_code == 401
+        assert not client.app.state.service.keys.listening
