@@ -7,15 +7,24 @@ ingest service as a real uvicorn process, then measures from a load generator on
 machine (it shares the 2 cores with the service, the database and the broker):
 - single requests: accepted sightings/s with `--concurrency` requests in flight;
 - batch requests: accepted sightings/s, and end to end: from the first request until the
-  relay has published the last outbox row to the broker.
-Target (issue 3): batch ingest >= 10,000 sightings/s end to end.
+  relay has published the last outbox row to the broker;
+- with a native client (ApacheBench, `ab`: `apt install apache2-utils`; a Python client
+  saturates first), single requests at 32 in flight, then far beyond the capacity (512 in
+  flight against an instance taking 64 at once, GIAPRANH_MAX_REQUESTS_IN_FLIGHT): every
+  request answered 202 or 503 `overloaded`, how fast, and no client timeout.
+Targets (issue 3): batch ingest >= 10,000 sightings/s end to end; (issue 16) single
+requests >= 1,500 sightings/s with a native client at 32 in flight; beyond the capacity,
+refusals in under 50 ms and no timeout.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,7 +105,10 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
     port = free_port()
     env = {**os.environ, "GIAPRANH_DATABASE_URL": dsn, "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
            "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false", "GIAPRANH_TOPIC_PARTITIONS": "4",
-           "GIAPRANH_INGEST_PORT": str(port), "GIAPRANH_LOG_LEVEL": "WARNING"}
+           "GIAPRANH_INGEST_PORT": str(port), "GIAPRANH_LOG_LEVEL": "WARNING",
+           # One key sends everything here: its rate limit would be what is measured.
+           "GIAPRANH_REQUESTS_PER_MINUTE_PER_KEY": "100000000",
+           "GIAPRANH_MAX_REQUESTS_IN_FLIGHT": str(args.max_in_flight)}
     service = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env)
     try:
         headers = {"Authorization": f"Bearer {keys['CA-31212']}"}
@@ -122,6 +134,12 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
             batch_seconds = await run_requests(client, batches, 4, "batch requests")
             await wait_relayed(conn, args.singles + total)
             end_to_end = time.perf_counter() - started
+        native = overload = None
+        if shutil.which("ab"):
+            url = f"http://127.0.0.1:{port}/v1/sightings"
+            native = apache_bench(url, headers["Authorization"], tmp, args.native_requests, 32)
+            overload = apache_bench(url, headers["Authorization"], tmp, args.native_requests,
+                                    args.overload_concurrency)
     finally:
         service.terminate()
         service.wait(15)
@@ -138,6 +156,71 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
           f"{e2e_rate:8.0f} sightings/s accepted and relayed to the broker")
     print(f"target          : {TARGET_BATCH_PER_SECOND} sightings/s end to end -> ratio "
           f"{e2e_rate / TARGET_BATCH_PER_SECOND:.2f} ({'met' if e2e_rate >= TARGET_BATCH_PER_SECOND else 'NOT met'})")
+    if native is None or overload is None:
+        print("native client   : `ab` not found (apt install apache2-utils): not measured")
+        return
+    rate = native["rate"]
+    print(f"native, 32 in flight : {native['complete']} requests, {rate:8.0f} sightings/s, "
+          f"{native['non2xx']} not 202, {native['failed']} failed; p50 {native['p50']} ms, "
+          f"p99 {native['p99']} ms, slowest {native['max']} ms (target >= "
+          f"{TARGET_SINGLE_PER_SECOND}: ratio {rate / TARGET_SINGLE_PER_SECOND:.2f}, "
+          f"{'met' if rate >= TARGET_SINGLE_PER_SECOND else 'NOT met'})")
+    print(f"overload, {args.overload_concurrency} in flight (instance takes {args.max_in_flight}): "
+          f"{overload['complete']} answered, {overload['non2xx']} refused 503, "
+          f"{overload['rate']:.0f} answers/s, {overload['failed']} failed (timeouts, resets); "
+          f"p50 {overload['p50']} ms, p99 {overload['p99']} ms, slowest {overload['max']} ms")
+    print(f"refusals         : {overload['refusals']}")
+
+
+TARGET_SINGLE_PER_SECOND = 1_500
+BODY = {"occurred_at": "2026-11-20T21:14:00+07:00",
+        "subject": {"name": "TRAN VAN KHACH", "national_id": "099 091 004 217"},
+        "place": {"unit_code": "CA-31212", "address": "bến phà Thốt Nốt"}}
+
+
+def apache_bench(url: str, authorization: str, tmp: Path, requests: int,
+                 concurrency: int) -> dict[str, object]:
+    """`ab` posting the same sighting without an event id (each is a new report); its
+    figures, and how the 503s it received were answered (timed by a probe beside it)."""
+    body = tmp / "sighting.json"
+    body.write_text(json.dumps(BODY))
+    probe_times: list[tuple[int, float]] = []
+    with subprocess.Popen(
+            ["ab", "-q", "-s", "30", "-c", str(concurrency), "-n", str(requests), "-p", str(body),
+             "-T", "application/json", "-H", f"Authorization: {authorization}", url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as ab:
+        # A probe beside the load: the time of each answer and its status.
+        with httpx.Client(timeout=30, headers={"Authorization": authorization}) as probe:
+            time.sleep(0.5)
+            while ab.poll() is None and len(probe_times) < 200:
+                started = time.perf_counter()
+                try:
+                    status = probe.post(url, json=BODY).status_code
+                except httpx.HTTPError:
+                    status = 0
+                probe_times.append((status, (time.perf_counter() - started) * 1000))
+                time.sleep(0.02)
+        output = ab.communicate()[0]
+    number = lambda pattern: re.search(pattern, output)
+    found = {
+        "complete": int(number(r"Complete requests:\s+(\d+)").group(1)),
+        "failed": int(number(r"Failed requests:\s+(\d+)").group(1))
+        - int((number(r"Non-2xx responses:\s+(\d+)") or [0, 0])[1]),
+        "non2xx": int((number(r"Non-2xx responses:\s+(\d+)") or [0, 0])[1]),
+        "rate": float(number(r"Requests per second:\s+([\d.]+)").group(1)),
+        "p50": int(number(r"\n\s+50%\s+(\d+)").group(1)),
+        "p99": int(number(r"\n\s+99%\s+(\d+)").group(1)),
+        "max": int(number(r"\n\s+100%\s+(\d+)").group(1)),
+    }
+    refused = sorted(ms for status, ms in probe_times if status == 503)
+    accepted = sorted(ms for status, ms in probe_times if status == 202)
+    pick = lambda values, q: values[min(len(values) - 1, int(q * len(values)))]
+    found["refusals"] = (
+        f"probe beside the load: {len(refused)} of {len(probe_times)} refused 503, answered in "
+        f"p50 {pick(refused, 0.5):.1f} ms, p99 {pick(refused, 0.99):.1f} ms, slowest "
+        f"{refused[-1]:.1f} ms (target < 50 ms); {len(accepted)} accepted"
+        if refused else f"probe beside the load: none of {len(probe_times)} refused")
+    return found
 
 
 def main() -> None:
@@ -146,6 +229,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--native-requests", type=int, default=20_000)
+    parser.add_argument("--overload-concurrency", type=int, default=512)
+    parser.add_argument("--max-in-flight", type=int, default=64,
+                        help="GIAPRANH_MAX_REQUESTS_IN_FLIGHT of the measured instance")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from giapranh.demo import DEMO_ENTRIES
 
 TICK = 0.05
 SEER, OWNER = "CA-31212", "CA-30307"
-console = Console()
+console = Console(soft_wrap=True)  # (figures on one line each, in a log too)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Stack:
     notifier: str
     broker: str
     keys: dict[str, str]
+    database: str | None = None
 
     @classmethod
     def running(cls, data_dir: Path) -> Stack:
@@ -55,7 +56,7 @@ class Stack:
         try:
             details = json.loads(lock.read_text())
             return cls(details["ingest"], details["notifier"], details["broker"],
-                       json.loads(keys.read_text()))
+                       json.loads(keys.read_text()), details.get("database"))
         except (OSError, ValueError, KeyError):
             raise SystemExit(f"no running giapranh dev found in {data_dir}: start `giapranh dev` "
                              "first (with its demo data), or pass --data-dir") from None
@@ -67,6 +68,7 @@ class Result:
     sent: int
     received: int
     latencies: list[float]
+    hops: dict[str, list[float]] = field(default_factory=dict)
 
     def quantile(self, q: float) -> float:
         if not self.latencies:
@@ -124,6 +126,8 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     subject = {"name": "NGUYEN VAN HUNG", "national_id": DEMO_ENTRIES[0].national_id}
     rng = random.Random(rate)
     sent_at: dict[str, float] = {}
+    sent_wall: dict[str, float] = {}  # (wall clock: compared with the services' timestamps)
+    received_wall: dict[str, float] = {}
     latencies: list[float] = []
     count = int(rate * seconds)
     hit_every = max(1, round(1 / hit_ratio))
@@ -142,6 +146,7 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
                 alert = json.loads(line[5:])
                 started = sent_at.get(alert["correlation_id"])
                 if started is not None:
+                    received_wall[alert["correlation_id"]] = time.time()
                     latencies.append(time.perf_counter() - started)
                     progress.advance(task)
                     if len(latencies) == total:
@@ -160,12 +165,13 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
         while sent < count:
             size = min(per_tick, count - sent)
             now = datetime.now(UTC).isoformat()
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             batch = []
             for n in range(sent, sent + size):
                 event_id = str(uuid.uuid4())
                 if n % hit_every == 0:
                     sent_at[event_id] = started
+                    sent_wall[event_id] = wall
                 batch.append({"event_id": event_id, "occurred_at": now,
                               "subject": subject if n % hit_every == 0 else unlisted(rng),
                               "place": {"unit_code": SEER}})
@@ -182,7 +188,47 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     except TimeoutError:
         pass
     listener.cancel()
-    return Result(rate, total, len(latencies), latencies)
+    hops = await hop_budget(stack, sent_wall, received_wall)
+    return Result(rate, total, len(latencies), latencies, hops)
+
+
+HOPS = ("client → ingest", "ingest → relayed", "relayed → matched", "matched → notifier",
+        "notifier → SSE")
+"""The hops of a sighting's alert, each from the timestamps the services record: the
+sighting's `recorded_at` (ingest received it), its outbox row's `dispatched_at` (the
+broker acknowledged it), the hit's `recorded_at` (the matcher found it), the alert's
+`raised_at` (the notifier began storing it); the client's clock at both ends (one machine,
+one clock)."""
+
+
+async def hop_budget(stack: Stack, sent: dict[str, float], received: dict[str, float]
+                     ) -> dict[str, list[float]]:
+    """Seconds spent in each of `HOPS` by each sighting whose alert arrived."""
+    if stack.database is None or not received:
+        return {}
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.database)
+    try:
+        rows = await conn.fetch(
+            """SELECT e.event_id::text AS id, extract(epoch FROM e.recorded_at) AS accepted,
+                      extract(epoch FROM o.dispatched_at) AS relayed,
+                      extract(epoch FROM (a.hit ->> 'recorded_at')::timestamptz) AS matched,
+                      extract(epoch FROM a.raised_at) AS stored
+                 FROM events e JOIN outbox o USING (event_id)
+                 JOIN alerts a ON a.source_event_id = e.event_id AND NOT a.late
+                WHERE e.event_id = ANY($1::uuid[])""", list(received))
+    finally:
+        await conn.close()
+    hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
+    for row in rows:
+        if row["relayed"] is None:
+            continue
+        marks = [sent[row["id"]], float(row["accepted"]), float(row["relayed"]),
+                 float(row["matched"]), float(row["stored"]), received[row["id"]]]
+        for hop, start, end in zip(HOPS, marks[:-1], marks[1:], strict=True):
+            hops[hop].append(max(0.0, end - start))
+    return hops
 
 
 class Listener:
@@ -292,6 +338,9 @@ async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float
         console.print(f"{result.rate:>6} sightings/s ({hit_ratio:.0%} matching): "
                       f"{result.received}/{result.sent} alerts, "
                       f"{latency}  {verdict}")
+        for hop, values in result.hops.items():
+            if values:
+                console.print(f"         {hop:<20} {percentiles(values)}")
     best = max((r.rate for r in results if r.sustained(max_p99)), default=None)
     console.print(f"highest sustained rate: {best or 'none'} sightings/s "
                   f"(every alert delivered, p99 <= {max_p99 * 1000:.0f} ms)")

@@ -169,6 +169,7 @@ class DevStack:
         self._outputs: list[_Output] = []
         self._lock: DevLock | None = None
         self._stop = threading.Event()
+        self._dsn: str | None = None
 
     def _check_ports(self) -> None:
         o = self.options
@@ -299,7 +300,7 @@ class DevStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         print(f"starting PostgreSQL ({self.data_dir / 'pgdata'}) and the broker ...", flush=True)
         self.database.start()
-        dsn = asyncio.run(self.database.create_database("giapranh"))
+        dsn = self._dsn = asyncio.run(self.database.create_database("giapranh"))
         self.broker.start()
         env = self._environment(dsn)
         keys = asyncio.run(self._prepare(env))
@@ -319,7 +320,7 @@ class DevStack:
         self._lock.publish({
             "pid": os.getpid(), "ingest": o.url(o.ingest_port),
             "notifier": o.url(o.notifier_port), "matcher": o.url(o.matcher_port),
-            "broker": self.broker.bootstrap_servers,
+            "broker": self.broker.bootstrap_servers, "database": self._dsn,
             "children": {name: child.pid for name, child in self.children.items()}})
 
     def _supervise(self, env: dict[str, str]) -> None:

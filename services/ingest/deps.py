@@ -14,19 +14,19 @@ from shared.http import CurrentUnit, service_state
 __all__ = ["CurrentUnit", "Database", "Settings", "Sightings", "Store", "WatchlistWriter"]
 
 
-def _store(request: Request) -> IngestStore:
+async def _store(request: Request) -> IngestStore:
     return request.app.state.store
 
 
-def _sightings(request: Request) -> GroupCommit:
+async def _sightings(request: Request) -> GroupCommit:
     return request.app.state.sightings
 
 
-def _settings(request: Request) -> IngestSettings:
+async def _settings(request: Request) -> IngestSettings:
     return request.app.state.settings
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     return service_state(request).pool
 
 

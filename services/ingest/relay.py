@@ -123,7 +123,9 @@ class OutboxRelay:
                 for row in rows
             ), watch=self._watch)
             await conn.execute(
-                "UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1::bigint[])",
+                # (the broker's acknowledgement, not the transaction's start: the latency budget)
+                "UPDATE outbox SET dispatched_at = clock_timestamp() "
+                "WHERE id = ANY($1::bigint[])",
                 [row["id"] for row in rows],
             )
             if time.monotonic() >= self._next_backlog_reading:

@@ -131,35 +131,38 @@ class IngestStore:
         events = [r.event for r in reports]
         records = [spec.record(self._settings, e) for e in events]
         encoded = [value for _, _, value in records]
+        # One statement, one round trip: the events, their outbox rows (in request order)
+        # and, by the outbox's trigger, the NOTIFY that wakes the relay; atomic by itself.
         inserted = {
             row["event_id"]: row["recorded_at"]
             for row in await conn.fetch(
-                """INSERT INTO events (event_id, type, unit_code, request_hash, occurred_at,
-                                       recorded_at, payload, person_id)
-                   SELECT i, t, u, h, o, r, convert_from(p, 'UTF8')::jsonb, who
-                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[],
-                                 $5::timestamptz[], $6::timestamptz[], $7::bytea[],
-                                 $8::bigint[])
-                          AS input (i, t, u, h, o, r, p, who)
-                   ON CONFLICT (event_id) DO NOTHING
-                   RETURNING event_id, recorded_at""",
+                """WITH input AS (
+                       SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[],
+                                            $5::timestamptz[], $6::timestamptz[], $7::bytea[],
+                                            $8::bigint[], $9::text[], $10::text[])
+                                WITH ORDINALITY
+                             AS input (i, t, u, h, o, r, p, who, topic, key, n)),
+                   written AS (
+                       INSERT INTO events (event_id, type, unit_code, request_hash,
+                                           occurred_at, recorded_at, payload, person_id)
+                       SELECT i, t, u, h, o, r, convert_from(p, 'UTF8')::jsonb, who
+                         FROM input
+                       ON CONFLICT (event_id) DO NOTHING
+                       RETURNING event_id, recorded_at),
+                   queued AS (
+                       INSERT INTO outbox (event_id, topic, key, payload)
+                       SELECT input.i, input.topic, input.key, input.p
+                         FROM input JOIN written ON written.event_id = input.i
+                        ORDER BY input.n)
+                   SELECT event_id, recorded_at FROM written""",
                 [e.event_id for e in events], [e.type for e in events],
                 [e.producer_unit for e in events], [r.fingerprint for r in reports],
                 [e.occurred_at for e in events], [e.recorded_at for e in events], encoded,
-                [r.person_id for r in reports],
+                [r.person_id for r in reports], [topic for topic, _, _ in records],
+                [key.decode() for _, key, _ in records],
             )
         }
-        fresh = [(r, record) for r, record in zip(reports, records, strict=True)
-                 if r.event.event_id in inserted]
-        if fresh:
-            await conn.execute(
-                """INSERT INTO outbox (event_id, topic, key, payload)
-                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])""",
-                [r.event.event_id for r, _ in fresh], [topic for _, (topic, _, _) in fresh],
-                [key.decode() for _, (_, key, _) in fresh],
-                [value for _, (_, _, value) in fresh],
-            )
-            await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        fresh = [r for r in reports if r.event.event_id in inserted]
         repeated = {
             row["event_id"]: row
             for row in await conn.fetch(

@@ -13,19 +13,19 @@ from shared.http import CurrentUnit, service_state
 __all__ = ["Alerts", "CurrentUnit", "Feed", "Settings", "UnitWebhooks"]
 
 
-def _alerts(request: Request) -> AlertService:
+async def _alerts(request: Request) -> AlertService:
     return request.app.state.alerts
 
 
-def _feed(request: Request) -> AlertFeed:
+async def _feed(request: Request) -> AlertFeed:
     return request.app.state.feed
 
 
-def _settings(request: Request) -> NotifierSettings:
+async def _settings(request: Request) -> NotifierSettings:
     return request.app.state.settings
 
 
-def _webhooks(request: Request) -> Webhooks:
+async def _webhooks(request: Request) -> Webhooks:
     return Webhooks(service_state(request).pool, request.app.state.destination)
 
 
