@@ -208,24 +208,25 @@ async def hop_budget(stack: Stack, sent: dict[str, float], received: dict[str, f
         return {}
     import asyncpg
 
+    from services.ingest.store import relay_times
+    from services.notifier.repository import hit_times
+
     conn = await asyncpg.connect(stack.database)
     try:
-        rows = await conn.fetch(
-            """SELECT e.event_id::text AS id, extract(epoch FROM e.recorded_at) AS accepted,
-                      extract(epoch FROM o.dispatched_at) AS relayed,
-                      extract(epoch FROM (a.hit ->> 'recorded_at')::timestamptz) AS matched,
-                      extract(epoch FROM a.raised_at) AS stored
-                 FROM events e JOIN outbox o USING (event_id)
-                 JOIN alerts a ON a.source_event_id = e.event_id AND NOT a.late
-                WHERE e.event_id = ANY($1::uuid[])""", list(received))
+        ids = [uuid.UUID(event_id) for event_id in received]
+        relayed = await relay_times(conn, ids)
+        matched = await hit_times(conn, ids)
     finally:
         await conn.close()
+    rows = [{"id": str(event_id), "accepted": accepted, "relayed": dispatched,
+             "matched": matched[event_id][0], "stored": matched[event_id][1]}
+            for event_id, (accepted, dispatched) in relayed.items() if event_id in matched]
     hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
     for row in rows:
         if row["relayed"] is None:
             continue
-        marks = [sent[row["id"]], float(row["accepted"]), float(row["relayed"]),
-                 float(row["matched"]), float(row["stored"]), received[row["id"]]]
+        marks = [sent[row["id"]], row["accepted"].timestamp(), row["relayed"].timestamp(),
+                 row["matched"].timestamp(), row["stored"].timestamp(), received[row["id"]]]
         for hop, start, end in zip(HOPS, marks[:-1], marks[1:], strict=True):
             hops[hop].append(max(0.0, end - start))
     return hops

@@ -382,3 +382,15 @@ class WatchlistEntryView(BaseModel):
             cancelled_at=row["cancelled_at"], cancel_reason=row["cancel_reason"],
             updated_at=row["updated_at"],
         )
+
+
+async def relay_times(conn: asyncpg.Connection | asyncpg.Pool, event_ids: list[UUID]
+                      ) -> dict[UUID, tuple[datetime, datetime | None]]:
+    """When each event was received, and when the broker acknowledged it (None: not yet):
+    the first hops of `giapranh bench`'s latency budget."""
+    rows = await conn.fetch(
+        """SELECT e.event_id, e.recorded_at, o.dispatched_at
+             FROM events e JOIN outbox o USING (event_id)
+            WHERE e.event_id = ANY($1::uuid[])""", event_ids)
+    return {row["event_id"]: (row["recorded_at"], row["dispatched_at"]) for row in rows}
+

@@ -298,3 +298,15 @@ class AlertRepository:
     async def unit(self, code: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
             "SELECT code, name, kind, parent_code FROM units WHERE code = $1", code)
+
+
+async def hit_times(conn: asyncpg.Connection | asyncpg.Pool, source_event_ids: list[UUID]
+                    ) -> dict[UUID, tuple[datetime, datetime]]:
+    """For each report's live alert: when the matcher found the hit and when the notifier
+    began storing its alert (the later hops of `giapranh bench`'s latency budget)."""
+    rows = await conn.fetch(
+        """SELECT source_event_id, (hit ->> 'recorded_at')::timestamptz AS matched, raised_at
+             FROM alerts WHERE source_event_id = ANY($1::uuid[]) AND NOT late
+              AND kind = 'hit'""", source_event_ids)
+    return {row["source_event_id"]: (row["matched"], row["raised_at"]) for row in rows}
+
