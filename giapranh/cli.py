@@ -217,6 +217,89 @@ def purge(
     asyncio.run(go())
 
 
+report_app = typer.Typer(help="Review reports (\"Báo cáo sơ kết\") from the system of record.",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("review")
+def report_review(
+    start: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"],
+                                            help="First day (Vietnam time).")],
+    end: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"],
+                                          help="Last day, included.")],
+    agreement: Annotated[int | None, typer.Option(help="An agreement's id "
+                                                  "(`giapranh agreements list`).")] = None,
+    pair: Annotated[str | None, typer.Option(help="Two unit codes: CA-30307,CA-31212.")] = None,
+    unit: Annotated[str | None, typer.Option(help="One unit, with every unit it "
+                                             "exchanged with.")] = None,
+    lang: Annotated[str, typer.Option(help="vi or en.")] = "vi",
+    pdf: Annotated[Path | None, typer.Option(help="Write the report as an A4 PDF here.")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Write its figures as CSV here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write it as JSON here.")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar="GIAPRANH_DATABASE_URL",
+        help="PostgreSQL DSN (giapranh dev prints it).")] = None,
+) -> None:
+    """A review report for an agreement, a pair of units or a unit over a period, with the
+    previous period beside it; printed as a table, and written as PDF, CSV or JSON."""
+    import asyncpg
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.notifier.report_pdf import render_pdf
+    from services.notifier.reports import (
+        label,
+        resolve_scope,
+        review_report,
+        to_csv,
+    )
+    from shared.errors import GiapranhError
+    from shared.settings import CommonSettings
+
+    if lang not in ("vi", "en"):
+        raise typer.BadParameter("vi or en", param_hint="--lang")
+    settings = CommonSettings(**({"database_url": database_url} if database_url else {}))
+
+    async def build():  # type: ignore[no-untyped-def]
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            scope = await resolve_scope(conn, agreement=agreement, pair=pair, unit=unit)
+            return await review_report(conn, scope, start.date(), end.date(),
+                                       now=datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    try:
+        report = asyncio.run(build())
+    except GiapranhError as exc:
+        typer.echo(f"error: {exc.message}" + (f" ({exc.field})" if exc.field else ""), err=True)
+        raise typer.Exit(1) from None
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # (files: no wrap)
+    table = Table(title=f"{label('title', lang)}\n{report.title}")  # type: ignore[arg-type]
+    table.add_column(label("direction", lang))  # type: ignore[arg-type]
+    for name in ("alerts", "acknowledged", "confirmed", "rejected", "detained"):
+        table.add_column(label(name, lang), justify="right")  # type: ignore[arg-type]
+    for d in report.directions:
+        table.add_row(f"{d.from_unit} → {d.to_unit}",
+                      *(f"{getattr(d.current, n)} ({getattr(d.previous, n)})"
+                        for n in ("alerts", "acknowledged", "confirmed", "rejected", "detained")))
+    console.print(table)
+    console.print(f"({label('previous', lang)}: {report.previous_period.start} – "  # type: ignore[arg-type]
+                  f"{report.previous_period.end})")
+    if pdf:
+        pdf.write_bytes(render_pdf(report, lang))  # type: ignore[arg-type]
+        typer.echo(f"wrote {pdf}")
+    if csv:
+        csv.write_text(to_csv(report))
+        typer.echo(f"wrote {csv}")
+    if json_out:
+        json_out.write_text(report.model_dump_json(indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 

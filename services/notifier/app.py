@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import RedirectResponse, Response
 
-from services.notifier import api
+from services.notifier import api, reports_api
 from services.notifier.cap import render_cap
 from services.notifier.channels import SseChannel
 from services.notifier.clock import Clock, SystemClock
@@ -144,7 +144,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
 
     app = create_http_app(
         service="notifier", summary="Alerts for the duty desks of the units a hit concerns.",
-        lifespan=lifespan, routers=[api.router],
+        lifespan=lifespan, routers=[api.router, reports_api.router],
         settings=settings,
     )
 
@@ -161,5 +161,16 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         """The duty-desk page: one self-contained HTML file, no external assets; its
         Content-Security-Policy allows exactly its own inline script and style."""
         return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
+
+    reports_page = (STATIC / "reports.html").read_text()
+    reports_headers = {"Cache-Control": "no-cache",
+                       "Content-Security-Policy": content_security_policy(reports_page)}
+
+    @app.get("/reports", include_in_schema=False)
+    async def reports() -> Response:
+        """The review-report page ("Báo cáo sơ kết"): the report with its charts, to read
+        or print (A4); one self-contained file, like the desk page."""
+        return Response(reports_page, media_type="text/html; charset=utf-8",
+                        headers=reports_headers)
 
     return app

@@ -2,6 +2,7 @@
 
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 
 from services.notifier.feed import AlertFeed
@@ -10,7 +11,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.webhooks import Webhooks
 from shared.http import CurrentUnit, service_state
 
-__all__ = ["Alerts", "CurrentUnit", "Feed", "Settings", "UnitWebhooks"]
+__all__ = ["Alerts", "CurrentUnit", "Database", "Feed", "Settings", "UnitWebhooks"]
 
 
 async def _alerts(request: Request) -> AlertService:
@@ -25,6 +26,10 @@ async def _settings(request: Request) -> NotifierSettings:
     return request.app.state.settings
 
 
+async def _pool(request: Request) -> asyncpg.Pool:
+    return service_state(request).pool
+
+
 async def _webhooks(request: Request) -> Webhooks:
     return Webhooks(service_state(request).pool, request.app.state.destination)
 
@@ -33,3 +38,5 @@ Alerts = Annotated[AlertService, Depends(_alerts)]
 Feed = Annotated[AlertFeed, Depends(_feed)]
 Settings = Annotated[NotifierSettings, Depends(_settings)]
 UnitWebhooks = Annotated[Webhooks, Depends(_webhooks)]
+Database = Annotated[asyncpg.Pool, Depends(_pool)]
+"""The pool, for reads over the notifier's tables (review reports)."""

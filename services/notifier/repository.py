@@ -182,7 +182,7 @@ class AlertRepository:
     async def decide(conn: asyncpg.Connection, alert_id: UUID, unit_code: str, status: str,
                      note: str | None, now: datetime) -> None:
         await conn.execute(
-            """UPDATE alerts SET status = $2, decided_at = $3, decided_by = $4,
+            """UPDATE alerts SET status = $2, decision = $2, decided_at = $3, decided_by = $4,
                       decision_note = $5, updated_at = $3,
                       acknowledged_at = coalesce(acknowledged_at, $3)
                 WHERE alert_id = $1""", alert_id, status, now, unit_code, note)

@@ -1,0 +1,275 @@
+"""Review reports ("Báo cáo sơ kết") on a fixture of known alerts over two months, one of
+whose units was merged into another: the JSON, the CSV, the page (in Chromium, nothing
+fetched from elsewhere) and the PDF (its text read back) agree with hand-counted figures,
+and units outside the agreement or pair get 404."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+from playwright.async_api import expect
+from pypdf import PdfReader
+
+from services.notifier.app import create_app
+from services.notifier.settings import NotifierSettings
+from shared.directory import merge_unit
+from tests.conftest import ROOT, bearer, eventually, served
+from tests.notifier_helpers import WANTED, make_hit, send
+from tests.test_desk_page import browser  # noqa: F401 - the Chromium fixture
+
+ICT = ZoneInfo("Asia/Ho_Chi_Minh")
+PAIR = "CA-30307,CA-31212"
+PERIOD = {"from": "2026-09-01", "to": "2026-10-31"}
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=ICT)
+
+
+async def alert(pool: asyncpg.Pool, raised: str, *, seen: str, owner: str,
+                delivered: dict[str, float | None], kind: str = "hit",
+                category: str = "wanted_person", decision: str | None = None,
+                decided_after: float | None = None, outcome: str | None = None,
+                late: bool = False, escalation_level: int = 0) -> None:
+    """One stored alert, delivered to `delivered` units (seconds until each acknowledged,
+    None: never)."""
+    raised_at = at(raised)
+    alert_id, hit_id = uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        """INSERT INTO alerts (alert_id, hit_id, entry_id, entry_version, category, owner_unit,
+                               seen_unit, source_event_id, correlation_id, seen_at, score, late,
+                               hit, status, raised_at, updated_at, kind, decision, decided_at,
+                               outcome, escalation_level)
+           VALUES ($1, $2, 'E-1', 1, $3, $4, $5, $6, $6, $7::timestamptz, 0.9, $8, '{}'::jsonb,
+                   CASE WHEN $11::text IS NOT NULL THEN 'closed'
+                        WHEN $9::text IS NOT NULL THEN $9 ELSE 'raised' END,
+                   $7, $7, $12, $9,
+                   CASE WHEN $9::text IS NOT NULL THEN $7::timestamptz + make_interval(secs => $10) END,
+                   $11, $13)""",
+        alert_id, hit_id, category, owner, seen, uuid.uuid4(), raised_at, late, decision,
+        decided_after or 0.0, outcome, kind, escalation_level)
+    for unit, ack in delivered.items():
+        await pool.execute(
+            """INSERT INTO deliveries (alert_id, unit_code, reasons, delivered_at,
+                                       acknowledged_at)
+               VALUES ($1, $2, '{}', $3::timestamptz, $3::timestamptz + make_interval(secs => $4))""",
+            alert_id, unit, raised_at, ack if ack is not None else 0.0)
+        if ack is None:
+            await pool.execute("UPDATE deliveries SET acknowledged_at = NULL "
+                               "WHERE alert_id = $1 AND unit_code = $2", alert_id, unit)
+
+
+@pytest.fixture
+async def two_months(pool, directory):
+    """Alerts between Long Xuyên (CA-30307) and Thốt Nốt (CA-31212), and from Thuận Hưng
+    (CA-31207), merged into Thốt Nốt since."""
+    # This period (1 Sep - 31 Oct 2026).
+    await alert(pool, "2026-09-05T10:00", seen="CA-31212", owner="CA-30307",
+                delivered={"CA-30307": 60, "CA-31212": 5}, decision="confirmed",
+                decided_after=600, outcome="detained")
+    await alert(pool, "2026-09-20T08:00", seen="CA-31207", owner="CA-30307",
+                delivered={"CA-30307": 120}, category="stolen_vehicle", decision="rejected",
+                decided_after=900, outcome="false_match")
+    await alert(pool, "2026-10-02T14:00", seen="CA-31212", owner="CA-30307",
+                delivered={"CA-30307": None}, late=True, escalation_level=2)
+    await alert(pool, "2026-10-15T09:00", seen="CA-30307", owner="CA-30307", kind="incident",
+                category="incident", delivered={"CA-31212": 30, "CA-31237": 40},
+                outcome="caught")
+    await alert(pool, "2026-10-20T16:00", seen="CA-30307", owner="CA-31212",
+                delivered={"CA-31212": 300}, category="missing_person",
+                decision="confirmed", decided_after=1200)
+    await alert(pool, "2026-10-31T23:30", seen="CA-31212", owner="CA-30307",  # last evening
+                delivered={"CA-30307": None})
+    # Not in the pair, or not in the periods.
+    await alert(pool, "2026-10-10T10:00", seen="CA-31237", owner="CA-30307",
+                delivered={"CA-30307": 10})
+    await alert(pool, "2026-11-01T00:30", seen="CA-31212", owner="CA-30307",
+                delivered={"CA-30307": 10})
+    # The previous period (3 Jul - 31 Aug 2026), and a day before it.
+    await alert(pool, "2026-08-10T10:00", seen="CA-31212", owner="CA-30307",
+                delivered={"CA-30307": 90})
+    await alert(pool, "2026-07-02T10:00", seen="CA-31212", owner="CA-30307",
+                delivered={"CA-30307": 90})
+    async with pool.acquire() as conn:
+        await merge_unit(conn, "CA-31207", "CA-31212")
+
+
+TO_LONG_XUYEN = {  # CA-31212 (with CA-31207) -> CA-30307, this period, counted by hand
+    "alerts": 4, "hit_alerts": 4, "incident_alerts": 0, "acknowledged": 2, "confirmed": 1,
+    "rejected": 1, "detained": 1, "not_located": 0, "false_match": 1, "caught": 0, "lost": 0,
+    "false_report": 0, "late": 1, "escalated": 1, "missed_deadlines": 2,
+    "ack_median_s": 90.0, "ack_p90_s": 114.0, "confirm_median_s": 600.0,
+    "confirm_p90_s": 600.0}
+TO_THOT_NOT = {  # CA-30307 -> CA-31212
+    "alerts": 2, "hit_alerts": 1, "incident_alerts": 1, "acknowledged": 2, "confirmed": 1,
+    "rejected": 0, "detained": 0, "not_located": 0, "false_match": 0, "caught": 1, "lost": 0,
+    "false_report": 0, "late": 0, "escalated": 0, "missed_deadlines": 0,
+    "ack_median_s": 165.0, "ack_p90_s": 273.0, "confirm_median_s": 1200.0,
+    "confirm_p90_s": 1200.0}
+
+
+async def test_the_figures_equal_the_hand_counted_ones(notifier, directory, two_months):
+    response = await notifier.get("/v1/reports/review", params={"pair": PAIR, **PERIOD},
+                                  headers=bearer(directory["CA-30307"]))
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["period"] == {"start": "2026-09-01", "end": "2026-10-31"}
+    assert report["previous_period"] == {"start": "2026-07-02", "end": "2026-08-31"}
+    assert [(u["code"], u["includes"]) for u in report["units"]] == [
+        ("CA-30307", []), ("CA-31212", ["CA-31207"])]
+    directions = {(d["from_unit"], d["to_unit"]): d for d in report["directions"]}
+    assert set(directions) == {("CA-31212", "CA-30307"), ("CA-30307", "CA-31212")}
+    to_lx = directions[("CA-31212", "CA-30307")]
+    assert to_lx["current"] == TO_LONG_XUYEN
+    assert to_lx["previous"]["alerts"] == 2  # 2 Jul counts: the previous period is 61 days
+    assert to_lx["by_category"]["wanted_person"]["alerts"] == 3
+    assert to_lx["by_category"]["stolen_vehicle"]["alerts"] == 1
+    assert {m: f["alerts"] for m, f in to_lx["by_month"].items()} == {"2026-09": 2,
+                                                                       "2026-10": 2}
+    to_tn = directions[("CA-30307", "CA-31212")]
+    assert to_tn["current"] == TO_THOT_NOT
+    assert to_tn["previous"]["alerts"] == 0
+    assert sorted(to_tn["by_category"]) == ["incident", "missing_person"]
+    assert report["totals"]["alerts"] == 6 and report["totals"]["confirmed"] == 2
+    assert report["totals"]["ack_median_s"] is None  # medians are not summed
+    assert report["previous_totals"]["alerts"] == 2
+
+    # The CSV has the same figures.
+    text = await notifier.get("/v1/reports/review.csv", params={"pair": PAIR, **PERIOD},
+                              headers=bearer(directory["CA-31212"]))
+    assert text.status_code == 200 and text.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(text.text)))
+    [total] = [r for r in rows if (r["from_unit"], r["to_unit"], r["period"], r["group"])
+               == ("CA-31212", "CA-30307", "current", "total")]
+    assert {k: total[k] for k in TO_LONG_XUYEN} == {
+        k: "" if v is None else str(v) for k, v in TO_LONG_XUYEN.items()}
+    [month] = [r for r in rows if r["group"] == "month" and r["key"] == "2026-09"
+               and r["from_unit"] == "CA-31212"]
+    assert month["alerts"] == "2"
+
+
+async def test_the_agreement_report_counts_the_merged_party_as_its_successor(
+        notifier, directory, two_months, pool):
+    agreement = await pool.fetchval(
+        "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn giáp ranh%'")
+    response = await notifier.get("/v1/reports/review",
+                                  params={"agreement": agreement, **PERIOD},
+                                  headers=bearer(directory["CA-30307"]))
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["title"].startswith("Quy chế phối hợp địa bàn giáp ranh Long Xuyên")
+    assert "CA-31207" not in [u["code"] for u in report["units"]]
+    directions = {(d["from_unit"], d["to_unit"]): d for d in report["directions"]}
+    assert directions[("CA-31212", "CA-30307")]["current"] == TO_LONG_XUYEN
+    # Vĩnh Trinh (CA-31237) is a party too: its alert to Long Xuyên and the incident's copy.
+    assert directions[("CA-31237", "CA-30307")]["current"]["alerts"] == 1
+    assert directions[("CA-30307", "CA-31237")]["current"]["incident_alerts"] == 1
+    # Every ordered pair of the (current) parties is listed, silent ones with zeros.
+    parties = {u["code"] for u in report["units"]}
+    assert len(directions) == len(parties) * (len(parties) - 1)
+
+
+async def test_units_outside_the_agreement_or_pair_get_404(notifier, directory, two_months,
+                                                           pool):
+    outsider = bearer(directory["CA-22051"])  # Sông Cầu, far away
+    for params in ({"pair": PAIR}, {"unit": "CA-30307"}, {"agreement": await pool.fetchval(
+            "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn%'")}):
+        for path in ("/v1/reports/review", "/v1/reports/review.csv", "/v1/reports/review.pdf"):
+            response = await notifier.get(path, params={**params, **PERIOD}, headers=outsider)
+            assert response.status_code == 404, (path, params, response.text)
+            assert response.json()["error"]["code"] == "not_found"
+    # Bad periods and scopes: 422 naming the field.
+    mine = bearer(directory["CA-30307"])
+    for params, field in (({"pair": PAIR, "from": "2026-10-01", "to": "2026-09-01"}, "to"),
+                          ({"pair": PAIR, "from": "2020-01-01", "to": "2026-01-01"}, "to"),
+                          ({"pair": "CA-30307,CA-30307", **PERIOD}, "pair"),
+                          ({"pair": PAIR, "unit": "CA-30307", **PERIOD}, "unit"),
+                          ({"pair": PAIR, "from": "yesterday", "to": "2026-01-01"}, "from")):
+        response = await notifier.get("/v1/reports/review", params=params, headers=mine)
+        assert response.status_code == 422, (params, response.text)
+        assert response.json()["error"]["field"] == field, response.json()
+
+
+async def test_a_confirmation_on_the_desk_counts_as_confirmed(
+        env, notifier, directory, topics):
+    """The decision is kept on the alert by the workflow itself (closing does not lose
+    it), so the report counts what the desk did."""
+    hit = make_hit(WANTED)
+    await send(env, hit)
+    owner = bearer(directory["CA-30307"])
+    [alert_view] = await eventually(
+        lambda: _alerts(notifier, owner), what="the alert at the listing unit")
+    alert_id = alert_view["alert_id"]
+    assert (await notifier.post(f"/v1/alerts/{alert_id}/confirm", headers=owner)
+            ).status_code == 200
+    assert (await notifier.post(f"/v1/alerts/{alert_id}/close", json={"outcome": "detained"},
+                                headers=owner)).status_code == 200
+    today = datetime.now(ICT).date()
+    response = await notifier.get("/v1/reports/review", headers=owner, params={
+        "unit": "CA-30307", "from": str(today - timedelta(days=1)), "to": str(today)})
+    [direction] = [d for d in response.json()["directions"]
+                   if d["to_unit"] == "CA-30307"]
+    assert direction["current"]["confirmed"] == 1
+    assert direction["current"]["detained"] == 1
+
+
+async def _alerts(notifier, headers):
+    return (await notifier.get("/v1/alerts", headers=headers)).json()
+
+
+async def test_the_pdf_has_the_vietnamese_title(env, tmp_path, directory, two_months):
+    out = tmp_path / "so-ket.pdf"
+    done = subprocess.run(
+        [sys.executable, "-m", "giapranh.cli", "report", "review", "--pair", PAIR,
+         "--from", PERIOD["from"], "--to", PERIOD["to"], "--pdf", str(out), "--json",
+         str(tmp_path / "report.json"), "--database-url", env.database_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = "\n".join(page.extract_text() for page in PdfReader(out).pages)
+    assert "BÁO CÁO SƠ KẾT CÔNG TÁC PHỐI HỢP TRAO ĐỔI THÔNG TIN" in text
+    assert "Công an phường Thốt Nốt" in text
+    assert "Kỳ báo cáo: 01/09/2026 – 31/10/2026" in text
+    report = json.loads((tmp_path / "report.json").read_text())
+    [direction] = [d for d in report["directions"] if d["from_unit"] == "CA-31212"]
+    assert direction["current"] == TO_LONG_XUYEN
+    # The terminal table too.
+    assert "CA-31212 → CA-30307" in done.stdout
+
+
+async def test_the_page_draws_its_charts_with_nothing_from_elsewhere(
+        env, topics, directory, two_months, browser):  # noqa: F811
+    app = create_app(env.settings(NotifierSettings))
+    async with served(app) as url:
+        context = await browser.new_context()
+        await context.add_init_script(
+            f"sessionStorage.setItem('giapranh.key', {json.dumps(directory['CA-30307'])})")
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        await page.goto(f"{url}/reports?pair={PAIR}&from={PERIOD['from']}&to={PERIOD['to']}")
+        await expect(page.locator("h1")).to_have_text(
+            "BÁO CÁO SƠ KẾT CÔNG TÁC PHỐI HỢP TRAO ĐỔI THÔNG TIN")
+        charts = page.locator("svg.chart")
+        await expect(charts).to_have_count(2)
+        # The direction chart has a bar per direction and period, sized by the figures.
+        bars = await page.locator("svg.chart").first.locator("rect title").all_text_contents()
+        assert sorted(bars) == sorted(["4", "2", "2", "0"])
+        await expect(page.locator("caption").first).to_have_text("Tổng hợp")
+        await page.select_option("#lang", "en")
+        await expect(page.locator("h1")).to_have_text(
+            "REVIEW REPORT ON COORDINATION AND INFORMATION EXCHANGE")
+        assert errors == []
+        assert requests and all(r.startswith(url) for r in requests), requests
+        await context.close()
