@@ -36,6 +36,10 @@ from shared.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
+_CONNECTION_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                      asyncpg.AdminShutdownError, asyncpg.QueryCanceledError)
+"""The database's own refusals that say nothing about the reports: retried by the client."""
+
 
 @dataclass(eq=False)
 class _Waiting:
@@ -120,6 +124,22 @@ class GroupCommit:
             if group:
                 await self._write(group)
 
+    @staticmethod
+    def _fail(group: list[_Waiting], exc: BaseException) -> None:
+        """Every request of the group answered 503 (none of its reports was stored), or,
+        for a report the database refused by itself, that refusal (a server error)."""
+        log.warning("%d report(s) could not be written: %r", len(group), exc)
+        for waiting in group:
+            if waiting.future.done():
+                continue
+            if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                    exc, _CONNECTION_ERRORS):
+                waiting.future.set_exception(exc)
+            else:
+                waiting.future.set_exception(ServiceUnavailable(
+                    f"the database cannot store reports now ({type(exc).__name__}): "
+                    "try again", retry_after=1))
+
     async def _write(self, group: list[_Waiting]) -> None:
         try:
             # (`_write` is one statement: atomic without a transaction around it, which
@@ -127,13 +147,17 @@ class GroupCommit:
             async with self._store.pool.acquire() as conn:
                 results = await self._store._write(
                     conn, [waiting.report for waiting in group], spec=self._spec)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("a group of %d reports could not be written: %r", len(group), exc)
-            for waiting in group:
-                if not waiting.future.done():
-                    waiting.future.set_exception(ServiceUnavailable(
-                        f"the database cannot store reports now ({type(exc).__name__}): "
-                        "try again", retry_after=1))
+        except asyncpg.PostgresError as exc:
+            if len(group) > 1 and not isinstance(exc, _CONNECTION_ERRORS):
+                # One report the database refuses must not fail the others waiting with
+                # it: each is written alone, and only its own request gets the error.
+                for waiting in group:
+                    await self._write([waiting])
+                return
+            self._fail(group, exc)
+            return
+        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self._fail(group, exc)
             return
         except BaseException as exc:
             for waiting in group:
