@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from services.ingest import admin, api, checks, incidents
+from services.ingest import admin, api, checks, incidents, sync
 from services.ingest.groupcommit import GroupCommit
 from services.ingest.privacy import run_purges
 from services.ingest.reconciler import Reconciler
@@ -58,7 +58,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     return create_http_app(
         service="ingest", summary="Units publish sightings, incidents and watchlist changes.",
-        lifespan=lifespan, routers=[api.router, incidents.router, checks.router, admin.router],
+        lifespan=lifespan,
+        # (sync first: `/v1/watchlist/sync` is not the entry `sync` of `/v1/watchlist/{id}`)
+        routers=[sync.router, api.router, incidents.router, checks.router, admin.router],
         max_body_bytes=settings.max_body_bytes,
         settings=settings,
     )

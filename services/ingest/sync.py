@@ -1,0 +1,113 @@
+"""Watchlist sync (`GET /v1/watchlist/sync`): the entries a unit may see, changed since a
+cursor, for replicas that match locally (a border post's node keeps checking while its
+link is down).
+
+A first call (no cursor) returns a snapshot: every active entry the unit may see, in
+pages. Later calls return what changed since: `upsert` for an entry the unit may see
+(new, changed), `remove` for one it could see and no longer may (cancelled, or its sharing
+scope narrowed); entries it never could see are never mentioned, not even by id. Changes
+come in the order they were numbered, and a change is handed out only once every older
+transaction has ended, so one that commits late is not skipped. The cursor also carries
+the directory's version: when agreements, borders or units changed, which entries a unit
+may see can change without any entry changing, so the answer is a new snapshot
+(`reset: true`: the replica is rebuilt from its pages).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+import asyncpg
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from services.ingest.deps import CurrentUnit, Database
+from shared.errors import Unprocessable
+from shared.events import WatchlistEntry, utcnow
+from shared.http import error_responses
+
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+
+CURSOR = re.compile(r"^v1\.(\d{1,18})\.(\d{1,18})$")
+
+
+class Change(BaseModel):
+    entry_id: str
+    change: Literal["upsert", "remove"]
+    entry: WatchlistEntry | None = Field(description="The entry as it is now (upsert only).")
+
+
+class SyncPage(BaseModel):
+    changes: list[Change]
+    cursor: str = Field(description="Pass it as `since` for the next page or the next sync.")
+    more: bool = Field(description="True while further changes wait: ask again at once.")
+    reset: bool = Field(description="This page starts a new snapshot: rebuild the replica "
+                        "from it and the pages that follow (until `more` is false).")
+    as_of: datetime = Field(description="The list is complete up to this time when `more` "
+                            "is false.")
+
+
+_SELECT = """
+    SELECT entry_id, change_seq, entry::text AS entry, cancelled_at IS NULL AS active,
+           watchlist_visible(owner_unit, entry ->> 'sharing_scope', category, $1) AS visible
+      FROM watchlist_entries
+     WHERE change_seq > $2
+       AND change_xid < pg_snapshot_xmin(pg_current_snapshot())
+       AND {condition}
+     ORDER BY change_seq LIMIT $3"""
+
+_SNAPSHOT = _SELECT.format(condition="""cancelled_at IS NULL
+       AND watchlist_visible(owner_unit, entry ->> 'sharing_scope', category, $1)""")
+_DELTA = _SELECT.format(condition="""(watchlist_visible(owner_unit, entry ->> 'sharing_scope',
+                                         category, $1)
+         OR (previous_scope IS NOT NULL
+             AND watchlist_visible(owner_unit, previous_scope, category, $1)))""")
+
+
+def _parse(cursor: str | None) -> tuple[int, int] | None:
+    if cursor is None:
+        return None
+    found = CURSOR.match(cursor)
+    if found is None:
+        raise Unprocessable("since is a cursor from an earlier answer (v1.<n>.<n>)",
+                            field="since")
+    return int(found.group(1)), int(found.group(2))
+
+
+async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
+                    since: str | None, limit: int) -> SyncPage:
+    """One page of the changes `unit_code` may see after `since`."""
+    position = _parse(since)
+    directory = await conn.fetchval(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM directory_version")
+    reset = position is None or position[1] != directory
+    # A snapshot's first page lists only what the unit may see now; its later pages, like
+    # any delta, also say `remove` for entries it could see before (harmless to a replica
+    # being built: it has none of them).
+    after = 0 if reset else position[0]  # type: ignore[index]
+    rows = await conn.fetch(_SNAPSHOT if reset else _DELTA, unit_code, after, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    changes = [Change(entry_id=row["entry_id"], change="upsert",
+                      entry=WatchlistEntry.model_validate_json(row["entry"]))
+               if row["visible"] and row["active"]
+               else Change(entry_id=row["entry_id"], change="remove", entry=None)
+               for row in rows]
+    last = rows[-1]["change_seq"] if rows else after
+    return SyncPage(changes=changes, cursor=f"v1.{last}.{directory}", more=more,
+                    reset=reset, as_of=utcnow())
+
+
+@router.get("/watchlist/sync", response_model=SyncPage, responses=error_responses(422))
+async def sync_watchlist(
+    unit: CurrentUnit, db: Database,
+    since: Annotated[str | None, Query(max_length=60, description="The cursor of the last "
+                                       "answer; none for a snapshot.")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> SyncPage:
+    """The watchlist entries the calling unit may see (by their sharing scopes), changed
+    since `since`, in bounded pages in a stable order; a snapshot without `since`. For
+    replicas that match locally (`giapranh post`). Every role may sync."""
+    return await sync_page(db, unit.unit_code, since, limit)
