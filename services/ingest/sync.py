@@ -15,12 +15,14 @@ may see can change without any entry changing, so the answer is a new snapshot
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from services.ingest.deps import CurrentUnit, Database
@@ -49,21 +51,20 @@ class SyncPage(BaseModel):
                             "is false.")
 
 
-_SELECT = """
+_ROWS = """
     SELECT entry_id, change_seq, entry::text AS entry, cancelled_at IS NULL AS active,
-           watchlist_visible(owner_unit, entry ->> 'sharing_scope', category, $1) AS visible
+           owner_unit, entry ->> 'sharing_scope' AS scope, previous_scope, category
       FROM watchlist_entries
-     WHERE change_seq > $2
-       AND change_xid < pg_snapshot_xmin(pg_current_snapshot())
-       AND {condition}
-     ORDER BY change_seq LIMIT $3"""
+     WHERE change_seq > $1 AND change_xid < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY change_seq LIMIT $2"""
+"""The next changes in order, those of transactions still running (and all after them)
+held back. Which of them the unit may see is asked once per (owner, scope, category)."""
 
-_SNAPSHOT = _SELECT.format(condition="""cancelled_at IS NULL
-       AND watchlist_visible(owner_unit, entry ->> 'sharing_scope', category, $1)""")
-_DELTA = _SELECT.format(condition="""(watchlist_visible(owner_unit, entry ->> 'sharing_scope',
-                                         category, $1)
-         OR (previous_scope IS NOT NULL
-             AND watchlist_visible(owner_unit, previous_scope, category, $1)))""")
+_VISIBLE = """
+    SELECT watchlist_visible(owner, scope, category, $1) AS visible
+      FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+           AS t (owner, scope, category, n)
+     ORDER BY n"""
 
 
 def _parse(cursor: str | None) -> tuple[int, int] | None:
@@ -77,8 +78,8 @@ def _parse(cursor: str | None) -> tuple[int, int] | None:
 
 
 async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
-                    since: str | None, limit: int) -> SyncPage:
-    """One page of the changes `unit_code` may see after `since`."""
+                    since: str | None, limit: int) -> str:
+    """One page of the changes `unit_code` may see after `since`, as `SyncPage` JSON."""
     position = _parse(since)
     directory = await conn.fetchval(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM directory_version")
@@ -87,17 +88,34 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
     # any delta, also say `remove` for entries it could see before (harmless to a replica
     # being built: it has none of them).
     after = 0 if reset else position[0]  # type: ignore[index]
-    rows = await conn.fetch(_SNAPSHOT if reset else _DELTA, unit_code, after, limit + 1)
+    rows = await conn.fetch(_ROWS, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    changes = [Change(entry_id=row["entry_id"], change="upsert",
-                      entry=WatchlistEntry.model_validate_json(row["entry"]))
-               if row["visible"] and row["active"]
-               else Change(entry_id=row["entry_id"], change="remove", entry=None)
-               for row in rows]
+    kinds = sorted({(row["owner_unit"], scope, row["category"]) for row in rows
+                    for scope in (row["scope"], row["previous_scope"]) if scope})
+    shown = await conn.fetch(_VISIBLE, unit_code, [k[0] for k in kinds], [k[1] for k in kinds],
+                             [k[2] for k in kinds]) if kinds else []
+    visible = {kind: row["visible"] for kind, row in zip(kinds, shown, strict=True)}
+    chosen = []
+    for row in rows:
+        now = visible.get((row["owner_unit"], row["scope"], row["category"]), False)
+        before = row["previous_scope"] is not None and visible[
+            (row["owner_unit"], row["previous_scope"], row["category"])]
+        if now and row["active"]:
+            chosen.append((row, True))
+        elif (now or before) and not reset:  # (a snapshot's first page: only what is seen)
+            chosen.append((row, False))
     last = rows[-1]["change_seq"] if rows else after
-    return SyncPage(changes=changes, cursor=f"v1.{last}.{directory}", more=more,
-                    reset=reset, as_of=utcnow())
+    # The entries as stored (validated when they were written): copied into the answer
+    # as they are, not decoded and encoded again.
+    parts = [
+        f'{{"entry_id":{json.dumps(row["entry_id"])},"change":"upsert","entry":{row["entry"]}}}'
+        if upsert else
+        f'{{"entry_id":{json.dumps(row["entry_id"])},"change":"remove","entry":null}}'
+        for row, upsert in chosen]
+    head = SyncPage(changes=[], cursor=f"v1.{last}.{directory}", more=more, reset=reset,
+                    as_of=utcnow()).model_dump_json()
+    return head.replace('"changes":[]', '"changes":[' + ",".join(parts) + "]", 1)
 
 
 @router.get("/watchlist/sync", response_model=SyncPage, responses=error_responses(422))
@@ -106,8 +124,14 @@ async def sync_watchlist(
     since: Annotated[str | None, Query(max_length=60, description="The cursor of the last "
                                        "answer; none for a snapshot.")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-) -> SyncPage:
+    accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     """The watchlist entries the calling unit may see (by their sharing scopes), changed
     since `since`, in bounded pages in a stable order; a snapshot without `since`. For
     replicas that match locally (`giapranh post`). Every role may sync."""
-    return await sync_page(db, unit.unit_code, since, limit)
+    body = (await sync_page(db, unit.unit_code, since, limit)).encode()
+    if "gzip" in (accept_encoding or "").lower() and len(body) > 1000:
+        # Posts sync over poor links: a page of entries compresses many times over.
+        return Response(gzip.compress(body, compresslevel=5), media_type="application/json",
+                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+    return Response(body, media_type="application/json", headers={"Vary": "Accept-Encoding"})
