@@ -22,30 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import asyncpg
 import httpx
-from rich.console import Console
 from rich.progress import Progress
+from stack import console, ingest_process, prepare, run_on_embedded_stack, wait_up
 
-from giapranh.demo import demo_keys, seed_directory
-from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
-from shared.db import apply_schema
-from shared.kafka import ensure_topics
-from shared.settings import CommonSettings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-console = Console(stderr=True)
 TARGET_BATCH_PER_SECOND = 10_000
 
 
@@ -92,57 +80,40 @@ async def wait_relayed(conn: asyncpg.Connection, total: int) -> None:
 
 
 async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Path) -> None:
-    settings = CommonSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap,
-                              kafka_idempotent_producer=False, topic_partitions=4)
-    conn = await asyncpg.connect(dsn)
-    await apply_schema(conn)
-    await seed_directory(conn)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    keys = await demo_keys(pool, settings, tmp / "keys.json")
-    await pool.close()
-    await ensure_topics(settings)
-
-    port = free_port()
-    env = {**os.environ, "GIAPRANH_DATABASE_URL": dsn, "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false", "GIAPRANH_TOPIC_PARTITIONS": "4",
-           "GIAPRANH_INGEST_PORT": str(port), "GIAPRANH_LOG_LEVEL": "WARNING",
-           # One key sends everything here: its rate limit would be what is measured.
-           "GIAPRANH_REQUESTS_PER_MINUTE_PER_KEY": "100000000",
-           "GIAPRANH_MAX_REQUESTS_IN_FLIGHT": str(args.max_in_flight)}
-    service = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env)
+    conn, keys = await prepare(dsn, bootstrap, tmp, partitions=4)
+    headers = {"Authorization": f"Bearer {keys['CA-31212']}"}
     try:
-        headers = {"Authorization": f"Bearer {keys['CA-31212']}"}
-        limits = httpx.Limits(max_connections=args.concurrency)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
-                                     timeout=60, limits=limits) as client:
-            for _ in range(200):
-                try:
-                    await client.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+        with ingest_process(
+                dsn, bootstrap, 4,
+                # One key sends everything here: its rate limit would be what is measured.
+                GIAPRANH_REQUESTS_PER_MINUTE_PER_KEY="100000000",
+                GIAPRANH_MAX_REQUESTS_IN_FLIGHT=str(args.max_in_flight)) as port:
+            limits = httpx.Limits(max_connections=args.concurrency)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
+                                         timeout=60, limits=limits) as client:
+                await wait_up(client)
+                singles = [("/v1/sightings", sighting(i)) for i in range(args.singles)]
+                single_seconds = await run_requests(client, singles, args.concurrency,
+                                                    "single requests")
+                await wait_relayed(conn, args.singles)
 
-            singles = [("/v1/sightings", sighting(i)) for i in range(args.singles)]
-            single_seconds = await run_requests(client, singles, args.concurrency, "single requests")
-            await wait_relayed(conn, args.singles)
-
-            batches = [("/v1/sightings/batch",
-                        {"sightings": [sighting(b * args.batch_size + i) for i in range(args.batch_size)]})
-                       for b in range(args.batches)]
-            total = args.batches * args.batch_size
-            started = time.perf_counter()
-            batch_seconds = await run_requests(client, batches, 4, "batch requests")
-            await wait_relayed(conn, args.singles + total)
-            end_to_end = time.perf_counter() - started
-        native = overload = None
-        if shutil.which("ab"):
-            url = f"http://127.0.0.1:{port}/v1/sightings"
-            native = apache_bench(url, headers["Authorization"], tmp, args.native_requests, 32)
-            overload = apache_bench(url, headers["Authorization"], tmp, args.native_requests,
-                                    args.overload_concurrency)
+                batches = [("/v1/sightings/batch",
+                            {"sightings": [sighting(b * args.batch_size + i)
+                                           for i in range(args.batch_size)]})
+                           for b in range(args.batches)]
+                total = args.batches * args.batch_size
+                started = time.perf_counter()
+                batch_seconds = await run_requests(client, batches, 4, "batch requests")
+                await wait_relayed(conn, args.singles + total)
+                end_to_end = time.perf_counter() - started
+            native = overload = None
+            if shutil.which("ab"):
+                url = f"http://127.0.0.1:{port}/v1/sightings"
+                native = apache_bench(url, headers["Authorization"], tmp,
+                                      args.native_requests, 32)
+                overload = apache_bench(url, headers["Authorization"], tmp,
+                                        args.native_requests, args.overload_concurrency)
     finally:
-        service.terminate()
-        service.wait(15)
         await conn.close()
 
     single_rate = args.singles / single_seconds
@@ -233,15 +204,7 @@ def main() -> None:
     parser.add_argument("--overload-concurrency", type=int, default=512)
     parser.add_argument("--max-in-flight", type=int, default=64,
                         help="GIAPRANH_MAX_REQUESTS_IN_FLIGHT of the measured instance")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        console.print("starting the embedded stack ...")
-        with EmbeddedDatabase(tmp / "pgdata", ephemeral=True) as db, \
-                EmbeddedBroker(free_port(), tmp / "broker.log") as broker:
-            dsn = asyncio.run(db.create_database("bench"))
-            asyncio.run(benchmark(args, dsn, broker.bootstrap_servers, tmp))
-
+    run_on_embedded_stack(benchmark, parser.parse_args())
 
 if __name__ == "__main__":
     main()

@@ -12,28 +12,14 @@ prints the time and the bytes on the wire (JSON, uncompressed) of each.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
 import httpx
-from rich.console import Console
+from stack import console, ingest_process, prepare, run_on_embedded_stack, wait_up
 
-from giapranh.demo import demo_keys, seed_directory
-from giapranh.embedded import EmbeddedBroker, EmbeddedDatabase, free_port
-from shared.db import apply_schema
 from shared.events import Category, SharingScope, WatchlistEntry
-from shared.kafka import ensure_topics
-from shared.settings import CommonSettings
-
-ROOT = Path(__file__).resolve().parent.parent
-console = Console(stderr=True)
 
 
 async def sync_all(client: httpx.AsyncClient, since: str | None, page: int
@@ -55,15 +41,7 @@ async def sync_all(client: httpx.AsyncClient, since: str | None, page: int
 
 
 async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Path) -> None:
-    settings = CommonSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap,
-                              kafka_idempotent_producer=False, topic_partitions=2)
-    conn = await asyncpg.connect(dsn)
-    await apply_schema(conn)
-    await seed_directory(conn)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    keys = await demo_keys(pool, settings, tmp / "keys.json")
-    await pool.close()
-    await ensure_topics(settings)
+    conn, keys = await prepare(dsn, bootstrap, tmp, partitions=2)
     with console.status(f"writing {args.entries:,} entries"):
         await conn.execute(
             """INSERT INTO watchlist_entries (entry_id, owner_unit, category, version, entry)
@@ -80,49 +58,38 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
                            description="Truy nã theo quyết định số 12/QĐ-CSHS.",
                            ).model_dump_json())
 
-    port = free_port()
-    env = {**os.environ, "GIAPRANH_DATABASE_URL": dsn, "GIAPRANH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "GIAPRANH_KAFKA_IDEMPOTENT_PRODUCER": "false", "GIAPRANH_TOPIC_PARTITIONS": "2",
-           "GIAPRANH_INGEST_PORT": str(port), "GIAPRANH_LOG_LEVEL": "WARNING"}
-    service = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env)
     try:
-        headers = {"Authorization": f"Bearer {keys['CA-22051']}"}  # a post far away
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
-                                     timeout=120) as client:
-            for _ in range(200):
-                try:
-                    await client.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            started = time.perf_counter()
-            first, first_bytes, first_pages, cursor = await sync_all(client, None, args.page)
-            first_seconds = time.perf_counter() - started
+        with ingest_process(dsn, bootstrap, 2) as port:
+            headers = {"Authorization": f"Bearer {keys['CA-22051']}"}  # a post far away
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                         headers=headers, timeout=120) as client:
+                await wait_up(client)
+                started = time.perf_counter()
+                first, first_bytes, first_pages, cursor = await sync_all(client, None, args.page)
+                first_seconds = time.perf_counter() - started
 
-            with console.status(f"changing {args.changes:,} entries"):
-                await conn.execute(
-                    """UPDATE watchlist_entries
-                          SET entry = jsonb_set(entry, '{full_name}', to_jsonb('Lê Văn ' || entry_id)),
-                              version = version + 1
-                        WHERE entry_id IN (SELECT 'B-' || (n * 37 % $1 + 1)
-                                             FROM generate_series(1, $2 / 2) AS n)""",
-                    args.entries, args.changes)
-                await conn.execute(
-                    """UPDATE watchlist_entries SET cancelled_at = now(), cancel_reason = 'bench'
-                        WHERE entry_id IN (SELECT 'B-' || (n * 53 % $1 + 1)
-                                             FROM generate_series(1, $2 - $2 / 2) AS n)""",
-                    args.entries, args.changes)
-            started = time.perf_counter()
-            delta, delta_bytes, delta_pages, _ = await sync_all(client, cursor, args.page)
-            delta_seconds = time.perf_counter() - started
+                with console.status(f"changing {args.changes:,} entries"):
+                    await conn.execute(
+                        """UPDATE watchlist_entries
+                              SET entry = jsonb_set(entry, '{full_name}', to_jsonb('Lê Văn ' || entry_id)),
+                                  version = version + 1
+                            WHERE entry_id IN (SELECT 'B-' || (n * 37 % $1 + 1)
+                                                 FROM generate_series(1, $2 / 2) AS n)""",
+                        args.entries, args.changes)
+                    await conn.execute(
+                        """UPDATE watchlist_entries SET cancelled_at = now(), cancel_reason = 'bench'
+                            WHERE entry_id IN (SELECT 'B-' || (n * 53 % $1 + 1)
+                                                 FROM generate_series(1, $2 - $2 / 2) AS n)""",
+                        args.entries, args.changes)
+                started = time.perf_counter()
+                delta, delta_bytes, delta_pages, _ = await sync_all(client, cursor, args.page)
+                delta_seconds = time.perf_counter() - started
     finally:
-        service.terminate()
-        service.wait(15)
         await conn.close()
     print(f"first sync : {first:>7,} entries in {first_pages} pages, {first_seconds:6.2f} s, "
-          f"{first_bytes / 1e6:7.1f} MB ({first_bytes / max(1, first):.0f} bytes per entry)")
+          f"{first_bytes / 1e6:7.1f} MB on the wire ({first_bytes / max(1, first):.0f} bytes per entry)")
     print(f"delta sync : {delta:>7,} changes in {delta_pages} pages, {delta_seconds:6.3f} s, "
-          f"{delta_bytes / 1e3:7.1f} kB")
+          f"{delta_bytes / 1e3:7.1f} kB on the wire")
     print(json.dumps({"first_seconds": round(first_seconds, 2), "first_bytes": first_bytes,
                       "delta_seconds": round(delta_seconds, 3), "delta_bytes": delta_bytes}))
 
@@ -133,15 +100,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=1_000)
     parser.add_argument("--page", type=int, default=5_000)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        console.print("starting the embedded stack ...")
-        with EmbeddedDatabase(tmp / "pgdata", ephemeral=True) as db, \
-                EmbeddedBroker(free_port(), tmp / "broker.log") as broker:
-            dsn = asyncio.run(db.create_database("bench"))
-            asyncio.run(benchmark(args, dsn, broker.bootstrap_servers, tmp))
-
+    run_on_embedded_stack(benchmark, parser.parse_args())
 
 if __name__ == "__main__":
     main()
