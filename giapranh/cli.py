@@ -217,6 +217,46 @@ def purge(
     asyncio.run(go())
 
 
+@app.command()
+def post(
+    upstream: Annotated[str | None, typer.Option(help="The ingest API, e.g. "
+                                                 "https://ingest.example:8000.")] = None,
+    key: Annotated[str | None, typer.Option(envvar="GIAPRANH_POST_KEY", help="The post's "
+                                            "API key (kept in memory only).")] = None,
+    data: Annotated[Path, typer.Option(help="Where the replica and the queue are kept.")] = Path(
+        ".giapranh-post"),
+    port: Annotated[int, typer.Option(help="Local API port (localhost).")] = 8010,
+    sync_seconds: Annotated[float, typer.Option(help="Seconds between syncs.")] = 30.0,
+    stale_minutes: Annotated[float, typer.Option(help="A list older than this is flagged "
+                                                 "stale in every answer.")] = 60.0,
+    wipe: Annotated[bool, typer.Option("--wipe", help="Delete the replica and the queue, "
+                                       "then exit.")] = False,
+) -> None:
+    """A border post's node: a replica of the watchlist its unit may see, the matching
+    engine, and a queue of its sightings, so checks and sightings are answered with the
+    link down; sightings go upstream when it returns. Local API on localhost:
+    POST /checks, POST /sightings, GET /status."""
+    from datetime import timedelta
+
+    import uvicorn
+
+    from giapranh.post import PostNode, create_app
+    from giapranh.post import wipe as wipe_replica
+
+    if wipe:
+        removed = wipe_replica(data)
+        typer.echo("removed " + (", ".join(map(str, removed)) if removed else "nothing"))
+        return
+    if not upstream or not key:
+        raise typer.BadParameter("--upstream and --key (or GIAPRANH_POST_KEY) are needed",
+                                 param_hint="--upstream/--key")
+    node = PostNode(upstream, key, data, stale_after=timedelta(minutes=stale_minutes))
+    typer.echo(f"border post: {len(node.engine)} entries in the replica (list of "
+               f"{node.list_as_of or 'never synced'}); local API on http://127.0.0.1:{port}")
+    uvicorn.run(create_app(node, sync_seconds), host="127.0.0.1", port=port,
+                log_level="warning")
+
+
 report_app = typer.Typer(help="Review reports (\"Báo cáo sơ kết\") from the system of record.",
                          no_args_is_help=True)
 app.add_typer(report_app, name="report")

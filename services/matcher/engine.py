@@ -701,6 +701,14 @@ class MatchingEngine:
         self._tombstones[entry_id] = version
         return True
 
+    def discard(self, entry_id: str) -> bool:
+        """Forget an entry, leaving no tombstone: a replica told it may no longer see it
+        takes it again if it is shared again, whatever its version."""
+        if entry_id not in self._slot_of:
+            return False
+        self._remove(entry_id)
+        return True
+
     def load(self, entries: Iterable[WatchlistEntry]) -> None:
         """Upsert many entries (a snapshot), with the cyclic garbage collector paused."""
         with gc_paused():
