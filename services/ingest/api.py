@@ -211,6 +211,22 @@ async def report_sightings(
     return BatchAccepted(accepted=len(views) - duplicates, duplicates=duplicates, results=views)
 
 
+class Me(BaseModel):
+    """The caller, as its key says (the field page shows it and reports from its unit)."""
+
+    unit_code: str
+    unit_name: str
+    role: str
+    person_name: str | None
+
+
+@router.get("/me", response_model=Me)
+async def who_am_i(unit: CurrentUnit, store: Store) -> Me:
+    name = await store.pool.fetchval("SELECT name FROM units WHERE code = $1", unit.unit_code)
+    return Me(unit_code=unit.unit_code, unit_name=name or unit.unit_code, role=unit.role,
+              person_name=unit.person_name)
+
+
 @router.put("/watchlist/{entry_id}", response_model=EntryStored, responses=error_responses(403))
 async def upsert_watchlist_entry(
     entry_id: Annotated[EntryId, Path()], body: WatchlistEntryFields, unit: WatchlistWriter,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from fastapi.responses import RedirectResponse
 
 from services.ingest import admin, api, checks, incidents, sync
 from services.ingest.groupcommit import GroupCommit
@@ -17,6 +19,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
 from shared.auth import KeyStore
 from shared.db import create_pool
+from shared.errors import NotFound
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.ratelimit import RateLimit
 from shared.topics import SIGHTINGS
@@ -56,7 +59,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             await app.state.matcher_client.aclose()
             await pool.close()
 
-    return create_http_app(
+    app = create_http_app(
         service="ingest", summary="Units publish sightings, incidents and watchlist changes.",
         lifespan=lifespan,
         # (sync first: `/v1/watchlist/sync` is not the entry `sync` of `/v1/watchlist/{id}`)
@@ -64,3 +67,36 @@ def create_app(settings: IngestSettings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         settings=settings,
     )
+    install_field_page(app)
+    return app
+
+
+FIELD = Path(__file__).parent / "static" / "field"
+FIELD_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+               "sw.js": "text/javascript; charset=utf-8", "icon.svg": "image/svg+xml",
+               "manifest.webmanifest": "application/manifest+json"}
+FIELD_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                "connect-src 'self'; manifest-src 'self'; worker-src 'self'; base-uri 'none'; "
+                "form-action 'self'; frame-ancestors 'none'")
+
+
+def install_field_page(app: FastAPI) -> None:
+    """The officers' field page (`/field/`): its files, read once; nothing from elsewhere
+    (the Content-Security-Policy allows this origin only)."""
+    files = {name: (FIELD / name).read_bytes() for name in [*FIELD_FILES, "index.html"]}
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": FIELD_POLICY}
+
+    @app.get("/field", include_in_schema=False)
+    async def field_redirect() -> RedirectResponse:
+        return RedirectResponse("/field/")
+
+    @app.get("/field/", include_in_schema=False)
+    async def field_page() -> Response:
+        return Response(files["index.html"], media_type="text/html; charset=utf-8",
+                        headers=headers)
+
+    @app.get("/field/{name}", include_in_schema=False)
+    async def field_file(name: str) -> Response:
+        if name not in FIELD_FILES:
+            raise NotFound(f"no file {name} on the field page", field="name")
+        return Response(files[name], media_type=FIELD_FILES[name], headers=headers)
