@@ -22,6 +22,7 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,7 +87,14 @@ class Replica:
     def drop_entries(self) -> None:
         with self.db:
             self.db.execute("DELETE FROM entries")
-            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'hash', 'synced_at')")
+            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'hash', 'synced_at', "
+                            "'complete')")
+
+    @property
+    def complete(self) -> bool:
+        """False while a snapshot is being received (a first sync, or a new snapshot after
+        a directory change, cut off midway): entries may be missing."""
+        return self.meta("complete") != "0"
 
 
 @dataclass
@@ -106,6 +114,7 @@ class PostNode:
         self.stale_after = stale_after
         self.page = page
         self.engine = MatchingEngine()
+        self._forwarding = asyncio.Lock()
         try:
             self.engine.load(self.replica.entries())
         except ReplicaCorrupt as exc:
@@ -126,10 +135,10 @@ class PostNode:
         synced = self.replica.meta("synced_at")
         return datetime.fromisoformat(synced) if synced else None
 
-    async def sync(self) -> int:
-        """Bring the replica up to date; the number of changes applied. Raises
-        `httpx.HTTPError` when the upstream cannot be reached (the replica is unchanged
-        from the last complete page)."""
+    async def sync(self, progress: Callable[[int], None] | None = None) -> int:
+        """Bring the replica up to date; the number of changes applied (given to
+        `progress` after every page). Raises `httpx.HTTPError` when the upstream cannot be
+        reached (the replica is unchanged from the last complete page)."""
         applied = 0
         async with self._client() as client:
             while True:
@@ -139,6 +148,8 @@ class PostNode:
                 response.raise_for_status()
                 page = response.json()
                 applied += self._apply(page)
+                if progress is not None:
+                    progress(applied)
                 if not page["more"]:
                     return applied
 
@@ -146,7 +157,11 @@ class PostNode:
         db = self.replica.db
         with db:  # one transaction per page: the cursor moves with its changes
             if page["reset"]:
+                # Until its last page arrives the replica is incomplete: the list's time is
+                # withdrawn, so no answer claims a list it does not hold.
                 db.execute("DELETE FROM entries")
+                db.execute("DELETE FROM meta WHERE key = 'synced_at'")
+                self.replica.set_meta(complete="0")
                 self.engine = MatchingEngine()
             for change in page["changes"]:
                 entry_id = change["entry_id"]
@@ -160,7 +175,8 @@ class PostNode:
                     db.execute("DELETE FROM entries WHERE entry_id = ?", (entry_id,))
                     self.engine.discard(entry_id)
             self.replica.set_meta(cursor=page["cursor"], hash=self.replica.digest(),
-                                  **({} if page["more"] else {"synced_at": page["as_of"]}))
+                                  **({} if page["more"] else {"synced_at": page["as_of"],
+                                                              "complete": "1"}))
         return len(page["changes"])
 
     # ------------------------------------------------------------------- local answers
@@ -173,10 +189,13 @@ class PostNode:
                     "reasons": [r.model_dump() for r in m.reasons],
                     "action": m.entry.action, "cautions": list(m.entry.cautions)}
                    for m in self.engine.match(subject, at=now)]
-        stale = as_of is None or now - as_of > self.stale_after
+        stale = as_of is None or now - as_of > self.stale_after or not self.replica.complete
         when = f"{as_of.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if as_of else "never synced"
         note = f"checked offline against the list of {when}"
-        if stale:
+        if not self.replica.complete:
+            note = ("checked offline against an INCOMPLETE list (its sync was cut off before "
+                    f"the last page: {len(self.engine)} entries so far)")
+        elif stale:
             note += f" (older than {self.stale_after}: sync when the link allows)"
         return Answer(matches, as_of, note, stale)
 
@@ -201,7 +220,8 @@ class PostNode:
         or upstream asks to wait); the number sent. A refusal (4xx other than 429) is set
         aside with its answer, not retried."""
         sent = 0
-        async with self._client() as client:
+        # One forwarder at a time (the sync loop and each new sighting both start one).
+        async with self._forwarding, self._client() as client:
             for n, body in self.replica.db.execute(
                     "SELECT n, body FROM queue WHERE state = 'queued' ORDER BY n").fetchall():
                 response = await client.post("/v1/sightings", content=body,
@@ -229,8 +249,16 @@ class PostNode:
             except httpx.HTTPError as exc:
                 log.warning("upstream unreachable (%r): answering from the list of %s",
                             exc, self.list_as_of)
-                backoff = min(backoff * 2, 300)
+                backoff = min(max(backoff * 2, retry_after(exc) or 0), 300)
             await asyncio.sleep(backoff)
+
+
+def retry_after(exc: httpx.HTTPError) -> float | None:
+    """The seconds upstream asked to wait (429 and 503 carry `Retry-After`), if any."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        with contextlib.suppress(ValueError):
+            return float(exc.response.headers.get("Retry-After", ""))
+    return None
 
 
 def wipe(data_dir: Path) -> list[Path]:
@@ -276,7 +304,8 @@ def create_app(node: PostNode, sync_seconds: float) -> Any:
 
     @app.get("/status")
     async def status() -> dict[str, Any]:
-        return {"list_as_of": node.list_as_of, "entries": len(node.engine),
+        return {"list_as_of": node.list_as_of, "complete": node.replica.complete,
+                "entries": len(node.engine),
                 "queue": node.queue_counts(), "upstream": node.upstream}
 
     return app

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from giapranh.post import PostNode, wipe
+from giapranh.post import PostNode, retry_after, wipe
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from shared.events import Subject
@@ -120,3 +120,45 @@ async def test_a_refused_sighting_is_set_aside_not_retried(env, topics, director
         assert node.queue_counts() == {"refused": 1}
         assert await node.forward() == 0  # not sent again
         node.close()
+
+
+class CutOff(Exception):
+    pass
+
+
+async def test_a_snapshot_cut_off_midway_is_flagged_incomplete_and_resumed(env, topics,
+                                                                          directory, tmp_path):
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2)
+    async with served(create_ingest(settings)) as url:
+        await put_entry(url, directory[LONG_XUYEN], "LX-1", WANTED)
+        await put_entry(url, directory[LONG_XUYEN], "LX-2",
+                        {**WANTED, "full_name": "Lê Văn Tư", "national_id": "089091000002"})
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post", page=1)
+
+        def cut_after_first_page(applied: int) -> None:
+            raise CutOff
+
+        with pytest.raises(CutOff):
+            await node.sync(progress=cut_after_first_page)
+        answer = node.check(SEEN)
+        # Half a list must not pass for a list of some time: no time, flagged, said so.
+        assert node.list_as_of is None and answer.stale and "INCOMPLETE" in answer.note
+        node.close()
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post", page=1)  # restarted
+        assert len(node.engine) == 1 and not node.replica.complete
+        seen = []
+        assert await node.sync(progress=seen.append) == 1  # resumed, not started again
+        assert seen == [1] and len(node.engine) == 2 and node.replica.complete
+        answer = node.check(SEEN)
+        assert answer.note.startswith("checked offline against the list of ")
+        assert not answer.stale and answer.matches[0]["entry"]["entry_id"] == "LX-1"
+        node.close()
+
+
+def test_the_node_waits_as_long_as_upstream_asks():
+    request = httpx.Request("GET", "http://upstream/v1/watchlist/sync")
+    busy = httpx.Response(429, headers={"Retry-After": "7"}, request=request)
+    assert retry_after(httpx.HTTPStatusError("busy", request=request, response=busy)) == 7.0
+    failing = httpx.Response(502, request=request)
+    assert retry_after(httpx.HTTPStatusError("bad", request=request, response=failing)) is None
+    assert retry_after(httpx.ConnectError("refused", request=request)) is None
