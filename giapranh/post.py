@@ -30,8 +30,14 @@ from typing import Any
 
 import httpx
 
+# (at module level: the routes' annotations are strings, resolved against these globals)
+from fastapi import FastAPI
+
+from services.ingest.api import SightingIn
+from services.ingest.checks import CheckIn
 from services.matcher.engine import MatchingEngine
 from shared.events import Subject, WatchlistEntry
+from shared.http import install_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -270,13 +276,8 @@ def wipe(data_dir: Path) -> list[Path]:
     return removed
 
 
-def create_app(node: PostNode, sync_seconds: float) -> Any:
+def create_app(node: PostNode, sync_seconds: float) -> FastAPI:
     """The post's local API (localhost): checks and sightings answered from the replica."""
-    from fastapi import FastAPI
-
-    from services.ingest.api import SightingIn
-    from services.ingest.checks import CheckIn
-
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         task = asyncio.create_task(node.keep_in_touch(sync_seconds))
@@ -287,6 +288,7 @@ def create_app(node: PostNode, sync_seconds: float) -> Any:
             node.close()
 
     app = FastAPI(title="giapranh border post", lifespan=lifespan)
+    install_error_handlers(app, "post")  # refusals in the project's format, naming the field
 
     def answer(result: Answer) -> dict[str, Any]:
         return {"matches": result.matches, "list_as_of": result.list_as_of,

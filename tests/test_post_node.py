@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from giapranh.post import PostNode, retry_after, wipe
+from giapranh.post import create_app as create_post_app
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from shared.events import Subject
-from tests.conftest import bearer, served
+from tests.conftest import bearer, eventually, served
 
 THOT_NOT, LONG_XUYEN = "CA-31212", "CA-30307"
 WANTED = {"category": "wanted_person", "full_name": "Nguyễn Văn Hùng", "birth_year": 1991,
@@ -162,3 +163,42 @@ def test_the_node_waits_as_long_as_upstream_asks():
     failing = httpx.Response(502, request=request)
     assert retry_after(httpx.HTTPStatusError("bad", request=request, response=failing)) is None
     assert retry_after(httpx.ConnectError("refused", request=request)) is None
+
+
+async def test_the_posts_local_api_answers_at_once_and_forwards_once(env, topics, directory,
+                                                                    pool, tmp_path):
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2)
+    async with served(create_ingest(settings)) as url:
+        await put_entry(url, directory[LONG_XUYEN], "LX-1", WANTED)
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
+        await node.sync()
+        local = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_post_app(node, 30)),
+                                  base_url="http://post")
+        async with local:
+            check = await local.post("/checks", json={"subject": {"name": "NGUYEN VAN HUNG",
+                                                                  "birth_year": 1991}})
+            assert check.status_code == 200, check.text
+            assert [m["entry"]["entry_id"] for m in check.json()["matches"]] == ["LX-1"]
+            assert check.json()["note"].startswith("checked offline against the list of ")
+            event_id = str(uuid.uuid4())
+            sighting = {"event_id": event_id, "occurred_at": "2026-12-03T08:00:00+07:00",
+                        "subject": {"national_id": "089091004217"},
+                        "place": {"unit_code": THOT_NOT}}
+            for _ in range(2):  # the officer presses twice: one report
+                reported = await local.post("/sightings", json=sighting)
+                assert reported.status_code == 202, reported.text
+                assert reported.json()["event_id"] == event_id
+                assert reported.json()["matches"][0]["entry"]["entry_id"] == "LX-1"
+            bad = await local.post("/sightings", json={**sighting, "occurred_at": "yesterday"})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "occurred_at"
+            status = await local.get("/status")
+            assert status.json()["entries"] == 1 and status.json()["complete"]
+
+        async def forwarded() -> bool:
+            await node.forward()
+            return node.queue_counts() == {"sent": 1}
+
+        await eventually(forwarded, what="the sighting forwarded")
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1",
+                               uuid.UUID(event_id)) == 1
+    node.close()
