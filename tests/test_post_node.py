@@ -107,6 +107,17 @@ async def test_a_tampered_replica_is_dropped_and_synced_again(env, topics, direc
         assert await node.sync() == 1  # a snapshot again
         assert node.check(SEEN).matches[0]["entry"]["full_name"] == "Nguyễn Văn Hùng"
         node.close()
+        db = sqlite3.connect(tmp_path / "post" / "post.sqlite3")  # a row lost (torn file)
+        db.execute("DELETE FROM entries")
+        db.commit()
+        db.close()
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
+        assert node.list_as_of is None  # refused: the next sync is a snapshot again
+        assert await node.sync() == 1 and len(node.engine) == 1
+        node.close()
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")  # an honest restart
+        assert len(node.engine) == 1 and node.list_as_of is not None
+        node.close()
     assert [p.name for p in wipe(tmp_path / "post")] == ["post.sqlite3"]
     assert not (tmp_path / "post" / "post.sqlite3").exists()
 
