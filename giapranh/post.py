@@ -163,6 +163,13 @@ class PostNode:
                 cursor = self.replica.meta("cursor")
                 response = await client.get("/v1/watchlist/sync", params={
                     "limit": self.page, **({"since": cursor} if cursor else {})})
+                if response.status_code == 422 and cursor is not None:
+                    # Upstream no longer takes this cursor (its changes were renumbered, or
+                    # the replica came from elsewhere): start again from a snapshot.
+                    log.warning("upstream refused the cursor %s (%s): full sync", cursor,
+                                response.text[:200])
+                    self.replica.drop_entries()
+                    continue
                 response.raise_for_status()
                 page = response.json()
                 applied += self._apply(page)
@@ -267,14 +274,24 @@ class PostNode:
         """Sync and forward every `every` seconds while the link allows, quietly."""
         backoff = every
         while True:
-            try:
-                await self.sync()
-                await self.forward()
+            failed: BaseException | None = None
+            # Each on its own: a list that cannot be synced must not hold the queue back.
+            for step in (self.sync, self.forward):
+                try:
+                    await step()
+                except httpx.HTTPError as exc:
+                    log.warning("upstream unreachable (%r): answering from the list of %s",
+                                exc, self.list_as_of)
+                    failed = exc
+                except Exception as exc:  # noqa: BLE001 - the node must keep answering
+                    # (a page it cannot read, a full disk): said loudly, tried again later.
+                    log.exception("%s failed; trying again later", step.__name__)
+                    failed = exc
+            if failed is None:
                 backoff = every
-            except httpx.HTTPError as exc:
-                log.warning("upstream unreachable (%r): answering from the list of %s",
-                            exc, self.list_as_of)
-                backoff = min(max(backoff * 2, retry_after(exc) or 0), 300)
+            else:
+                wait = retry_after(failed) if isinstance(failed, httpx.HTTPError) else None
+                backoff = min(max(backoff * 2, wait or 0), 300)
             await asyncio.sleep(backoff)
 
 

@@ -213,3 +213,17 @@ async def test_the_posts_local_api_answers_at_once_and_forwards_once(env, topics
     assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1",
                                uuid.UUID(event_id)) == 1
     node.close()
+
+
+async def test_a_cursor_upstream_refuses_starts_a_full_sync(env, topics, directory, tmp_path):
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2)
+    async with served(create_ingest(settings)) as url:
+        await put_entry(url, directory[LONG_XUYEN], "LX-1", WANTED)
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
+        await node.sync()
+        node.replica.set_meta(cursor="v0.not-a-cursor")
+        node.replica.db.commit()
+        assert await node.sync() == 1  # a snapshot, not a 422 for ever
+        assert node.replica.meta("cursor").startswith("v1.") and len(node.engine) == 1
+        assert node.check(SEEN).matches[0]["entry"]["entry_id"] == "LX-1"
+        node.close()
