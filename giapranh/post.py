@@ -70,7 +70,9 @@ class Replica:
     """The entries, the sync cursor and the queue, in one SQLite file."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Wanted persons' particulars and the post's reports: the post's account only.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path)
         self.db.executescript(SCHEMA)

@@ -97,6 +97,9 @@ async def test_a_tampered_replica_is_dropped_and_synced_again(env, topics, direc
         node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
         await node.sync()
         node.close()
+        # (readable by the post's account only)
+        assert (tmp_path / "post").stat().st_mode & 0o077 == 0
+        assert (tmp_path / "post" / "post.sqlite3").stat().st_mode & 0o077 == 0
         # Someone edits the replica behind the node's back.
         db = sqlite3.connect(tmp_path / "post" / "post.sqlite3")
         db.execute("UPDATE entries SET entry = replace(entry, 'Hùng', 'Hưng')")
