@@ -6,7 +6,9 @@ Starts its own embedded stack (PostgreSQL, Tansu) and the ingest service as a re
 uvicorn process, writes `--entries` watchlist entries shared with every unit (SQL), then
 times `GET /v1/watchlist/sync` as a border post would call it: the first sync (a snapshot,
 page after page) and, after `--changes` entries changed or were cancelled, the delta. It
-prints the time and the bytes on the wire (JSON, uncompressed) of each.
+prints the time and the bytes on the wire (gzip, as a post asks) of each; then the same two
+syncs as a border post's node does them (`giapranh post`: each page written to its SQLite
+replica with its hash and loaded into the matching engine).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 from stack import console, ingest_process, prepare, run_on_embedded_stack, wait_up
 
+from giapranh.post import PostNode
 from shared.events import Category, SharingScope, WatchlistEntry
 
 
@@ -67,6 +70,12 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
                 started = time.perf_counter()
                 first, first_bytes, first_pages, cursor = await sync_all(client, None, args.page)
                 first_seconds = time.perf_counter() - started
+                node = PostNode(f"http://127.0.0.1:{port}", keys["CA-22051"], tmp / "post",
+                                page=args.page)
+                with console.status("the post node's first sync"):
+                    started = time.perf_counter()
+                    await node.sync()
+                    node_first_seconds = time.perf_counter() - started
 
                 with console.status(f"changing {args.changes:,} entries"):
                     await conn.execute(
@@ -84,14 +93,23 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
                 started = time.perf_counter()
                 delta, delta_bytes, delta_pages, _ = await sync_all(client, cursor, args.page)
                 delta_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                node_delta = await node.sync()
+                node_delta_seconds = time.perf_counter() - started
+                node_entries = len(node.engine)
+                node.close()
     finally:
         await conn.close()
     print(f"first sync : {first:>7,} entries in {first_pages} pages, {first_seconds:6.2f} s, "
           f"{first_bytes / 1e6:7.1f} MB on the wire ({first_bytes / max(1, first):.0f} bytes per entry)")
     print(f"delta sync : {delta:>7,} changes in {delta_pages} pages, {delta_seconds:6.3f} s, "
           f"{delta_bytes / 1e3:7.1f} kB on the wire")
+    print(f"post node  : first sync {node_first_seconds:6.2f} s, delta of {node_delta:,} changes "
+          f"{node_delta_seconds:6.3f} s (replica and engine: {node_entries:,} entries)")
     print(json.dumps({"first_seconds": round(first_seconds, 2), "first_bytes": first_bytes,
-                      "delta_seconds": round(delta_seconds, 3), "delta_bytes": delta_bytes}))
+                      "delta_seconds": round(delta_seconds, 3), "delta_bytes": delta_bytes,
+                      "node_first_seconds": round(node_first_seconds, 2),
+                      "node_delta_seconds": round(node_delta_seconds, 3)}))
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -251,10 +251,28 @@ def post(
         raise typer.BadParameter("--upstream and --key (or GIAPRANH_POST_KEY) are needed",
                                  param_hint="--upstream/--key")
     node = PostNode(upstream, key, data, stale_after=timedelta(minutes=stale_minutes))
+    if node.list_as_of is None or not node.replica.complete:
+        _first_sync(node)
     typer.echo(f"border post: {len(node.engine)} entries in the replica (list of "
                f"{node.list_as_of or 'never synced'}); local API on http://127.0.0.1:{port}")
     uvicorn.run(create_app(node, sync_seconds), host="127.0.0.1", port=port,
                 log_level="warning")
+
+
+def _first_sync(node: Any) -> None:
+    """The first sync of a large list takes a while on a post's link: show it coming in.
+    Upstream unreachable: say so and serve what the replica holds (it syncs later)."""
+    import httpx
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("first sync: {task.completed:,} entries"),
+                  TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task("sync", total=None)
+        try:
+            asyncio.run(node.sync(progress=lambda n: bar.update(task, completed=n)))
+        except httpx.HTTPError as exc:
+            typer.echo(f"upstream unreachable ({exc!r}): serving the replica as it is, "
+                       "syncing again later", err=True)
 
 
 report_app = typer.Typer(help="Review reports (\"Báo cáo sơ kết\") from the system of record.",

@@ -22,6 +22,7 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,8 +30,14 @@ from typing import Any
 
 import httpx
 
+# (at module level: the routes' annotations are strings, resolved against these globals)
+from fastapi import FastAPI
+
+from services.ingest.api import SightingIn
+from services.ingest.checks import CheckIn
 from services.matcher.engine import MatchingEngine
 from shared.events import Subject, WatchlistEntry
+from shared.http import install_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,18 @@ CREATE TABLE IF NOT EXISTS queue (
 """
 
 
+HASH_MODULUS = 2**256
+
+
+def entry_hash(entry_id: str, entry: str) -> int:
+    """One entry's share of the replica's hash. The replica's hash is the sum of its
+    entries' SHA-256 (mod 2**256): a sync page adds and subtracts only what it changes, so
+    writing the hash with every page costs the page, not the whole list (a first sync of
+    100,000 entries in pages of 1,000 would otherwise hash 5 million entries); altering,
+    adding or removing any entry still changes it."""
+    return int.from_bytes(hashlib.sha256(f"{entry_id}\0{entry}".encode()).digest())
+
+
 class ReplicaCorrupt(Exception):
     pass
 
@@ -51,7 +70,9 @@ class Replica:
     """The entries, the sync cursor and the queue, in one SQLite file."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Wanted persons' particulars and the post's reports: the post's account only.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path)
         self.db.executescript(SCHEMA)
@@ -68,11 +89,11 @@ class Replica:
                             values.items())
 
     def digest(self) -> str:
-        sha = hashlib.sha256()
-        for entry_id, entry in self.db.execute(
-                "SELECT entry_id, entry FROM entries ORDER BY entry_id"):
-            sha.update(entry_id.encode() + b"\0" + entry.encode() + b"\n")
-        return sha.hexdigest()
+        """The hash of every entry, as written with each sync (read in full at start)."""
+        total = 0
+        for entry_id, entry in self.db.execute("SELECT entry_id, entry FROM entries"):
+            total += entry_hash(entry_id, entry)
+        return f"{total % HASH_MODULUS:064x}"
 
     def entries(self) -> list[WatchlistEntry]:
         """Every entry, after checking the replica against the hash of its last sync."""
@@ -86,7 +107,14 @@ class Replica:
     def drop_entries(self) -> None:
         with self.db:
             self.db.execute("DELETE FROM entries")
-            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'hash', 'synced_at')")
+            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'hash', 'synced_at', "
+                            "'complete')")
+
+    @property
+    def complete(self) -> bool:
+        """False while a snapshot is being received (a first sync, or a new snapshot after
+        a directory change, cut off midway): entries may be missing."""
+        return self.meta("complete") != "0"
 
 
 @dataclass
@@ -106,6 +134,7 @@ class PostNode:
         self.stale_after = stale_after
         self.page = page
         self.engine = MatchingEngine()
+        self._forwarding = asyncio.Lock()
         try:
             self.engine.load(self.replica.entries())
         except ReplicaCorrupt as exc:
@@ -126,41 +155,62 @@ class PostNode:
         synced = self.replica.meta("synced_at")
         return datetime.fromisoformat(synced) if synced else None
 
-    async def sync(self) -> int:
-        """Bring the replica up to date; the number of changes applied. Raises
-        `httpx.HTTPError` when the upstream cannot be reached (the replica is unchanged
-        from the last complete page)."""
+    async def sync(self, progress: Callable[[int], None] | None = None) -> int:
+        """Bring the replica up to date; the number of changes applied (given to
+        `progress` after every page). Raises `httpx.HTTPError` when the upstream cannot be
+        reached (the replica is unchanged from the last complete page)."""
         applied = 0
         async with self._client() as client:
             while True:
                 cursor = self.replica.meta("cursor")
                 response = await client.get("/v1/watchlist/sync", params={
                     "limit": self.page, **({"since": cursor} if cursor else {})})
+                if response.status_code == 422 and cursor is not None:
+                    # Upstream no longer takes this cursor (its changes were renumbered, or
+                    # the replica came from elsewhere): start again from a snapshot.
+                    log.warning("upstream refused the cursor %s (%s): full sync", cursor,
+                                response.text[:200])
+                    self.replica.drop_entries()
+                    continue
                 response.raise_for_status()
                 page = response.json()
                 applied += self._apply(page)
+                if progress is not None:
+                    progress(applied)
                 if not page["more"]:
                     return applied
 
     def _apply(self, page: dict[str, Any]) -> int:
         db = self.replica.db
         with db:  # one transaction per page: the cursor moves with its changes
+            total = int(self.replica.meta("hash") or "0", 16)
             if page["reset"]:
+                total = 0
+                # Until its last page arrives the replica is incomplete: the list's time is
+                # withdrawn, so no answer claims a list it does not hold.
                 db.execute("DELETE FROM entries")
+                db.execute("DELETE FROM meta WHERE key = 'synced_at'")
+                self.replica.set_meta(complete="0")
                 self.engine = MatchingEngine()
             for change in page["changes"]:
                 entry_id = change["entry_id"]
+                old = db.execute("SELECT entry FROM entries WHERE entry_id = ?",
+                                 (entry_id,)).fetchone()
+                if old is not None:
+                    total -= entry_hash(entry_id, old[0])
+                self.engine.discard(entry_id)
                 if change["change"] == "upsert":
                     entry = WatchlistEntry.model_validate(change["entry"])
+                    stored = entry.model_dump_json()
                     db.execute("INSERT OR REPLACE INTO entries (entry_id, entry) VALUES (?, ?)",
-                               (entry_id, entry.model_dump_json()))
-                    self.engine.discard(entry_id)
+                               (entry_id, stored))
+                    total += entry_hash(entry_id, stored)
                     self.engine.upsert(entry)
                 else:
                     db.execute("DELETE FROM entries WHERE entry_id = ?", (entry_id,))
-                    self.engine.discard(entry_id)
-            self.replica.set_meta(cursor=page["cursor"], hash=self.replica.digest(),
-                                  **({} if page["more"] else {"synced_at": page["as_of"]}))
+            self.replica.set_meta(cursor=page["cursor"], hash=f"{total % HASH_MODULUS:064x}",
+                                  **({} if page["more"] else {"synced_at": page["as_of"],
+                                                              "complete": "1"}))
         return len(page["changes"])
 
     # ------------------------------------------------------------------- local answers
@@ -173,10 +223,13 @@ class PostNode:
                     "reasons": [r.model_dump() for r in m.reasons],
                     "action": m.entry.action, "cautions": list(m.entry.cautions)}
                    for m in self.engine.match(subject, at=now)]
-        stale = as_of is None or now - as_of > self.stale_after
+        stale = as_of is None or now - as_of > self.stale_after or not self.replica.complete
         when = f"{as_of.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if as_of else "never synced"
         note = f"checked offline against the list of {when}"
-        if stale:
+        if not self.replica.complete:
+            note = ("checked offline against an INCOMPLETE list (its sync was cut off before "
+                    f"the last page: {len(self.engine)} entries so far)")
+        elif stale:
             note += f" (older than {self.stale_after}: sync when the link allows)"
         return Answer(matches, as_of, note, stale)
 
@@ -201,7 +254,8 @@ class PostNode:
         or upstream asks to wait); the number sent. A refusal (4xx other than 429) is set
         aside with its answer, not retried."""
         sent = 0
-        async with self._client() as client:
+        # One forwarder at a time (the sync loop and each new sighting both start one).
+        async with self._forwarding, self._client() as client:
             for n, body in self.replica.db.execute(
                     "SELECT n, body FROM queue WHERE state = 'queued' ORDER BY n").fetchall():
                 response = await client.post("/v1/sightings", content=body,
@@ -222,15 +276,33 @@ class PostNode:
         """Sync and forward every `every` seconds while the link allows, quietly."""
         backoff = every
         while True:
-            try:
-                await self.sync()
-                await self.forward()
+            failed: BaseException | None = None
+            # Each on its own: a list that cannot be synced must not hold the queue back.
+            for step in (self.sync, self.forward):
+                try:
+                    await step()
+                except httpx.HTTPError as exc:
+                    log.warning("upstream unreachable (%r): answering from the list of %s",
+                                exc, self.list_as_of)
+                    failed = exc
+                except Exception as exc:  # noqa: BLE001 - the node must keep answering
+                    # (a page it cannot read, a full disk): said loudly, tried again later.
+                    log.exception("%s failed; trying again later", step.__name__)
+                    failed = exc
+            if failed is None:
                 backoff = every
-            except httpx.HTTPError as exc:
-                log.warning("upstream unreachable (%r): answering from the list of %s",
-                            exc, self.list_as_of)
-                backoff = min(backoff * 2, 300)
+            else:
+                wait = retry_after(failed) if isinstance(failed, httpx.HTTPError) else None
+                backoff = min(max(backoff * 2, wait or 0), 300)
             await asyncio.sleep(backoff)
+
+
+def retry_after(exc: httpx.HTTPError) -> float | None:
+    """The seconds upstream asked to wait (429 and 503 carry `Retry-After`), if any."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        with contextlib.suppress(ValueError):
+            return float(exc.response.headers.get("Retry-After", ""))
+    return None
 
 
 def wipe(data_dir: Path) -> list[Path]:
@@ -242,13 +314,8 @@ def wipe(data_dir: Path) -> list[Path]:
     return removed
 
 
-def create_app(node: PostNode, sync_seconds: float) -> Any:
+def create_app(node: PostNode, sync_seconds: float) -> FastAPI:
     """The post's local API (localhost): checks and sightings answered from the replica."""
-    from fastapi import FastAPI
-
-    from services.ingest.api import SightingIn
-    from services.ingest.checks import CheckIn
-
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         task = asyncio.create_task(node.keep_in_touch(sync_seconds))
@@ -259,6 +326,7 @@ def create_app(node: PostNode, sync_seconds: float) -> Any:
             node.close()
 
     app = FastAPI(title="giapranh border post", lifespan=lifespan)
+    install_error_handlers(app, "post")  # refusals in the project's format, naming the field
 
     def answer(result: Answer) -> dict[str, Any]:
         return {"matches": result.matches, "list_as_of": result.list_as_of,
@@ -276,7 +344,8 @@ def create_app(node: PostNode, sync_seconds: float) -> Any:
 
     @app.get("/status")
     async def status() -> dict[str, Any]:
-        return {"list_as_of": node.list_as_of, "entries": len(node.engine),
+        return {"list_as_of": node.list_as_of, "complete": node.replica.complete,
+                "entries": len(node.engine),
                 "queue": node.queue_counts(), "upstream": node.upstream}
 
     return app

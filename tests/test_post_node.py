@@ -11,11 +11,12 @@ import uuid
 import httpx
 import pytest
 
-from giapranh.post import PostNode, wipe
+from giapranh.post import PostNode, retry_after, wipe
+from giapranh.post import create_app as create_post_app
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from shared.events import Subject
-from tests.conftest import bearer, served
+from tests.conftest import bearer, eventually, served
 
 THOT_NOT, LONG_XUYEN = "CA-31212", "CA-30307"
 WANTED = {"category": "wanted_person", "full_name": "Nguyễn Văn Hùng", "birth_year": 1991,
@@ -96,6 +97,9 @@ async def test_a_tampered_replica_is_dropped_and_synced_again(env, topics, direc
         node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
         await node.sync()
         node.close()
+        # (readable by the post's account only)
+        assert (tmp_path / "post").stat().st_mode & 0o077 == 0
+        assert (tmp_path / "post" / "post.sqlite3").stat().st_mode & 0o077 == 0
         # Someone edits the replica behind the node's back.
         db = sqlite3.connect(tmp_path / "post" / "post.sqlite3")
         db.execute("UPDATE entries SET entry = replace(entry, 'Hùng', 'Hưng')")
@@ -105,6 +109,17 @@ async def test_a_tampered_replica_is_dropped_and_synced_again(env, topics, direc
         assert len(node.engine) == 0 and node.list_as_of is None  # refused, not loaded
         assert await node.sync() == 1  # a snapshot again
         assert node.check(SEEN).matches[0]["entry"]["full_name"] == "Nguyễn Văn Hùng"
+        node.close()
+        db = sqlite3.connect(tmp_path / "post" / "post.sqlite3")  # a row lost (torn file)
+        db.execute("DELETE FROM entries")
+        db.commit()
+        db.close()
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
+        assert node.list_as_of is None  # refused: the next sync is a snapshot again
+        assert await node.sync() == 1 and len(node.engine) == 1
+        node.close()
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")  # an honest restart
+        assert len(node.engine) == 1 and node.list_as_of is not None
         node.close()
     assert [p.name for p in wipe(tmp_path / "post")] == ["post.sqlite3"]
     assert not (tmp_path / "post" / "post.sqlite3").exists()
@@ -119,4 +134,99 @@ async def test_a_refused_sighting_is_set_aside_not_retried(env, topics, director
         assert await node.forward() == 0
         assert node.queue_counts() == {"refused": 1}
         assert await node.forward() == 0  # not sent again
+        node.close()
+
+
+class CutOff(Exception):
+    pass
+
+
+async def test_a_snapshot_cut_off_midway_is_flagged_incomplete_and_resumed(env, topics,
+                                                                          directory, tmp_path):
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2)
+    async with served(create_ingest(settings)) as url:
+        await put_entry(url, directory[LONG_XUYEN], "LX-1", WANTED)
+        await put_entry(url, directory[LONG_XUYEN], "LX-2",
+                        {**WANTED, "full_name": "Lê Văn Tư", "national_id": "089091000002"})
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post", page=1)
+
+        def cut_after_first_page(applied: int) -> None:
+            raise CutOff
+
+        with pytest.raises(CutOff):
+            await node.sync(progress=cut_after_first_page)
+        answer = node.check(SEEN)
+        # Half a list must not pass for a list of some time: no time, flagged, said so.
+        assert node.list_as_of is None and answer.stale and "INCOMPLETE" in answer.note
+        node.close()
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post", page=1)  # restarted
+        assert len(node.engine) == 1 and not node.replica.complete
+        seen = []
+        assert await node.sync(progress=seen.append) == 1  # resumed, not started again
+        assert seen == [1] and len(node.engine) == 2 and node.replica.complete
+        answer = node.check(SEEN)
+        assert answer.note.startswith("checked offline against the list of ")
+        assert not answer.stale and answer.matches[0]["entry"]["entry_id"] == "LX-1"
+        node.close()
+
+
+def test_the_node_waits_as_long_as_upstream_asks():
+    request = httpx.Request("GET", "http://upstream/v1/watchlist/sync")
+    busy = httpx.Response(429, headers={"Retry-After": "7"}, request=request)
+    assert retry_after(httpx.HTTPStatusError("busy", request=request, response=busy)) == 7.0
+    failing = httpx.Response(502, request=request)
+    assert retry_after(httpx.HTTPStatusError("bad", request=request, response=failing)) is None
+    assert retry_after(httpx.ConnectError("refused", request=request)) is None
+
+
+async def test_the_posts_local_api_answers_at_once_and_forwards_once(env, topics, directory,
+                                                                    pool, tmp_path):
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2)
+    async with served(create_ingest(settings)) as url:
+        await put_entry(url, directory[LONG_XUYEN], "LX-1", WANTED)
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
+        await node.sync()
+        local = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_post_app(node, 30)),
+                                  base_url="http://post")
+        async with local:
+            check = await local.post("/checks", json={"subject": {"name": "NGUYEN VAN HUNG",
+                                                                  "birth_year": 1991}})
+            assert check.status_code == 200, check.text
+            assert [m["entry"]["entry_id"] for m in check.json()["matches"]] == ["LX-1"]
+            assert check.json()["note"].startswith("checked offline against the list of ")
+            event_id = str(uuid.uuid4())
+            sighting = {"event_id": event_id, "occurred_at": "2026-12-03T08:00:00+07:00",
+                        "subject": {"national_id": "089091004217"},
+                        "place": {"unit_code": THOT_NOT}}
+            for _ in range(2):  # the officer presses twice: one report
+                reported = await local.post("/sightings", json=sighting)
+                assert reported.status_code == 202, reported.text
+                assert reported.json()["event_id"] == event_id
+                assert reported.json()["matches"][0]["entry"]["entry_id"] == "LX-1"
+            bad = await local.post("/sightings", json={**sighting, "occurred_at": "yesterday"})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "occurred_at"
+            status = await local.get("/status")
+            assert status.json()["entries"] == 1 and status.json()["complete"]
+
+        async def forwarded() -> bool:
+            await node.forward()
+            return node.queue_counts() == {"sent": 1}
+
+        await eventually(forwarded, what="the sighting forwarded")
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1",
+                               uuid.UUID(event_id)) == 1
+    node.close()
+
+
+async def test_a_cursor_upstream_refuses_starts_a_full_sync(env, topics, directory, tmp_path):
+    settings = env.settings(IngestSettings, relay_idle_seconds=0.2)
+    async with served(create_ingest(settings)) as url:
+        await put_entry(url, directory[LONG_XUYEN], "LX-1", WANTED)
+        node = PostNode(url, directory[THOT_NOT], tmp_path / "post")
+        await node.sync()
+        node.replica.set_meta(cursor="v0.not-a-cursor")
+        node.replica.db.commit()
+        assert await node.sync() == 1  # a snapshot, not a 422 for ever
+        assert node.replica.meta("cursor").startswith("v1.") and len(node.engine) == 1
+        assert node.check(SEEN).matches[0]["entry"]["entry_id"] == "LX-1"
         node.close()
