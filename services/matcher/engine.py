@@ -296,6 +296,9 @@ _ENTRY_DEFAULTS: dict[str, object] = {
     for name, field in WatchlistEntry.model_fields.items()}
 _LAYOUTS: list[tuple[str, ...]] = []
 """The fields set of stored entries (a few combinations), each once, in field order."""
+_LAYOUT_SETS: list[frozenset[str]] = []
+"""`_LAYOUTS` as sets: an alert's `__pydantic_fields_set__` is copied from one (copying a
+set costs less than building it from a tuple)."""
 _LAYOUT_OF: dict[frozenset[str], tuple[int, tuple[int, ...]] | None] = {}
 """Fields set -> (its number in `_LAYOUTS`, where `_SHARED` fields are in it), or None
 if entries with these fields set are not kept as values."""
@@ -344,6 +347,7 @@ def _layout(values: dict[str, object], fields_set: frozenset[str]
         return None
     names = tuple(name for name in _ENTRY_FIELDS if name in fields_set)
     _LAYOUTS.append(names)
+    _LAYOUT_SETS.append(frozenset(names))
     return len(_LAYOUTS) - 1, tuple(names.index(f) if f in names else -1 for f in _SHARED)
 
 
@@ -351,12 +355,12 @@ def _entry(stored: tuple[object, ...] | bytes) -> WatchlistEntry:
     """The listed entry, as `WatchlistEntry.model_validate_json` of its JSON gives it."""
     if type(stored) is bytes:
         return WatchlistEntry.model_validate_json(stored)
-    names = _LAYOUTS[stored[-1]]  # type: ignore[index]
+    layout: int = stored[-1]  # type: ignore[assignment]
     values = _ENTRY_DEFAULTS.copy()
-    values.update(zip(names, stored))  # (zip stops before the layout number)
+    values.update(zip(_LAYOUTS[layout], stored))  # (zip stops before the layout number)
     entry = _new_object(WatchlistEntry)
     _set_attribute(entry, "__dict__", values)
-    _set_attribute(entry, "__pydantic_fields_set__", set(names))
+    _set_attribute(entry, "__pydantic_fields_set__", set(_LAYOUT_SETS[layout]))
     _set_attribute(entry, "__pydantic_extra__", None)
     _set_attribute(entry, "__pydantic_private__", None)
     return entry

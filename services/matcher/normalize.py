@@ -230,6 +230,8 @@ _NOT_DIGIT = re.compile(r"\D")
 
 
 def id_digits(raw: str) -> str:
+    if raw.isdecimal():  # nothing `\D` would remove (it matches what `isdecimal` refuses)
+        return raw
     return _NOT_DIGIT.sub("", raw)
 
 
