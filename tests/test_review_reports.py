@@ -21,6 +21,7 @@ from pypdf import PdfReader
 
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
+from shared.auth import issue_api_key
 from shared.directory import merge_unit
 from tests.conftest import ROOT, bearer, eventually, served
 from tests.notifier_helpers import WANTED, make_hit, send
@@ -28,6 +29,7 @@ from tests.test_desk_page import browser  # noqa: F401 - the Chromium fixture
 
 ICT = ZoneInfo("Asia/Ho_Chi_Minh")
 PAIR = "CA-30307,CA-31212"
+PEPPER = "dev-only-api-key-pepper"
 PERIOD = {"from": "2026-09-01", "to": "2026-10-31"}
 
 
@@ -273,3 +275,32 @@ async def test_the_page_draws_its_charts_with_nothing_from_elsewhere(
         assert errors == []
         assert requests and all(r.startswith(url) for r in requests), requests
         await context.close()
+
+
+async def test_a_province_admin_sees_the_reports_of_its_units_only(notifier, pool,
+                                                                   two_months):
+    """An Giang's admin sees the Long Xuyên – Thốt Nốt border (Long Xuyên is An Giang's)
+    and Long Xuyên's own report, not Thốt Nốt's (Cần Thơ's); a desk key at the same
+    provincial office, or another province's admin, sees none of them."""
+    an_giang = bearer(await issue_api_key(pool, "CAT-91", PEPPER, role="province_admin",
+                                          person="Thiếu tá Võ Minh"))
+    an_giang_desk = bearer(await issue_api_key(pool, "CAT-91", PEPPER, role="desk"))
+    dak_lak = bearer(await issue_api_key(pool, "CAT-66", PEPPER, role="province_admin"))
+    agreement = await pool.fetchval(
+        "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn%'")
+    for params, headers, status in (
+            ({"pair": PAIR}, an_giang, 200),
+            ({"unit": "CA-30307"}, an_giang, 200),
+            ({"agreement": agreement}, an_giang, 200),
+            ({"unit": "CA-31212"}, an_giang, 404),
+            ({"unit": "CA-31207"}, an_giang, 404),  # merged into Cần Thơ's Thốt Nốt
+            ({"pair": PAIR}, an_giang_desk, 404),
+            ({"pair": PAIR}, dak_lak, 404),
+            ({"agreement": agreement}, dak_lak, 404)):
+        response = await notifier.get("/v1/reports/review", params={**params, **PERIOD},
+                                      headers=headers)
+        assert response.status_code == status, (params, response.text)
+        if status == 200:
+            assert response.json()["totals"]["alerts"] > 0
+        else:
+            assert response.json()["error"]["code"] == "not_found"
