@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -20,6 +20,7 @@ from playwright.async_api import expect
 from pypdf import PdfReader
 
 from services.notifier.app import create_app
+from services.notifier.reports import resolve_scope, review_report
 from services.notifier.settings import NotifierSettings
 from shared.auth import issue_api_key
 from shared.directory import merge_unit
@@ -304,3 +305,25 @@ async def test_a_province_admin_sees_the_reports_of_its_units_only(notifier, poo
             assert response.json()["totals"]["alerts"] > 0
         else:
             assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_one_connection_gives_the_same_report_as_a_pool(env, pool, two_months):
+    """On a pool the two periods are read at once on two connections; on one connection
+    one after the other: the same report either way."""
+    agreement = await pool.fetchval(
+        "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn%'")
+    now = datetime.now(ICT)
+    conn = await asyncpg.connect(env.database_url)
+    try:
+        for params in ({"agreement": agreement, "pair": None, "unit": None},
+                       {"agreement": None, "pair": PAIR, "unit": None},
+                       {"agreement": None, "pair": None, "unit": "CA-30307"}):
+            scope = await resolve_scope(pool, **params)
+            on_pool = await review_report(pool, scope, date(2026, 9, 1), date(2026, 10, 31),
+                                          now=now)
+            alone = await review_report(conn, scope, date(2026, 9, 1), date(2026, 10, 31),
+                                        now=now)
+            assert on_pool == alone
+            assert on_pool.totals.alerts > 0 and on_pool.previous_totals.alerts > 0
+    finally:
+        await conn.close()
