@@ -5,6 +5,7 @@ and units outside the agreement or pair get 404."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -327,3 +328,33 @@ async def test_one_connection_gives_the_same_report_as_a_pool(env, pool, two_mon
             assert on_pool.totals.alerts > 0 and on_pool.previous_totals.alerts > 0
     finally:
         await conn.close()
+
+
+async def test_reports_run_one_at_a_time_and_leave_the_pool_to_the_alerts(
+        notifier, directory, pool, env, two_months):
+    """Six reports asked at once: while the deliveries are locked, only one report (its two
+    periods, two connections) waits on the lock; the others wait their turn without taking
+    a connection, so the rest of the pool stays free. Then all six answer, with the same figures."""
+    lx = bearer(directory["CA-30307"])
+    locker = await asyncpg.connect(env.database_url)
+    try:
+        waiting = """SELECT count(*) FROM pg_locks
+                      WHERE relation = 'deliveries'::regclass AND NOT granted"""
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+            asked = [asyncio.create_task(notifier.get(
+                "/v1/reports/review", params={"pair": PAIR, **PERIOD}, headers=lx))
+                for _ in range(6)]
+
+            async def two_waiting() -> bool:
+                return await locker.fetchval(waiting) == 2
+            await eventually(two_waiting, what="one report's two queries on the lock")
+            for _ in range(20):  # and never more, while the lock is held
+                assert await locker.fetchval(waiting) == 2, await locker.fetch(
+                    "SELECT pid, mode, granted FROM pg_locks WHERE relation = 'deliveries'::regclass")
+                await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*asked)
+    finally:
+        await locker.close()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert len({json.dumps(a.json()["totals"]) for a in answers}) == 1
