@@ -320,13 +320,14 @@ def report_review(
     settings = CommonSettings(**({"database_url": database_url} if database_url else {}))
 
     async def build():  # type: ignore[no-untyped-def]
-        conn = await asyncpg.connect(settings.database_url)
+        # Two connections: the report reads its two periods at once.
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         try:
-            scope = await resolve_scope(conn, agreement=agreement, pair=pair, unit=unit)
-            return await review_report(conn, scope, start.date(), end.date(),
+            scope = await resolve_scope(pool, agreement=agreement, pair=pair, unit=unit)
+            return await review_report(pool, scope, start.date(), end.date(),
                                        now=datetime.now(UTC))
         finally:
-            await conn.close()
+            await pool.close()
 
     try:
         report = asyncio.run(build())

@@ -5,13 +5,14 @@ and units outside the agreement or pair get 404."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -20,7 +21,9 @@ from playwright.async_api import expect
 from pypdf import PdfReader
 
 from services.notifier.app import create_app
+from services.notifier.reports import resolve_scope, review_report
 from services.notifier.settings import NotifierSettings
+from shared.auth import issue_api_key
 from shared.directory import merge_unit
 from tests.conftest import ROOT, bearer, eventually, served
 from tests.notifier_helpers import WANTED, make_hit, send
@@ -28,6 +31,7 @@ from tests.test_desk_page import browser  # noqa: F401 - the Chromium fixture
 
 ICT = ZoneInfo("Asia/Ho_Chi_Minh")
 PAIR = "CA-30307,CA-31212"
+PEPPER = "dev-only-api-key-pepper"
 PERIOD = {"from": "2026-09-01", "to": "2026-10-31"}
 
 
@@ -273,3 +277,84 @@ async def test_the_page_draws_its_charts_with_nothing_from_elsewhere(
         assert errors == []
         assert requests and all(r.startswith(url) for r in requests), requests
         await context.close()
+
+
+async def test_a_province_admin_sees_the_reports_of_its_units_only(notifier, pool,
+                                                                   two_months):
+    """An Giang's admin sees the Long Xuyên – Thốt Nốt border (Long Xuyên is An Giang's)
+    and Long Xuyên's own report, not Thốt Nốt's (Cần Thơ's); a desk key at the same
+    provincial office, or another province's admin, sees none of them."""
+    an_giang = bearer(await issue_api_key(pool, "CAT-91", PEPPER, role="province_admin",
+                                          person="Thiếu tá Võ Minh"))
+    an_giang_desk = bearer(await issue_api_key(pool, "CAT-91", PEPPER, role="desk"))
+    dak_lak = bearer(await issue_api_key(pool, "CAT-66", PEPPER, role="province_admin"))
+    agreement = await pool.fetchval(
+        "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn%'")
+    for params, headers, status in (
+            ({"pair": PAIR}, an_giang, 200),
+            ({"unit": "CA-30307"}, an_giang, 200),
+            ({"agreement": agreement}, an_giang, 200),
+            ({"unit": "CA-31212"}, an_giang, 404),
+            ({"unit": "CA-31207"}, an_giang, 404),  # merged into Cần Thơ's Thốt Nốt
+            ({"pair": PAIR}, an_giang_desk, 404),
+            ({"pair": PAIR}, dak_lak, 404),
+            ({"agreement": agreement}, dak_lak, 404)):
+        response = await notifier.get("/v1/reports/review", params={**params, **PERIOD},
+                                      headers=headers)
+        assert response.status_code == status, (params, response.text)
+        if status == 200:
+            assert response.json()["totals"]["alerts"] > 0
+        else:
+            assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_one_connection_gives_the_same_report_as_a_pool(env, pool, two_months):
+    """On a pool the two periods are read at once on two connections; on one connection
+    one after the other: the same report either way."""
+    agreement = await pool.fetchval(
+        "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn%'")
+    now = datetime.now(ICT)
+    conn = await asyncpg.connect(env.database_url)
+    try:
+        for params in ({"agreement": agreement, "pair": None, "unit": None},
+                       {"agreement": None, "pair": PAIR, "unit": None},
+                       {"agreement": None, "pair": None, "unit": "CA-30307"}):
+            scope = await resolve_scope(pool, **params)
+            on_pool = await review_report(pool, scope, date(2026, 9, 1), date(2026, 10, 31),
+                                          now=now)
+            alone = await review_report(conn, scope, date(2026, 9, 1), date(2026, 10, 31),
+                                        now=now)
+            assert on_pool == alone
+            assert on_pool.totals.alerts > 0 and on_pool.previous_totals.alerts > 0
+    finally:
+        await conn.close()
+
+
+async def test_reports_run_one_at_a_time_and_leave_the_pool_to_the_alerts(
+        notifier, directory, pool, env, two_months):
+    """Six reports asked at once: while the deliveries are locked, only one report (its two
+    periods, two connections) waits on the lock; the others wait their turn without taking
+    a connection, so the rest of the pool stays free. Then all six answer, with the same figures."""
+    lx = bearer(directory["CA-30307"])
+    locker = await asyncpg.connect(env.database_url)
+    try:
+        waiting = """SELECT count(*) FROM pg_locks
+                      WHERE relation = 'deliveries'::regclass AND NOT granted"""
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+            asked = [asyncio.create_task(notifier.get(
+                "/v1/reports/review", params={"pair": PAIR, **PERIOD}, headers=lx))
+                for _ in range(6)]
+
+            async def two_waiting() -> bool:
+                return await locker.fetchval(waiting) == 2
+            await eventually(two_waiting, what="one report's two queries on the lock")
+            for _ in range(20):  # and never more, while the lock is held
+                assert await locker.fetchval(waiting) == 2, await locker.fetch(
+                    "SELECT pid, mode, granted FROM pg_locks WHERE relation = 'deliveries'::regclass")
+                await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*asked)
+    finally:
+        await locker.close()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert len({json.dumps(a.json()["totals"]) for a in answers}) == 1

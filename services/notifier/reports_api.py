@@ -4,10 +4,11 @@ province admin those of its units."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from services.notifier.deps import CurrentUnit, Database
 from services.notifier.report_pdf import render_pdf
@@ -43,57 +44,71 @@ def _language(lang: str | None, accept_language: str | None) -> Literal["vi", "e
     return "en" if header.startswith("en") else "vi"
 
 
-async def _report(db: Database, caller: CurrentUnit, agreement: int | None, pair: str | None,
-                  unit: str | None, start: date, end: date) -> ReviewReport:
+async def _turn(request: Request) -> asyncio.Semaphore:
+    """One report at a time per notifier process: a report holds two connections for
+    seconds at a million alerts; several at once would take the pool from the alerts."""
+    state = request.app.state
+    if getattr(state, "report_turn", None) is None:
+        state.report_turn = asyncio.Semaphore(1)
+    return state.report_turn  # type: ignore[no-any-return]
+
+
+Turn = Annotated[asyncio.Semaphore, Depends(_turn)]
+
+
+async def _report(db: Database, turn: asyncio.Semaphore, caller: CurrentUnit,
+                  agreement: int | None, pair: str | None, unit: str | None, start: date,
+                  end: date) -> ReviewReport:
     scope = await resolve_scope(db, agreement=agreement, pair=pair, unit=unit)
     await check_access(db, scope, caller)
-    return await review_report(db, scope, start, end, now=utcnow())
+    async with turn:
+        return await review_report(db, scope, start, end, now=utcnow())
 
 
 _REFUSALS = error_responses(404)
 
 
 @router.get("/review", response_model=ReviewReport, responses=_REFUSALS)
-async def review(db: Database, caller: CurrentUnit, start: From, end: To,
+async def review(db: Database, turn: Turn, caller: CurrentUnit, start: From, end: To,
                  agreement: Agreement = None, pair: Pair = None,
                  unit: Unit = None) -> ReviewReport:
     """A review report ("Báo cáo sơ kết") for an agreement, a pair of units or a unit over
     a period, with the previous period of equal length beside it: alerts exchanged in each
     direction, acknowledged, confirmed, rejected, outcomes, late hits, escalations, times
     to acknowledge and to confirm, by category and by month."""
-    return await _report(db, caller, agreement, pair, unit, start, end)
+    return await _report(db, turn, caller, agreement, pair, unit, start, end)
 
 
 @router.get("/review.csv", response_class=Response, responses={
     200: {"content": {"text/csv": {}}}, **_REFUSALS})
-async def review_csv(db: Database, caller: CurrentUnit, start: From, end: To,
+async def review_csv(db: Database, turn: Turn, caller: CurrentUnit, start: From, end: To,
                      agreement: Agreement = None, pair: Pair = None,
                      unit: Unit = None) -> Response:
     """The same figures as CSV: one line per direction, period and group."""
-    report = await _report(db, caller, agreement, pair, unit, start, end)
+    report = await _report(db, turn, caller, agreement, pair, unit, start, end)
     return Response(to_csv(report), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="so-ket-{start}-{end}.csv"'})
 
 
 @router.get("/review.html", response_class=Response, responses={
     200: {"content": {"text/html": {}}}, **_REFUSALS})
-async def review_html(db: Database, caller: CurrentUnit, start: From, end: To,
+async def review_html(db: Database, turn: Turn, caller: CurrentUnit, start: From, end: To,
                       agreement: Agreement = None, pair: Pair = None, unit: Unit = None,
                       lang: Lang = None, accept_language: AcceptLanguage = None) -> Response:
     """The report as an HTML fragment with its charts (SVG), as the `/reports` page
     shows and prints it."""
-    report = await _report(db, caller, agreement, pair, unit, start, end)
+    report = await _report(db, turn, caller, agreement, pair, unit, start, end)
     return Response(to_html(report, _language(lang, accept_language)),
                     media_type="text/html; charset=utf-8")
 
 
 @router.get("/review.pdf", response_class=Response, responses={
     200: {"content": {"application/pdf": {}}}, **_REFUSALS})
-async def review_pdf(db: Database, caller: CurrentUnit, start: From, end: To,
+async def review_pdf(db: Database, turn: Turn, caller: CurrentUnit, start: From, end: To,
                      agreement: Agreement = None, pair: Pair = None, unit: Unit = None,
                      lang: Lang = None, accept_language: AcceptLanguage = None) -> Response:
     """The report as an A4 PDF (Vietnamese by default)."""
-    report = await _report(db, caller, agreement, pair, unit, start, end)
+    report = await _report(db, turn, caller, agreement, pair, unit, start, end)
     return Response(render_pdf(report, _language(lang, accept_language)),
                     media_type="application/pdf", headers={
                         "Content-Disposition": f'attachment; filename="so-ket-{start}-{end}.pdf"'})
