@@ -197,7 +197,10 @@ async def test_units_outside_the_agreement_or_pair_get_404(notifier, directory, 
                           ({"pair": PAIR, "from": "2020-01-01", "to": "2026-01-01"}, "to"),
                           ({"pair": "CA-30307,CA-30307", **PERIOD}, "pair"),
                           ({"pair": PAIR, "unit": "CA-30307", **PERIOD}, "unit"),
-                          ({"pair": PAIR, "from": "yesterday", "to": "2026-01-01"}, "from")):
+                          ({"pair": PAIR, "from": "yesterday", "to": "2026-01-01"}, "from"),
+                          ({"pair": PAIR, "from": "0001-01-01", "to": "0001-01-02"}, "from"),
+                          ({"pair": PAIR, "from": "9999-12-30", "to": "9999-12-31"}, "from"),
+                          ({"pair": PAIR, "from": "2026-01-01", "to": "9999-12-31"}, "to")):
         response = await notifier.get("/v1/reports/review", params=params, headers=mine)
         assert response.status_code == 422, (params, response.text)
         assert response.json()["error"]["field"] == field, response.json()

@@ -36,6 +36,8 @@ from shared.errors import NotFound, Unprocessable
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_DAYS = 800
 """The longest period one report covers (about two years)."""
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2200, 12, 31)
+"""The days a report may start or end on."""
 
 OUTCOMES = ("detained", "not_located", "false_match", "caught", "lost", "false_report")
 
@@ -231,6 +233,10 @@ async def check_access(conn: asyncpg.Connection | asyncpg.Pool, scope: Scope,
 
 def periods(start: date, end: date) -> tuple[tuple[datetime, datetime], tuple[date, date]]:
     """([start, end) as instants, and the previous period's first and last days)."""
+    for value, field in ((start, "from"), (end, "to")):
+        if not FIRST_DAY <= value <= LAST_DAY:  # (and the previous period stays a date)
+            raise Unprocessable(f"{field} must be between {FIRST_DAY} and {LAST_DAY}",
+                                field=field)
     if end < start:
         raise Unprocessable("to must not be before from", field="to")
     days = (end - start).days + 1
