@@ -58,6 +58,7 @@ class GroupCommit:
         self._max_group = max_group
         self.max_wait_seconds = max_wait_seconds
         self._queue: deque[_Waiting] = deque()
+        self._writing: dict[int, float] = {}  # (a group being written: its oldest report's time)
         self._wake = asyncio.Event()
         self.running = False
 
@@ -66,8 +67,11 @@ class GroupCommit:
         return len(self._queue)
 
     def oldest_wait(self) -> float:
-        """Seconds the oldest waiting report has waited (0 when none waits)."""
-        return time.monotonic() - self._queue[0].since if self._queue else 0.0
+        """Seconds the oldest report not yet answered has waited, in the queue or in a
+        writer (0 when none waits): a writer stuck on the database counts, or a burst
+        that one writer took whole would hide a database that stopped."""
+        since = [*self._writing.values(), *([self._queue[0].since] if self._queue else [])]
+        return time.monotonic() - min(since) if since else 0.0
 
     async def record(self, report: Report) -> Accepted:
         """Store `report` with its outbox row, in a group; its acceptance once committed."""
@@ -141,6 +145,14 @@ class GroupCommit:
                     "try again", retry_after=1))
 
     async def _write(self, group: list[_Waiting]) -> None:
+        token = id(group)
+        self._writing[token] = min(waiting.since for waiting in group)
+        try:
+            await self._write_group(group)
+        finally:
+            self._writing.pop(token, None)
+
+    async def _write_group(self, group: list[_Waiting]) -> None:
         try:
             # (`_write` is one statement: atomic without a transaction around it, which
             # would cost two more round trips)
