@@ -109,6 +109,42 @@ async def test_a_change_that_commits_late_is_not_skipped(ingest, directory, env)
     assert [c["entry_id"] for c in after["changes"]] == ["E-SLOW", "E-FAST"]
 
 
+async def test_a_change_numbered_first_by_a_younger_transaction_is_not_skipped(
+        ingest, directory, env):
+    """An older transaction (its id taken by an earlier write) numbers its change after a
+    younger one numbered its own, and commits first: handed out by number alone, the
+    younger one's change would fall behind the cursor when it commits."""
+    first = await sync(ingest, directory, SONG_CAU)
+    older = await asyncpg.connect(env.database_url)
+    younger = await asyncpg.connect(env.database_url)
+
+    async def insert(conn, entry_id: str, name: str) -> None:
+        await conn.execute(
+            """INSERT INTO watchlist_entries (entry_id, owner_unit, category, version, entry)
+               VALUES ($1, $2, 'wanted_person', 1, $3::jsonb)""", entry_id, LONG_XUYEN,
+            json.dumps({"entry_id": entry_id, "owner_unit": LONG_XUYEN, "version": 1,
+                        "category": "wanted_person", "full_name": name,
+                        "sharing_scope": "all_units"}))
+    try:
+        old_tx, young_tx = older.transaction(), younger.transaction()
+        await old_tx.start()
+        older_id = await older.fetchval("SELECT pg_current_xact_id()::text")
+        await young_tx.start()
+        await insert(younger, "E-YOUNG", "Phạm Văn Trẻ")  # numbered first
+        younger_id = await younger.fetchval("SELECT pg_current_xact_id()::text")
+        assert int(older_id) < int(younger_id)
+        await insert(older, "E-OLD", "Đỗ Văn Già")  # numbered after it
+        await old_tx.commit()
+        meanwhile = await sync(ingest, directory, SONG_CAU, first["cursor"])
+        assert [c["entry_id"] for c in meanwhile["changes"]] == ["E-OLD"]
+        await young_tx.commit()
+    finally:
+        await older.close()
+        await younger.close()
+    after = await sync(ingest, directory, SONG_CAU, meanwhile["cursor"])
+    assert [c["entry_id"] for c in after["changes"]] == ["E-YOUNG"]
+
+
 async def test_a_directory_change_starts_a_new_snapshot_and_bad_cursors_are_refused(
         ingest, directory, pool):
     await put(ingest, directory, "E-NEIGHBOURS", "neighbours")
@@ -120,9 +156,13 @@ async def test_a_directory_change_starts_a_new_snapshot_and_bad_cursors_are_refu
     after = await sync(ingest, directory, SONG_CAU, first["cursor"])
     assert after["reset"] and changes(after) == {"E-NEIGHBOURS": "upsert"}
 
-    for bad in ("v2.1.1", "v1.-1.0", "1", "v1.1.1.1", "v1." + "9" * 30 + ".1"):
+    for bad in ("v2.1.1", "v1.-1.0", "1", "v1.1.1.1", "v1." + "9" * 30 + ".1",
+                "v2.1.1.1.1", "v2.-1.1.1", "v2.99999999999999999999.1.1", "v3.1.1.1"):
         response = await ingest.get("/v1/watchlist/sync", params={"since": bad},
                                     headers=bearer(directory[SONG_CAU]))
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["field"] == "since"
+    # A cursor of the first version of sync: a new snapshot, not an error.
+    old = await sync(ingest, directory, SONG_CAU, "v1.5.1")
+    assert old["reset"] and changes(old) == {"E-NEIGHBOURS": "upsert"}
     assert (await ingest.get("/v1/watchlist/sync")).status_code == 401

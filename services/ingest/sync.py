@@ -6,11 +6,14 @@ A first call (no cursor) returns a snapshot: every active entry the unit may see
 pages. Later calls return what changed since: `upsert` for an entry the unit may see
 (new, changed), `remove` for one it could see and no longer may (cancelled, or its sharing
 scope narrowed); entries it never could see are never mentioned, not even by id. Changes
-come in the order they were numbered, and a change is handed out only once every older
-transaction has ended, so one that commits late is not skipped. The cursor also carries
-the directory's version: when agreements, borders or units changed, which entries a unit
-may see can change without any entry changing, so the answer is a new snapshot
-(`reset: true`: the replica is rebuilt from its pages).
+come in the order of their transactions (then of their numbers), and a change is handed
+out only once every older transaction has ended, so one that commits late is not skipped
+(a change's number alone would not do: a transaction can number a change before an older
+transaction numbers its own). The cursor holds the last change handed out, and the
+directory's version: when agreements, borders or units changed, which entries a unit may
+see can change without any entry changing, so the answer is a new snapshot (`reset:
+true`: the replica is rebuilt from its pages). A cursor of the first version of sync
+(`v1.`) is answered with a new snapshot too.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from shared.http import error_responses
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
-CURSOR = re.compile(r"^v1\.(\d{1,18})\.(\d{1,18})$")
+CURSOR = re.compile(r"^v2\.(\d{1,19})\.(\d{1,18})\.(\d{1,18})$")
+OLD_CURSOR = re.compile(r"^v1\.\d{1,18}\.\d{1,18}$")
+"""A cursor of the first sync (ordered by number alone): answered with a new snapshot."""
 
 
 class Change(BaseModel):
@@ -52,11 +57,13 @@ class SyncPage(BaseModel):
 
 
 _ROWS = """
-    SELECT entry_id, change_seq, entry::text AS entry, cancelled_at IS NULL AS active,
+    SELECT entry_id, change_xid::text AS xid, change_seq, entry::text AS entry,
+           cancelled_at IS NULL AS active,
            owner_unit, entry ->> 'sharing_scope' AS scope, previous_scope, category
       FROM watchlist_entries
-     WHERE change_seq > $1 AND change_xid < pg_snapshot_xmin(pg_current_snapshot())
-     ORDER BY change_seq LIMIT $2"""
+     WHERE (change_xid, change_seq) > ($1::text::xid8, $2::bigint)
+       AND change_xid < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY change_xid, change_seq LIMIT $3"""
 """The next changes in order, those of transactions still running (and all after them)
 held back. Which of them the unit may see is asked once per (owner, scope, category)."""
 
@@ -67,14 +74,16 @@ _VISIBLE = """
      ORDER BY n"""
 
 
-def _parse(cursor: str | None) -> tuple[int, int] | None:
-    if cursor is None:
+def _parse(cursor: str | None) -> tuple[int, int, int] | None:
+    """(transaction id, change number, directory version) of a cursor; None for a
+    snapshot (no cursor, or a cursor of the first version of sync)."""
+    if cursor is None or OLD_CURSOR.match(cursor):
         return None
     found = CURSOR.match(cursor)
-    if found is None:
-        raise Unprocessable("since is a cursor from an earlier answer (v1.<n>.<n>)",
+    if found is None or int(found.group(1)) >= 2**64:
+        raise Unprocessable("since is a cursor from an earlier answer (v2.<n>.<n>.<n>)",
                             field="since")
-    return int(found.group(1)), int(found.group(2))
+    return int(found.group(1)), int(found.group(2)), int(found.group(3))
 
 
 async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
@@ -83,12 +92,12 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
     position = _parse(since)
     directory = await conn.fetchval(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM directory_version")
-    reset = position is None or position[1] != directory
+    reset = position is None or position[2] != directory
     # A snapshot's first page lists only what the unit may see now; its later pages, like
     # any delta, also say `remove` for entries it could see before (harmless to a replica
     # being built: it has none of them).
-    after = 0 if reset else position[0]  # type: ignore[index]
-    rows = await conn.fetch(_ROWS, after, limit + 1)
+    after = (0, 0) if reset else position[:2]  # type: ignore[index]
+    rows = await conn.fetch(_ROWS, str(after[0]), after[1], limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     kinds = sorted({(row["owner_unit"], scope, row["category"]) for row in rows
@@ -105,7 +114,7 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
             chosen.append((row, True))
         elif (now or before) and not reset:  # (a snapshot's first page: only what is seen)
             chosen.append((row, False))
-    last = rows[-1]["change_seq"] if rows else after
+    last = (int(rows[-1]["xid"]), rows[-1]["change_seq"]) if rows else after
     # The entries as stored (validated when they were written): copied into the answer
     # as they are, not decoded and encoded again.
     parts = [
@@ -113,8 +122,8 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
         if upsert else
         f'{{"entry_id":{json.dumps(row["entry_id"])},"change":"remove","entry":null}}'
         for row, upsert in chosen]
-    head = SyncPage(changes=[], cursor=f"v1.{last}.{directory}", more=more, reset=reset,
-                    as_of=utcnow()).model_dump_json()
+    head = SyncPage(changes=[], cursor=f"v2.{last[0]}.{last[1]}.{directory}", more=more,
+                    reset=reset, as_of=utcnow()).model_dump_json()
     return head.replace('"changes":[]', '"changes":[' + ",".join(parts) + "]", 1)
 
 
