@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,6 +39,7 @@ from shared.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from shared.i18n import Language, negotiate, translate
 from shared.ratelimit import RateLimit
 
 
@@ -93,17 +94,38 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+def language_of(request: Request) -> Language:
+    """The language a person reading this answer asked for (`Accept-Language`: Vietnamese
+    or English; English when it names neither)."""
+    return negotiate(request.headers.get("accept-language"))
+
+
+async def _answer_language(
+    request: Request,
+    accept_language: Annotated[str | None, Header(
+        max_length=500, description="`vi` for Vietnamese texts (reasons, why you, history, "
+        "errors); English otherwise.")] = None,
+) -> Language:
+    return negotiate(accept_language)
+
+
+AnswerLanguage = Annotated[Language, Depends(_answer_language)]
+"""The language of the texts in an answer, from `Accept-Language` (documented)."""
+
+
 def install_error_handlers(app: FastAPI, service: str) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.HTTP_REJECTIONS.labels(service=service, reason="invalid").inc()
+        language = language_of(request)
         errors = [
             # Malformed JSON is located by character offset, not by field: the body is at fault.
             {"field": "body" if e["type"] == "json_invalid" else _field_path(tuple(e["loc"])),
-             "message": e["msg"], "type": e["type"]}
+             "message": translate(e["msg"], language), "type": e["type"]}
             for e in exc.errors()
         ]
-        first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+        first = errors[0] if errors else {"field": "body",
+                                          "message": translate("invalid request", language)}
         body = {
             "code": "invalid",
             "message": f"{first['field']}: {first['message']}",
@@ -123,14 +145,16 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
         metrics.HTTP_REJECTIONS.labels(
             service=service, reason=codes.get(exc.status_code, str(exc.status_code))).inc()
-        body = {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}
+        body = {"code": codes.get(exc.status_code, "http_error"),
+                "message": translate(str(exc.detail), language_of(request))}
         return JSONResponse({"error": body}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(GiapranhError)
     async def _refused(request: Request, exc: GiapranhError) -> JSONResponse:
         metrics.HTTP_REJECTIONS.labels(service=service, reason=exc.code).inc()
-        body: dict[str, object] = {"code": exc.code, "message": exc.message}
+        body: dict[str, object] = {"code": exc.code,
+                                   "message": translate(exc.message, language_of(request))}
         if exc.field:
             body["field"] = exc.field
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
@@ -273,7 +297,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(scope, send)
         seen = 0
 
         async def counted() -> Any:
@@ -287,13 +311,14 @@ class BodySizeLimit:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(scope, send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, scope: Any, send: Any) -> None:
         metrics.HTTP_REJECTIONS.labels(service=self.service, reason="payload_too_large").inc()
         response = JSONResponse(
             {"error": {"code": PayloadTooLarge.code, "field": "body",
-                       "message": f"request body larger than {self.max_bytes} bytes"}},
+                       "message": translate(f"request body larger than {self.max_bytes} "
+                                            "bytes", _scope_language(scope))}},
             status_code=413,
         )
         await response({"type": "http"}, None, send)  # type: ignore[arg-type]
@@ -324,10 +349,10 @@ class LoadShedding:
         if self.in_flight >= self.limit:
             metrics.HTTP_REJECTIONS.labels(service=self.service, reason="overloaded").inc()
             response = JSONResponse(
-                {"error": {"code": Overloaded.code, "message":
-                           f"{self.in_flight} requests are being handled, the most this "
-                           f"instance takes on (GIAPRANH_MAX_REQUESTS_IN_FLIGHT): try "
-                           f"again after {self.retry_after} s"}},
+                {"error": {"code": Overloaded.code, "message": translate(
+                    f"{self.in_flight} requests are being handled, the most this instance "
+                    f"takes on (GIAPRANH_MAX_REQUESTS_IN_FLIGHT): try again after "
+                    f"{self.retry_after} s", _scope_language(scope))}},
                 status_code=503, headers={"Retry-After": str(self.retry_after)})
             return await response(scope, receive, send)
         self.in_flight += 1
@@ -335,6 +360,13 @@ class LoadShedding:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+def _scope_language(scope: Any) -> Language:
+    for name, value in scope.get("headers", ()):
+        if name == b"accept-language":
+            return negotiate(value.decode("latin-1"))
+    return "en"
 
 
 class _TooLarge(BaseException):

@@ -238,10 +238,18 @@ async def test_incident_alerts_and_flagged_hits_are_valid_cap_with_their_instruc
 
     cap = valid_cap(cap_schema, (await desk.get(
         f"/v1/alerts/{alerts['hit']['alert_id']}/cap", headers=bearer(key))).content)
-    info = cap.find(f"{CAP}info")
-    assert info.find(f"{CAP}instruction").text.startswith(
-        "CÓ VŨ KHÍ / ARMED — CÓ THỂ BỎ TRỐN / ESCAPE RISK — Kiểm tra kín")
-    assert info.find(f"{CAP}severity").text == "Extreme"
+    # One complete info block per language, Vietnamese first.
+    vi, en = cap.findall(f"{CAP}info")
+    assert [vi.findtext(f"{CAP}language"), en.findtext(f"{CAP}language")] == ["vi-VN", "en-US"]
+    assert vi.find(f"{CAP}instruction").text.startswith(
+        "CÓ VŨ KHÍ — CÓ THỂ BỎ TRỐN — Kiểm tra kín")
+    assert en.find(f"{CAP}instruction").text.startswith(
+        "ARMED — ESCAPE RISK — Discreet check")
+    assert vi.findtext(f"{CAP}event") == "Đối tượng truy nã được phát hiện"
+    assert en.findtext(f"{CAP}event") == "Wanted person sighted"
+    assert "số CCCD" in vi.findtext(f"{CAP}description")  # the match reasons, translated
+    assert "national id" in en.findtext(f"{CAP}description")
+    assert vi.find(f"{CAP}severity").text == en.find(f"{CAP}severity").text == "Extreme"
 
     feed = await desk.get("/v1/feeds/alerts.atom", headers=bearer(key))
     atom = etree.fromstring(feed.content)

@@ -21,11 +21,14 @@ def desk(unit: str, key_id: int) -> Principal:
 
 
 async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env, pool):
-    renders: list[tuple[str, list[UUID]]] = []
+    renders: list[tuple[str, list[UUID], frozenset[str]]] = []
 
-    async def render(unit: str, alert_ids: list[UUID]) -> dict[UUID, str]:
-        renders.append((unit, alert_ids))
-        return {alert_id: json.dumps({"alert_id": str(alert_id), "for": unit})
+    async def render(unit: str, alert_ids: list[UUID],
+                     languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
+        renders.append((unit, alert_ids, languages))
+        return {alert_id: {language: json.dumps({"alert_id": str(alert_id), "for": unit,
+                                                 "in": language})
+                           for language in languages}
                 for alert_id in alert_ids}
 
     keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())
@@ -37,22 +40,29 @@ async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env,
             queues = [streams.enter_context(feed.subscribe(desk("CA-30307", n // 5)))
                       for n in range(250)]
             elsewhere = streams.enter_context(feed.subscribe(desk("CA-31212", 999)))
+            # A desk reading Vietnamese on the same unit: one more rendering, not per stream.
+            vietnamese = [streams.enter_context(feed.subscribe(desk("CA-30307", 500 + n), "vi"))
+                          for n in range(3)]
             alert_id = uuid.uuid4()
             await pool.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, json.dumps({
                 "alert_id": str(alert_id), "kind": "raised", "units": ["CA-30307"]}))
             items = [await asyncio.wait_for(queue.get(), 5) for queue in queues]
+            items_vi = [await asyncio.wait_for(queue.get(), 5) for queue in vietnamese]
             assert elsewhere.empty()
     finally:
         await feed.stop()
 
-    assert renders == [("CA-30307", [alert_id])]
-    assert all(item is items[0] for item in items)  # the same bytes for every stream
-    assert items[0].frame == (f'event: alert\ndata: {{"alert_id": "{alert_id}", '
-                              f'"for": "CA-30307"}}\nid: {alert_id}\n\n').encode()
+    assert renders == [("CA-30307", [alert_id], frozenset({"en", "vi"}))]
+    assert all(item is items[0] for item in [*items, *items_vi])  # one item for every stream
+    for language in ("en", "vi"):
+        assert items[0].frame_for(language) == (
+            f'event: alert\ndata: {{"alert_id": "{alert_id}", "for": "CA-30307", '
+            f'"in": "{language}"}}\nid: {alert_id}\n\n').encode()
 
 
 async def test_idle_streams_hear_a_heartbeat(env, pool):
-    async def render(unit: str, alert_ids: list[UUID]) -> dict[UUID, str]:
+    async def render(unit: str, alert_ids: list[UUID],
+                     languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
         return {}
 
     keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())

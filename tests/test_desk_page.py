@@ -60,8 +60,10 @@ async def test_an_alert_appears_live_and_is_acknowledged_from_the_page(
         card = page.locator("article").first
         await expect(card).to_be_visible(timeout=15_000)  # pushed, no reload
         await expect(card.locator("h2")).to_contain_text("Truy nã: Nguyễn Văn Hùng")
-        await expect(card).to_contain_text("national id 089091004217 exact")
-        await expect(card).to_contain_text("this unit listed the subject")
+        # The desk reads Vietnamese: the server's reasons and "why you" too.
+        await expect(card).to_contain_text("số CCCD 089091004217 trùng khớp")
+        await expect(card).to_contain_text("đơn vị lập hồ sơ đối tượng")
+        await expect(card).not_to_contain_text("national id")
         await expect(card.locator(".countdown")).to_contain_text("còn")
         await expect(card.locator(".status")).to_have_text("Mới")
 
@@ -72,6 +74,11 @@ async def test_an_alert_appears_live_and_is_acknowledged_from_the_page(
         await page.select_option("#lang", "en")
         await expect(card.locator(".status")).to_have_text("Acknowledged")
         await expect(card.locator("[data-action=confirm]")).to_have_text("Confirm still wanted")
+        await expect(card).to_contain_text("national id 089091004217 exact")  # reloaded
+        await expect(card).to_contain_text("this unit listed the subject")
+        await page.select_option("#lang", "vi")
+        await expect(card).to_contain_text("số CCCD 089091004217 trùng khớp")
+        await expect(page.locator("#live")).to_have_class("live on")  # the stream reopened
 
         # The acknowledgement is the server's, not just the page's.
         import httpx
@@ -85,6 +92,11 @@ async def test_an_alert_appears_live_and_is_acknowledged_from_the_page(
             history = await client.get(f"/v1/alerts/{stored['alert_id']}/history",
                                        headers=bearer(directory["CA-30307"]))
             assert [s["action"] for s in history.json()] == ["raised", "acknowledged"]
+            history_vi = (await client.get(
+                f"/v1/alerts/{stored['alert_id']}/history",
+                headers={**bearer(directory["CA-30307"]), "Accept-Language": "vi-VN"})).json()
+            assert [s["label"] for s in history_vi] == ["đã phát cảnh báo", "đã tiếp nhận"]
+            assert "đơn vị nhận, xác nhận trong" in history_vi[0]["detail"]
         assert errors == []
         assert external == []  # usable offline: every asset comes from the notifier
 
@@ -137,7 +149,7 @@ async def test_the_desk_shows_an_incident_and_the_hot_list_hit_with_what_to_do_f
         await expect(card).to_contain_text("Trần Văn Tèo · CÓ VŨ KHÍ")
         await expect(card).to_contain_text("65-B1 234.56 · Exciter đỏ")
         await expect(card).to_contain_text("Bỏ chạy về")
-        await expect(card).to_contain_text("incident on this unit's territory")
+        await expect(card).to_contain_text("vụ việc xảy ra trên địa bàn đơn vị")
         await expect(card.locator("[data-action=confirm]")).to_have_count(0)
         await card.locator("[data-action=ack]").click()
         await expect(card.locator(".status")).to_have_text("Đã nhận")

@@ -22,6 +22,7 @@ from services.notifier.models import (
     WebhookCreated,
     WebhookFormat,
     WebhookView,
+    localized,
 )
 from services.notifier.webhooks import MAX_URL_LENGTH
 from services.notifier.workflow import Outcome, StatusFilter
@@ -29,7 +30,7 @@ from shared.audit import Actor
 from shared.auth import Principal
 from shared.errors import NotFound, TooManyRequests
 from shared.events import Contract, LongText, utcnow
-from shared.http import DeskKey, UnitAdminKey, error_responses
+from shared.http import AnswerLanguage, DeskKey, UnitAdminKey, error_responses
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 CAP_MEDIA_TYPE = "application/cap+xml"
@@ -76,10 +77,11 @@ async def who_am_i(unit: CurrentUnit, alerts: Alerts) -> UnitView:
 async def list_alerts(
     unit: CurrentUnit, alerts: Alerts,
     status: Annotated[StatusFilter, Query(description="open, overdue, closed or all")] = "all",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, language: AnswerLanguage = "en",
 ) -> list[AlertView]:
     """The alerts addressed to the calling unit, newest first, with why it received each."""
-    return await alerts.alerts_for_unit(unit.unit_code, limit, status)
+    return [localized(view, language)
+            for view in await alerts.alerts_for_unit(unit.unit_code, limit, status)]
 
 
 async def _stream_allowed(unit: CurrentUnit, feed: Feed) -> Principal:
@@ -104,26 +106,29 @@ async def _stream_allowed(unit: CurrentUnit, feed: Feed) -> Principal:
             "data": {"type": "string", "description": "The alert as JSON (`AlertView`)."}},
         "required": ["data"]}}}}})
 async def stream_alerts(
-    unit: Annotated[Principal, Depends(_stream_allowed)], feed: Feed
+    unit: Annotated[Principal, Depends(_stream_allowed)], feed: Feed,
+    language: AnswerLanguage = "en",
 ) -> EventStream:
     """Server-sent events for the calling unit: `event: alert` for each new alert and
     `event: update` for each change of one (acknowledged, confirmed, escalated, withdrawn,
     ...); `id` is the alert id and `data` the alert as in `GET /v1/alerts/{id}`; a comment
     line (`: ping`) when nothing happened for 15 s. The stream ends when the key is revoked
-    or expires."""
-    return EventStream(feed, unit)
+    or expires. Texts for people in the language of `Accept-Language`."""
+    return EventStream(feed, unit, language)
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertView, responses=error_responses(404))
-async def get_alert(alert_id: UUID, unit: CurrentUnit, alerts: Alerts) -> AlertView:
-    return await alerts.alert_for_unit(alert_id, unit.unit_code)
+async def get_alert(alert_id: UUID, unit: CurrentUnit, alerts: Alerts,
+                    language: AnswerLanguage = "en") -> AlertView:
+    return localized(await alerts.alert_for_unit(alert_id, unit.unit_code), language)
 
 
 @router.get("/alerts/{alert_id}/history", response_model=list[HistoryStep],
             responses=error_responses(404))
-async def alert_history(alert_id: UUID, unit: CurrentUnit, alerts: Alerts) -> list[HistoryStep]:
+async def alert_history(alert_id: UUID, unit: CurrentUnit, alerts: Alerts,
+                        language: AnswerLanguage = "en") -> list[HistoryStep]:
     """Every step of the alert, oldest first: raised, acknowledged, escalated, ..."""
-    return await alerts.history(alert_id, unit.unit_code)
+    return await alerts.history(alert_id, unit.unit_code, language)
 
 
 @router.get("/alerts/{alert_id}/cap", response_class=Response,
@@ -154,37 +159,42 @@ async def atom_feed(unit: CurrentUnit, alerts: Alerts, settings: Settings, reque
 
 @router.post("/alerts/{alert_id}/ack", response_model=AlertView,
              responses=error_responses(403, 404))
-async def acknowledge_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts) -> AlertView:
+async def acknowledge_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts,
+                            language: AnswerLanguage = "en") -> AlertView:
     """Acknowledge receipt at the calling unit's duty desk (repeating it changes nothing).
     Desk keys and above."""
-    return await alerts.acknowledge(alert_id, unit.unit_code, Actor.of(unit))
+    return localized(await alerts.acknowledge(alert_id, unit.unit_code, Actor.of(unit)),
+                     language)
 
 
 @router.post("/alerts/{alert_id}/confirm", response_model=AlertView,
              responses=error_responses(403, 404, 409))
 async def confirm_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts,
-                        body: Decision | None = None) -> AlertView:
+                        body: Decision | None = None,
+                        language: AnswerLanguage = "en") -> AlertView:
     """The listing unit (or a unit above it) confirms the subject is still wanted."""
-    return await alerts.decide(alert_id, unit.unit_code, True, body.note if body else None,
-                               Actor.of(unit))
+    return localized(await alerts.decide(alert_id, unit.unit_code, True,
+                                         body.note if body else None, Actor.of(unit)),
+                     language)
 
 
 @router.post("/alerts/{alert_id}/reject", response_model=AlertView,
              responses=error_responses(403, 404, 409))
 async def reject_alert(alert_id: UUID, body: Rejection, unit: DeskKey,
-                       alerts: Alerts) -> AlertView:
+                       alerts: Alerts, language: AnswerLanguage = "en") -> AlertView:
     """The listing unit (or a unit above it) rejects the hit, saying why."""
-    return await alerts.decide(alert_id, unit.unit_code, False, body.note, Actor.of(unit))
+    return localized(await alerts.decide(alert_id, unit.unit_code, False, body.note,
+                                         Actor.of(unit)), language)
 
 
 @router.post("/alerts/{alert_id}/close", response_model=AlertView,
              responses=error_responses(403, 404, 409))
 async def close_alert(alert_id: UUID, body: Closing, unit: DeskKey,
-                      alerts: Alerts) -> AlertView:
+                      alerts: Alerts, language: AnswerLanguage = "en") -> AlertView:
     """Record the outcome (detained, not_located, false_match) of a confirmed or rejected
     alert."""
-    return await alerts.close(alert_id, unit.unit_code, body.outcome, body.note,
-                              Actor.of(unit))
+    return localized(await alerts.close(alert_id, unit.unit_code, body.outcome, body.note,
+                                        Actor.of(unit)), language)
 
 
 @router.get("/webhook", response_model=WebhookView, responses=error_responses(403, 404))

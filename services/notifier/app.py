@@ -25,6 +25,7 @@ from services.notifier.channels import SseChannel
 from services.notifier.clock import Clock, SystemClock
 from services.notifier.consumer import hit_stream, incident_stream, replay_incidents
 from services.notifier.feed import AlertFeed
+from services.notifier.models import localized
 from services.notifier.service import AlertService
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhooks import (
@@ -38,6 +39,7 @@ from shared import metrics
 from shared.auth import KeyStore
 from shared.db import create_pool
 from shared.http import ServiceState, background, create_http_app, set_state
+from shared.i18n import LANGUAGES
 from shared.kafka import stop_if_cancelled
 from shared.ratelimit import RateLimit
 
@@ -108,9 +110,12 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         keys = KeyStore(pool, settings.api_key_pepper.get_secret_value(),
                         cache_seconds=settings.key_cache_seconds)
 
-        async def views(unit_code: str, alert_ids: list[UUID]) -> dict[UUID, str]:
+        async def views(unit_code: str, alert_ids: list[UUID],
+                        languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
             found = await alerts.alerts_by_id(unit_code, alert_ids)
-            return {alert_id: view.model_dump_json() for alert_id, view in found.items()}
+            return {alert_id: {language: localized(view, language).model_dump_json()
+                               for language in languages if language in LANGUAGES}
+                    for alert_id, view in found.items()}
 
         feed = AlertFeed(settings.database_url, views, keys,
                          max_streams_per_key=settings.notifier_max_streams_per_key)

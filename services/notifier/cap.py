@@ -4,7 +4,10 @@ Each state of an alert is one CAP message: the first is `msgType=Alert`; every l
 change (acknowledged, confirmed, escalated, closed ...) is an `Update`, a withdrawal a
 `Cancel`, each `references` the first message. Messages are `scope=Private`, addressed to
 the alert's recipient units (their codes, space-separated). Times are given in Vietnam
-time (+07:00, as CAP's dateTime pattern requires an explicit offset).
+time (+07:00, as CAP's dateTime pattern requires an explicit offset). Each message has two
+`info` blocks, Vietnamese (`vi-VN`) first and English (`en-US`), each complete: event,
+headline, description with the match reasons, instruction (texts from the catalogue,
+`shared/i18n.py`).
 """
 
 from __future__ import annotations
@@ -14,40 +17,53 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from shared.i18n import translate
+
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 ATOM_NS = "http://www.w3.org/2005/Atom"
 VIETNAM = timezone(timedelta(hours=7))
 
 EVENT_NAMES = {
-    "wanted_person": "Đối tượng truy nã được phát hiện / Wanted person sighted",
-    "managed_person": "Đối tượng quản lý được phát hiện / Managed person sighted",
-    "missing_person": "Người mất tích được phát hiện / Missing person sighted",
-    "stolen_vehicle": "Phương tiện bị trộm được phát hiện / Stolen vehicle sighted",
+    "wanted_person": ("Đối tượng truy nã được phát hiện", "Wanted person sighted"),
+    "managed_person": ("Đối tượng quản lý được phát hiện", "Managed person sighted"),
+    "missing_person": ("Người mất tích được phát hiện", "Missing person sighted"),
+    "stolen_vehicle": ("Phương tiện bị trộm được phát hiện", "Stolen vehicle sighted"),
+    "incident_suspect": ("Đối tượng của vụ việc được phát hiện", "Incident suspect sighted"),
+    "incident_vehicle": ("Phương tiện của vụ việc được phát hiện", "Incident vehicle sighted"),
+    "incident": ("Vụ việc cần phối hợp truy bắt", "Incident: pursuit across the border"),
 }
-EVENT_NAMES.update({
-    "incident_suspect": "Đối tượng của vụ việc được phát hiện / Incident suspect sighted",
-    "incident_vehicle": "Phương tiện của vụ việc được phát hiện / Incident vehicle sighted",
-    "incident": "Vụ việc cần phối hợp truy bắt / Incident: pursuit across the border",
-})
+"""(Vietnamese, English) of each category, for the message's two `info` blocks."""
 SEVERITY = {"wanted_person": "Severe", "missing_person": "Severe",
             "managed_person": "Moderate", "stolen_vehicle": "Moderate",
             "incident_suspect": "Severe", "incident_vehicle": "Severe", "incident": "Severe"}
 ACTIONS = {
-    "arrest": "Bắt giữ / Arrest",
-    "discreet_check": "Kiểm tra kín, không để đối tượng biết / Discreet check: do not alert "
-                      "the subject",
-    "locate_and_report": "Xác định vị trí và báo lại / Locate and report",
+    "arrest": ("Bắt giữ", "Arrest"),
+    "discreet_check": ("Kiểm tra kín, không để đối tượng biết",
+                       "Discreet check: do not alert the subject"),
+    "locate_and_report": ("Xác định vị trí và báo lại", "Locate and report"),
 }
 CAUTIONS = {
-    "armed": "CÓ VŨ KHÍ / ARMED",
-    "violent": "HUNG HÃN / VIOLENT",
-    "escape_risk": "CÓ THỂ BỎ TRỐN / ESCAPE RISK",
-    "medical_condition": "CÓ BỆNH / MEDICAL CONDITION",
+    "armed": ("CÓ VŨ KHÍ", "ARMED"),
+    "violent": ("HUNG HÃN", "VIOLENT"),
+    "escape_risk": ("CÓ THỂ BỎ TRỐN", "ESCAPE RISK"),
+    "medical_condition": ("CÓ BỆNH", "MEDICAL CONDITION"),
 }
-DEFAULT_INSTRUCTION = ("Xác minh với đơn vị lập hồ sơ trước khi hành động. / Confirm with the "
-                       "listing unit before acting.")
-INCIDENT_INSTRUCTION = ("Phối hợp truy bắt, báo ngay cho đơn vị báo vụ việc. / Join the "
-                        "pursuit; report at once to the unit that reported the incident.")
+DEFAULT_INSTRUCTION = ("Xác minh với đơn vị lập hồ sơ trước khi hành động.",
+                       "Confirm with the listing unit before acting.")
+INCIDENT_INSTRUCTION = ("Phối hợp truy bắt, báo ngay cho đơn vị báo vụ việc.",
+                        "Join the pursuit; report at once to the unit that reported the "
+                        "incident.")
+LABELS = {
+    "entry": ("Hồ sơ", "Entry"), "incident": ("Vụ việc", "Incident"),
+    "fled": ("Bỏ chạy về", "Fled towards"), "bearing": ("Hướng", "Bearing"),
+    "suspect": ("Đối tượng", "Suspect"), "vehicle": ("Phương tiện", "Vehicle"),
+}
+INFO_LANGUAGES = (("vi", "vi-VN"), ("en", "en-US"))
+"""Each CAP message carries one `info` block per language, Vietnamese first."""
+
+
+def _pick(pair: tuple[str, str], language: str) -> str:
+    return pair[0] if language == "vi" else pair[1]
 
 
 def who(alert: dict[str, Any]) -> str:
@@ -59,13 +75,20 @@ def who(alert: dict[str, Any]) -> str:
     return subject.get("name") or subject.get("plate") or subject.get("national_id") or "?"
 
 
-def instruction(alert: dict[str, Any]) -> str:
+def event_name(category: str, language: str) -> str:
+    pair = EVENT_NAMES.get(category)
+    return _pick(pair, language) if pair else category
+
+
+def instruction(alert: dict[str, Any], language: str = "vi") -> str:
     """Officer safety first, then what the listing unit asks for."""
-    parts = [CAUTIONS.get(c, c) for c in alert.get("cautions") or ()]
+    parts = [_pick(CAUTIONS[c], language) if c in CAUTIONS else c
+             for c in alert.get("cautions") or ()]
     if alert.get("action"):
-        parts.append(ACTIONS.get(alert["action"], alert["action"]))
-    parts.append(INCIDENT_INSTRUCTION if alert.get("kind") == "incident"
-                 else DEFAULT_INSTRUCTION)
+        action = ACTIONS.get(alert["action"])
+        parts.append(_pick(action, language) if action else alert["action"])
+    parts.append(_pick(INCIDENT_INSTRUCTION if alert.get("kind") == "incident"
+                       else DEFAULT_INSTRUCTION, language))
     return " — ".join(parts)
 
 
@@ -128,14 +151,19 @@ def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) ->
         _sub(root, "references", ",".join(
             (sender, identifier(alert, first=True), cap_time(_parse(alert["raised_at"])))))
     _sub(root, "incidents", str(alert["correlation_id"]))
+    for language, tag in INFO_LANGUAGES:
+        _info(root, alert, language, tag)
+    return root
 
-    incident = alert.get("kind") == "incident"
+
+def _info(root: ET.Element, alert: dict[str, Any], language: str, tag: str) -> None:
     info = _sub(root, "info")
-    _sub(info, "language", "vi-VN")
+    _sub(info, "language", tag)
+    incident = alert.get("kind") == "incident"
     _sub(info, "category", "Security")
     if incident:
         _sub(info, "category", "Rescue")
-    _sub(info, "event", EVENT_NAMES.get(alert["category"], alert["category"]))
+    _sub(info, "event", event_name(alert["category"], language))
     _sub(info, "responseType", "Execute" if incident or alert.get("action") else "Monitor")
     _sub(info, "urgency", "Immediate" if alert["urgency"] == "urgent" else "Expected")
     _sub(info, "severity", "Extreme" if {"armed", "violent"} & set(alert.get("cautions") or ())
@@ -155,14 +183,16 @@ def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) ->
          f"{who(alert)} – {names.get(alert['seen_unit'], alert['seen_unit'])}"[:160])
     entry = alert["entry"] or {"entry_id": f"incident:{alert['hit_id']}"}
     lines = ([] if incident else
-             [f"Hồ sơ / entry {entry['entry_id']} ({alert['owner_unit']})"])
+             [f"{_pick(LABELS['entry'], language)} {entry['entry_id']} "
+              f"({alert['owner_unit']})"])
     if entry.get("description"):
         lines.append(entry["description"])
     if alert.get("incident"):
-        lines += incident_lines(alert["incident"])
-    lines += [f"{reason['feature']}: {reason['detail']}" for reason in alert["match_reasons"]]
+        lines += incident_lines(alert["incident"], language)
+    lines += [f"{translate(reason['feature'], language)}: "
+              f"{translate(reason['detail'], language)}" for reason in alert["match_reasons"]]
     _sub(info, "description", "\n".join(lines))
-    _sub(info, "instruction", instruction(alert))
+    _sub(info, "instruction", instruction(alert, language))
     for name, value in (("score", f"{alert['score']:.2f}"), ("seen_unit", alert["seen_unit"]),
                         ("owner_unit", alert["owner_unit"]), ("entry_id", entry["entry_id"])):
         parameter = _sub(info, "parameter")
@@ -177,26 +207,28 @@ def cap_element(alert: dict[str, Any], *, sender: str, recipients: list[str]) ->
     geocode = area[-1]
     _sub(geocode, "valueName", "giapranh:unit")
     _sub(geocode, "value", place["unit_code"])
-    return root
 
 
-def incident_lines(incident: dict[str, Any]) -> list[str]:
+def incident_lines(incident: dict[str, Any], language: str = "vi") -> list[str]:
     """An incident in a few lines: what, where to, who and which vehicles."""
-    lines = [f"Vụ việc / incident: {incident['incident_type']} ({incident['severity']})"]
+    label = {key: _pick(pair, language) for key, pair in LABELS.items()}
+    lines = [f"{label['incident']}: {incident['incident_type']} "
+             f"({translate(incident['severity'], language)})"]
     if incident.get("summary"):
         lines.append(incident["summary"])
     if incident.get("fled_towards"):
-        lines.append("Bỏ chạy về / fled towards: " + ", ".join(incident["fled_towards"]))
+        lines.append(f"{label['fled']}: " + ", ".join(incident["fled_towards"]))
     if incident.get("fled_bearing") is not None:
-        lines.append(f"Hướng / bearing: {incident['fled_bearing']}°")
+        lines.append(f"{label['bearing']}: {incident['fled_bearing']}°")
     for suspect in incident.get("suspects") or ():
-        flags = ", ".join(CAUTIONS.get(c, c) for c in suspect.get("cautions") or ())
-        lines.append("Đối tượng / suspect: " + " ".join(str(v) for v in (
+        flags = ", ".join(_pick(CAUTIONS[c], language) if c in CAUTIONS else c
+                          for c in suspect.get("cautions") or ())
+        lines.append(f"{label['suspect']}: " + " ".join(str(v) for v in (
             suspect.get("name"), suspect.get("birth_year"), suspect.get("national_id"),
             suspect.get("plate"), suspect.get("description")) if v) + (f" [{flags}]"
                                                                         if flags else ""))
     for vehicle in incident.get("vehicles") or ():
-        lines.append("Phương tiện / vehicle: " + " ".join(
+        lines.append(f"{label['vehicle']}: " + " ".join(
             v for v in (vehicle.get("plate"), vehicle.get("description")) if v))
     return lines
 
@@ -227,7 +259,8 @@ def render_atom(unit_code: str, unit_name: str, alerts: list[tuple[dict[str, Any
         msg_type = message_type(alert)
         entry = _sub(feed, "entry", ns=ATOM_NS)
         _sub(entry, "id", identifier(alert, first=msg_type == "Alert"), ATOM_NS)
-        title = f"[{msg_type}] {EVENT_NAMES.get(alert['category'])}: {who(alert)}"
+        title = (f"[{msg_type}] {event_name(alert['category'], 'vi')} / "
+                 f"{event_name(alert['category'], 'en')}: {who(alert)}")
         _sub(entry, "title", title, ATOM_NS)
         _sub(entry, "updated", _parse(alert["updated_at"]).astimezone(VIETNAM).isoformat(),
              ATOM_NS)

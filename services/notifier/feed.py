@@ -57,8 +57,9 @@ HEARTBEAT_SECONDS = 15.0
 FAN_OUT_SLICE = 100
 """Streams handed one change before the worker lets other tasks (requests) run."""
 
-Render = Callable[[str, list[UUID]], Awaitable[dict[UUID, str]]]
-"""(unit, alert ids) -> the unit's views of those alerts, as JSON text, by alert id."""
+Render = Callable[[str, list[UUID], frozenset[str]], Awaitable[dict[UUID, dict[str, str]]]]
+"""(unit, alert ids, languages) -> the unit's views of those alerts, as JSON text, by alert
+id and language (each view built once, its texts translated once per language)."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,23 @@ class FeedItem:
     alert_id: UUID | None = None
     reported_at: datetime | None = None
     """The sighting's time, for a new alert (the sighting-to-desk latency)."""
+    translated: dict[str, bytes] | None = None
+    """The event with its texts in another language, by language."""
 
     @classmethod
-    def of(cls, change: Change, data: str) -> FeedItem:
+    def of(cls, change: Change, data: dict[str, str]) -> FeedItem:
         raised = change.kind == "raised"
-        frame = format_sse_event(data_str=data, event="alert" if raised else "update",
-                                 id=str(change.alert_id))
-        return cls(frame, change.alert_id, change.reported_at if raised else None)
+        frames = {language: format_sse_event(
+            data_str=text, event="alert" if raised else "update", id=str(change.alert_id))
+            for language, text in data.items()}
+        first = frames.get("en") or next(iter(frames.values()))
+        return cls(first, change.alert_id, change.reported_at if raised else None,
+                   frames if len(frames) > 1 or "en" not in frames else None)
+
+    def frame_for(self, language: str) -> bytes:
+        if self.translated is None:
+            return self.frame
+        return self.translated.get(language, self.frame)
 
 
 HEARTBEAT = FeedItem(b": ping\n\n")
@@ -95,6 +106,7 @@ HEARTBEAT = FeedItem(b": ping\n\n")
 @dataclass(eq=False)
 class _Subscription:
     principal: Principal
+    language: str = "en"
     queue: asyncio.Queue[FeedItem | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 1))
 
@@ -147,10 +159,11 @@ class AlertFeed:
                    if sub.principal.key_id == key_id)
 
     @contextlib.contextmanager
-    def subscribe(self, principal: Principal) -> Iterator[asyncio.Queue[FeedItem | None]]:
+    def subscribe(self, principal: Principal,
+                  language: str = "en") -> Iterator[asyncio.Queue[FeedItem | None]]:
         """A queue of the unit's alert changes for as long as the block runs (the API
         refuses a stream over the key's cap, `streams_of`, before it starts)."""
-        subscription = _Subscription(principal)
+        subscription = _Subscription(principal, language)
         unit = principal.unit_code
         self._subscribers[unit].add(subscription)
         try:
@@ -204,7 +217,9 @@ class AlertFeed:
                 if unit in self._subscribers:
                     by_unit[unit].append(change)
         for unit, changes in by_unit.items():
-            views = await self._render(unit, list({c.alert_id: None for c in changes}))
+            languages = frozenset(s.language for s in self._subscribers.get(unit, ()))
+            views = await self._render(unit, list({c.alert_id: None for c in changes}),
+                                       languages or frozenset({"en"}))
             items = [FeedItem.of(change, views[change.alert_id]) for change in changes
                      if change.alert_id in views]
             if items:
@@ -297,7 +312,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, feed: AlertFeed, principal: Principal):
+    def __init__(self, feed: AlertFeed, principal: Principal, language: str = "en"):
         # Not Response.__init__: it would declare the empty body's length.
         self.status_code = 200
         self.background = None
@@ -305,11 +320,12 @@ class EventStream(Response):
                            "X-Accel-Buffering": "no"})  # nginx must not buffer the events
         self._feed = feed
         self._principal = principal
+        self._language = language
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         delivered = metrics.DELIVERIES.labels(channel="sse", result="ok")
         latency = metrics.SIGHTING_TO_DELIVERY.labels(channel="sse")
-        with self._feed.subscribe(self._principal) as queue:
+        with self._feed.subscribe(self._principal, self._language) as queue:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
             gone = asyncio.Event()
@@ -320,7 +336,7 @@ class EventStream(Response):
                     item = await queue.get()
                     frames: list[bytes] = []
                     while item is not DISCONNECT and not gone.is_set():
-                        frames.append(item.frame)
+                        frames.append(item.frame_for(self._language))
                         if item.alert_id is not None:
                             delivered.inc()
                             if item.reported_at is not None:

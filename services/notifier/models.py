@@ -23,6 +23,7 @@ from shared.events import (
     Urgency,
     WatchlistEntry,
 )
+from shared.i18n import Language, translate, translate_all
 
 WebhookFormat = Literal["json", "cap"]
 
@@ -82,6 +83,8 @@ class AlertView(BaseModel):
 class HistoryStep(BaseModel):
     at: datetime
     action: str
+    label: str = Field("", description="The step in the reader's language (`action` is "
+                       "its code).")
     unit_code: str | None
     detail: str | None
     person_name: str | None = Field(None, description="Who took the step (steps the "
@@ -164,3 +167,39 @@ def alert_view(row: Any, unit_code: str, now: datetime, directory: Directory) ->
                            owner=row["owner_unit"], seen_unit=row["seen_unit"],
                            directory=directory, kind=kind),
     })
+
+
+def localized(view: AlertView, language: Language) -> AlertView:
+    """The view with its texts for people (match reasons, why you) in `language`."""
+    if language == "en":
+        return view
+    return view.model_copy(update={
+        "match_reasons": [reason.model_copy(update={"detail": translate(reason.detail,
+                                                                        language)})
+                          for reason in view.match_reasons],
+        "why_you": translate_all(view.why_you, language)})
+
+
+def localized_json(view: dict[str, Any], language: Language) -> dict[str, Any]:
+    """`localized` for a view already dumped to JSON-ready data (the stream's)."""
+    if language == "en":
+        return view
+    return {**view,
+            "match_reasons": [{**reason, "detail": translate(reason["detail"], language)}
+                              for reason in view.get("match_reasons") or ()],
+            "why_you": translate_all(view.get("why_you") or (), language)}
+
+
+def history_step(row: Any, language: Language) -> HistoryStep:
+    detail = row["detail"]
+    if detail and language != "en":
+        translated = translate(detail, language)
+        if translated == detail and ": " in detail:
+            # `<outcome>: <the person's note>` (a closing): the outcome translated.
+            head, _, note = detail.partition(": ")
+            translated = f"{translate(head, language)}: {note}"
+        detail = translated
+    return HistoryStep(at=row["at"], action=row["action"],
+                       label=translate(row["action"], language) if language != "en"
+                       else row["action"], unit_code=row["unit_code"], detail=detail,
+                       person_name=row["person_name"])

@@ -21,7 +21,7 @@ from services.notifier import workflow
 from services.notifier.channels import AlertChange, Channel
 from services.notifier.clock import Clock
 from services.notifier.directory import Directory, DirectoryCache
-from services.notifier.models import AlertView, HistoryStep, alert_view
+from services.notifier.models import AlertView, HistoryStep, alert_view, history_step
 from services.notifier.repository import ALERT_INSERT_COLUMNS, AlertRepository
 from services.notifier.targeting import choose_incident_recipients, choose_recipients
 from services.notifier.workflow import Deadlines, Outcome, StatusFilter
@@ -40,6 +40,7 @@ from shared.events import (
     Urgency,
     decode_event,
 )
+from shared.i18n import Language
 
 log = logging.getLogger(__name__)
 
@@ -370,9 +371,10 @@ class AlertService:
         directory = await self.directory.get()
         return {row["alert_id"]: self._view(row, unit_code, directory) for row in rows}
 
-    async def history(self, alert_id: UUID, unit_code: str) -> list[HistoryStep]:
+    async def history(self, alert_id: UUID, unit_code: str,
+                      language: Language = "en") -> list[HistoryStep]:
         await self.alert_for_unit(alert_id, unit_code)  # isolation
-        return [HistoryStep(**dict(row)) for row in await self._repo.history(alert_id)]
+        return [history_step(row, language) for row in await self._repo.history(alert_id)]
 
     async def recipients(self, alert_id: UUID) -> list[str]:
         return list(await self._repo.recipients(self._repo.pool, alert_id))
