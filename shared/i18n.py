@@ -64,6 +64,12 @@ _PLACEHOLDERS = {
     "count": r"\d+", "level": r"\d+", "recipients": r"\d+", "bearing": r"\d+",
 }
 """What a placeholder may stand for, by its name (anything, by default)."""
+_DECIMALS = frozenset({"distance_km", "radius_km"})
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _unbrace(text: str) -> str:
+    return text.replace("{{", "{").replace("}}", "}")
 
 
 class _Template:
@@ -103,8 +109,8 @@ class Catalogue:
             msgid, msgstr = str(message.id), str(message.string)
             if placeholders(msgid):
                 templates.append(_Template(msgid, msgstr))
-            else:
-                self.texts[msgid] = msgstr
+            else:  # (a text with no placeholder: `{{` and `}}` are its braces)
+                self.texts[_unbrace(msgid)] = _unbrace(msgstr)
         # The most specific first: longest fixed start, then most fixed text.
         templates.sort(key=lambda t: (-len(t.prefix), -len(t.pattern.pattern)))
         self.templates = templates
@@ -139,6 +145,10 @@ class Catalogue:
                 return ""
             items = value[2:-1].split(", ")
             return " (" + ", ".join(self.lookup(item) or item for item in items) + ")"
+        if _ISO_DATE.fullmatch(value):
+            return f"{value[8:10]}/{value[5:7]}/{value[:4]}"  # (a birth date: 22/11/1980)
+        if name in _DECIMALS:
+            return value.replace(".", ",")  # (12,3 km: the Vietnamese decimal comma)
         return self.lookup(value) or value
 
 

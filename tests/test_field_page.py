@@ -97,7 +97,8 @@ async def test_sightings_filed_offline_arrive_once_and_raise_the_alert(
         result = page.locator("#check-result .match")
         await expect(result).to_have_count(1)
         await expect(result).to_contain_text("Nguyễn Văn Hùng")
-        await expect(result.locator("li").first).to_contain_text("national id 089091004217 exact")
+        await expect(result.locator("li").first).to_contain_text(
+            "số CCCD 089091004217 trùng khớp")  # the page reads Vietnamese: the reasons too
 
         # A refusal is kept with the field at fault, and not sent again.
         await page.click("nav button[data-tab=sighting]")

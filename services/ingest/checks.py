@@ -42,7 +42,8 @@ from shared.events import (
     WatchlistEntry,
     utcnow,
 )
-from shared.http import error_responses
+from shared.http import AnswerLanguage, error_responses
+from shared.i18n import translate
 from shared.topics import SIGHTINGS
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
@@ -87,7 +88,7 @@ class CheckResult(BaseModel):
 
 @router.post("/checks", response_model=CheckResult, responses=error_responses(409, 503))
 async def check(body: CheckIn, unit: CurrentUnit, store: Store, settings: Settings,
-                request: Request) -> CheckResult:
+                request: Request, language: AnswerLanguage = "en") -> CheckResult:
     """Check a person, id or plate against every list now. The answer carries each match's
     reasons, the action its listing unit asks for and its officer-safety flags. Counted
     and audited; with `record: true`, also filed as a sighting (then alerts follow as for
@@ -112,7 +113,9 @@ async def check(body: CheckIn, unit: CurrentUnit, store: Store, settings: Settin
     answer = response.json()
     matches = [CheckMatch(cautions=m["entry"].get("cautions", []),
                           action=m["entry"].get("action"), score=m["score"],
-                          reasons=m["reasons"], entry=m["entry"]) for m in answer["matches"]]
+                          reasons=[{**r, "detail": translate(r["detail"], language)}
+                                   for r in m["reasons"]],
+                          entry=m["entry"]) for m in answer["matches"]]
     recorded = None
     if body.record:
         sighting = SightingIn(event_id=body.event_id, occurred_at=at, subject=body.subject,

@@ -214,8 +214,8 @@ class AlertService:
             (alert_id, r.unit_code, list(r.reasons), names.get(r.unit_code), now)
             for r in recipients])
         await self._repo.add_raised_history(
-            conn, [alert_id], [f"incident alert to {len(recipients)} unit(s), "
-                               f"{incident.severity.value}"], now)
+            conn, [alert_id], [workflow.incident_raised_detail(
+                len(recipients), incident.severity.value)], now)
         await self._publish(conn, [AlertChange(
             alert_id, "raised", "raised", tuple(r.unit_code for r in recipients),
             incident.recorded_at)], now)
@@ -247,14 +247,10 @@ class AlertService:
         await self._repo.revise_incident(
             conn, row["alert_id"], revised.model_dump(mode="json"),
             {code: directory.name(code) for code in added}, now)
-        detail = "; ".join(part for part in (
-            f"{len(update.suspects)} suspect(s) added" if update.suspects else "",
-            f"{len(update.vehicles)} vehicle(s) added" if update.vehicles else "",
-            f"fled towards {', '.join(update.fled_towards)}" if update.fled_towards else "",
-            f"direction of flight {update.fled_bearing}°"
-            if update.fled_bearing is not None else "",
-            f"now also to {', '.join(added)}" if added else "",
-            update.note or "") if part)
+        detail = workflow.incident_update_detail(
+            suspects=len(update.suspects), vehicles=len(update.vehicles),
+            fled_towards=update.fled_towards, fled_bearing=update.fled_bearing, added=added,
+            note=update.note)
         await self._repo.add_history(conn, row["alert_id"], now, "updated",
                                      update.producer_unit, detail)
         await self._publish(conn, [AlertChange(
@@ -267,7 +263,7 @@ class AlertService:
         for alert_id in await self._repo.close_incident_alerts(
                 conn, closing.incident_id, closing.outcome.value, now):
             await self._repo.add_history(conn, alert_id, now, "closed", closing.producer_unit,
-                                         f"incident closed: {detail}")
+                                         workflow.incident_closed_detail(detail))
             await self._publish(conn, [AlertChange(
                 alert_id, "updated", "closed", await self._repo.recipients(conn, alert_id))],
                 now)

@@ -8,6 +8,8 @@ Recipients, widest last, each limited by the entry's sharing scope:
   radius of the sighting's coordinates (scope `neighbours`, the default, and wider);
 - every active unit (scope `all_units`).
 The unit that filed the report always hears of the hits it raised, whatever the scope.
+Reasons are written in English, each marked (`N_`) for the catalogue that translates them
+where a person reads them (`shared/i18n.py`).
 A unit merged into another is replaced by its successor. Each recipient carries every
 reason that applies, in that order.
 
@@ -24,27 +26,31 @@ from datetime import date
 
 from services.notifier.directory import Directory
 from shared.events import HitFound, IncidentReported, Recipient, SharingScope
+from shared.i18n import N_
 
-SEEN_HERE = "subject seen on this unit's territory"
-LISTED_HERE = "this unit listed the subject"
-REPORTED_HERE = "this unit reported the sighting"
-INCIDENT_HERE = "incident on this unit's territory"
-INCIDENT_REPORTED_HERE = "this unit reported the incident"
+SEEN_HERE = N_("subject seen on this unit's territory")
+LISTED_HERE = N_("this unit listed the subject")
+REPORTED_HERE = N_("this unit reported the sighting")
+INCIDENT_HERE = N_("incident on this unit's territory")
+INCIDENT_REPORTED_HERE = N_("this unit reported the incident")
 
 
 def agreement_reason(seen_unit: str, title: str) -> str:
-    return f"coordination agreement with {seen_unit}, where the subject was seen: {title}"
+    return N_("coordination agreement with {seen_unit}, where the subject was seen: "
+              "{title}").format(seen_unit=seen_unit, title=title)
 
 
 def adjacency_reason(seen_unit: str) -> str:
-    return f"territory borders {seen_unit}, where the subject was seen"
+    return N_("territory borders {seen_unit}, where the subject was seen").format(
+        seen_unit=seen_unit)
 
 
 def radius_reason(distance_km: float, radius_km: float) -> str:
-    return f"{distance_km:.1f} km from where the subject was seen (radius {radius_km:g} km)"
+    return N_("{distance_km:.1f} km from where the subject was seen (radius {radius_km:g} "
+              "km)").format(distance_km=distance_km, radius_km=radius_km)
 
 
-ALL_UNITS_REASON = "the listing unit shares this entry with all units"
+ALL_UNITS_REASON = N_("the listing unit shares this entry with all units")
 
 
 def choose_recipients(
@@ -77,23 +83,26 @@ def choose_recipients(
 
 
 def incident_agreement_reason(unit: str, title: str) -> str:
-    return f"coordination agreement with {unit}, where the incident happened: {title}"
+    return N_("coordination agreement with {unit}, where the incident happened: {title}"
+              ).format(unit=unit, title=title)
 
 
 def incident_adjacency_reason(unit: str) -> str:
-    return f"territory borders {unit}, where the incident happened"
+    return N_("territory borders {unit}, where the incident happened").format(unit=unit)
 
 
 def incident_radius_reason(distance_km: float, radius_km: float) -> str:
-    return f"{distance_km:.1f} km from the incident (radius {radius_km:g} km)"
+    return N_("{distance_km:.1f} km from the incident (radius {radius_km:g} km)").format(
+        distance_km=distance_km, radius_km=radius_km)
 
 
 def fled_towards_reason(unit: str) -> str:
-    return f"the suspects fled towards this unit (reported by {unit})"
+    return N_("the suspects fled towards this unit (reported by {unit})").format(unit=unit)
 
 
 def bearing_reason(bearing: int, distance_km: float) -> str:
-    return f"in the direction of flight (bearing {bearing}°), {distance_km:.1f} km away"
+    return N_("in the direction of flight (bearing {bearing}°), {distance_km:.1f} km away"
+              ).format(bearing=bearing, distance_km=distance_km)
 
 
 def choose_incident_recipients(

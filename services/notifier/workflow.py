@@ -13,6 +13,7 @@ directory, so the service, the views (`actions`) and the tests share one answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -20,6 +21,7 @@ from typing import Literal
 from services.notifier.directory import Directory
 from shared.errors import Forbidden, InvalidTransition
 from shared.events import Urgency
+from shared.i18n import N_
 
 Status = Literal["raised", "acknowledged", "confirmed", "rejected", "closed", "withdrawn"]
 OPEN: tuple[Status, ...] = ("raised", "acknowledged", "confirmed", "rejected")
@@ -40,7 +42,7 @@ class Deadlines:
 
 
 def minutes(period: timedelta) -> str:
-    return f"{period.total_seconds() / 60:g} min"
+    return N_("{minutes:g} min").format(minutes=period.total_seconds() / 60)
 
 
 def deciders(directory: Directory, owner: str) -> set[str]:
@@ -120,15 +122,41 @@ def escalation(*, owner: str, level: int, urgency: str, directory: Directory,
     level += 1
     chain = directory.ancestors(owner)
     target = chain[level - 1] if level <= len(chain) else None
-    detail = f"{owner} did not confirm within {minutes(period)} (deadline {level})"
-    reason = f"escalated: {detail}" if target is not None else None
+    detail = N_("{owner} did not confirm within {minutes} (deadline {level})").format(
+        owner=owner, minutes=minutes(period), level=level)
+    reason = N_("escalated: {detail}").format(detail=detail) if target is not None else None
     if target is not None:
-        detail += f"; escalated to {target}"
+        detail += "; " + N_("escalated to {target}").format(target=target)
     return Escalation(level, target, detail, reason, now + period)
 
 
 def raised_detail(recipients: int, urgency: str, deadlines: Deadlines) -> str:
-    return f"{recipients} recipient(s), confirm within {minutes(deadlines.of(urgency))}"
+    return N_("{recipients} recipient(s), confirm within {minutes}").format(
+        recipients=recipients, minutes=minutes(deadlines.of(urgency)))
+
+
+def incident_raised_detail(count: int, severity: str) -> str:
+    return N_("incident alert to {count} unit(s), {severity}").format(
+        count=count, severity=severity)
+
+
+def incident_update_detail(*, suspects: int, vehicles: int, fled_towards: Sequence[str],
+                           fled_bearing: int | None, added: Sequence[str],
+                           note: str | None) -> str:
+    """What an update of an incident changed, in its history (the reporter's note last)."""
+    return "; ".join(part for part in (
+        N_("{count} suspect(s) added").format(count=suspects) if suspects else "",
+        N_("{count} vehicle(s) added").format(count=vehicles) if vehicles else "",
+        N_("fled towards {units}").format(units=", ".join(fled_towards))
+        if fled_towards else "",
+        N_("direction of flight {bearing}°").format(bearing=fled_bearing)
+        if fled_bearing is not None else "",
+        N_("now also to {units}").format(units=", ".join(added)) if added else "",
+        note or "") if part)
+
+
+def incident_closed_detail(detail: str) -> str:
+    return N_("incident closed: {detail}").format(detail=detail)
 
 
 def check_hit_alert(kind: str) -> None:
