@@ -179,3 +179,11 @@ async def test_refusals_come_in_the_language_asked_for(ingest, directory):
     unknown = await ingest.get("/v1/nowhere", headers=vietnamese)
     assert unknown.status_code == 404
     assert unknown.json()["error"]["message"] == "Không tìm thấy"
+
+
+def test_every_review_report_text_has_its_vietnamese(catalogue):
+    from services.notifier.reports import LABELS, label
+    for key, english in LABELS.items():
+        vi(catalogue, english)
+        assert label(key, "en") == english
+    assert label("title", "vi") == "BÁO CÁO SƠ KẾT CÔNG TÁC PHỐI HỢP TRAO ĐỔI THÔNG TIN"

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from shared.auth import Principal, units_under
 from shared.errors import NotFound, Unprocessable
+from shared.i18n import N_, translate
 
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_DAYS = 800
@@ -43,54 +44,49 @@ OUTCOMES = ("detained", "not_located", "false_match", "caught", "lost", "false_r
 
 Language = Literal["vi", "en"]
 
-LABELS: dict[str, dict[str, str]] = {
-    # Every text a reader of a report sees, in both languages, in one place.
-    "title": {"vi": "BÁO CÁO SƠ KẾT CÔNG TÁC PHỐI HỢP TRAO ĐỔI THÔNG TIN",
-              "en": "REVIEW REPORT ON COORDINATION AND INFORMATION EXCHANGE"},
-    "agreement": {"vi": "Quy chế phối hợp", "en": "Coordination agreement"},
-    "pair": {"vi": "Địa bàn giáp ranh", "en": "Bordering units"},
-    "unit": {"vi": "Đơn vị", "en": "Unit"},
-    "period": {"vi": "Kỳ báo cáo", "en": "Reporting period"},
-    "previous": {"vi": "Kỳ trước", "en": "Previous period"},
-    "direction": {"vi": "Chiều trao đổi", "en": "Direction"},
-    "includes": {"vi": "gồm cả", "en": "including"},
-    "totals": {"vi": "Tổng hợp", "en": "Totals"},
-    "by_category": {"vi": "Theo loại đối tượng", "en": "By category"},
-    "by_month": {"vi": "Theo tháng", "en": "By month"},
-    "chart_directions": {"vi": "Tin báo trao đổi theo chiều (kỳ này / kỳ trước)",
-                         "en": "Alerts exchanged by direction (this period / previous)"},
-    "chart_months": {"vi": "Tin báo theo tháng", "en": "Alerts by month"},
-    "alerts": {"vi": "Tin báo", "en": "Alerts"},
-    "hit_alerts": {"vi": "Tin trùng khớp danh sách", "en": "Hit alerts"},
-    "incident_alerts": {"vi": "Tin vụ việc", "en": "Incident alerts"},
-    "acknowledged": {"vi": "Đã tiếp nhận", "en": "Acknowledged"},
-    "confirmed": {"vi": "Xác minh đúng", "en": "Confirmed"},
-    "rejected": {"vi": "Bác bỏ", "en": "Rejected"},
-    "detained": {"vi": "Bắt giữ", "en": "Detained"},
-    "not_located": {"vi": "Không tìm thấy", "en": "Not located"},
-    "false_match": {"vi": "Nhầm đối tượng", "en": "False match"},
-    "caught": {"vi": "Bắt được (vụ việc)", "en": "Caught (incident)"},
-    "lost": {"vi": "Mất dấu (vụ việc)", "en": "Lost (incident)"},
-    "false_report": {"vi": "Tin sai (vụ việc)", "en": "False report (incident)"},
-    "late": {"vi": "Phát hiện muộn", "en": "Late hits"},
-    "escalated": {"vi": "Đã báo cáo vượt cấp", "en": "Escalated"},
-    "missed_deadlines": {"vi": "Quá hạn xác minh", "en": "Missed deadlines"},
-    "ack_median_s": {"vi": "Thời gian tiếp nhận (trung vị, giây)",
-                     "en": "Time to acknowledge, median (s)"},
-    "ack_p90_s": {"vi": "Thời gian tiếp nhận (p90, giây)", "en": "Time to acknowledge, p90 (s)"},
-    "confirm_median_s": {"vi": "Thời gian xác minh (trung vị, giây)",
-                         "en": "Time to confirm, median (s)"},
-    "confirm_p90_s": {"vi": "Thời gian xác minh (p90, giây)", "en": "Time to confirm, p90 (s)"},
-    "this_period": {"vi": "Kỳ này", "en": "This period"},
-    "none": {"vi": "Không có tin báo trong kỳ.", "en": "No alerts in the period."},
-    "generated": {"vi": "Lập lúc", "en": "Generated"},
+LABELS: dict[str, str] = {
+    # Every text a reader of a report sees, in one place: English here, Vietnamese in the
+    # message catalogue (shared/locale/vi/LC_MESSAGES/giapranh.po).
+    "title": N_("REVIEW REPORT ON COORDINATION AND INFORMATION EXCHANGE"),
+    "agreement": N_("Coordination agreement"),
+    "pair": N_("Bordering units"),
+    "unit": N_("Unit"),
+    "period": N_("Reporting period"),
+    "previous": N_("Previous period"),
+    "direction": N_("Direction"),
+    "includes": N_("including"),
+    "totals": N_("Totals"),
+    "by_category": N_("By category"),
+    "by_month": N_("By month"),
+    "chart_directions": N_("Alerts exchanged by direction (this period / previous)"),
+    "chart_months": N_("Alerts by month"),
+    "alerts": N_("Alerts"),
+    "hit_alerts": N_("Hit alerts"),
+    "incident_alerts": N_("Incident alerts"),
+    "acknowledged": N_("Acknowledged"),
+    "confirmed": N_("Confirmed"),
+    "rejected": N_("Rejected"),
+    "detained": N_("Detained"),
+    "not_located": N_("Not located"),
+    "false_match": N_("False match"),
+    "caught": N_("Caught (incident)"),
+    "lost": N_("Lost (incident)"),
+    "false_report": N_("False report (incident)"),
+    "late": N_("Late hits"),
+    "escalated": N_("Escalated"),
+    "missed_deadlines": N_("Missed deadlines"),
+    "ack_median_s": N_("Time to acknowledge, median (s)"),
+    "ack_p90_s": N_("Time to acknowledge, p90 (s)"),
+    "confirm_median_s": N_("Time to confirm, median (s)"),
+    "confirm_p90_s": N_("Time to confirm, p90 (s)"),
+    "this_period": N_("This period"),
+    "none": N_("No alerts in the period."),
+    "generated": N_("Generated"),
 }
-"""Report texts: kept together (one table) so that they move into the message catalogue
-with the rest of the Vietnamese texts."""
 
 
 def label(key: str, lang: Language) -> str:
-    return LABELS[key][lang]
+    return translate(LABELS[key], lang)
 
 
 class Figures(BaseModel):
