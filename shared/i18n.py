@@ -37,6 +37,11 @@ LANGUAGES: tuple[Language, ...] = ("vi", "en")
 CATALOGUE = Path(__file__).parent / "locale" / "vi" / "LC_MESSAGES" / "giapranh.po"
 
 
+MAX_TEXT = 4000
+"""Longer texts are left as they are (no reason or message comes near it): matching a
+template is polynomial in the text's length, and a hostile name must not buy CPU."""
+
+
 def N_(message: str) -> str:
     """Marks an English text (or template) for the catalogue; returns it unchanged."""
     return message
@@ -165,7 +170,7 @@ def _vi(text: str) -> str:
 
 def translate(text: str, language: str) -> str:
     """`text` (English, as the code writes it) in `language`."""
-    if language != "vi" or not text:
+    if language != "vi" or not text or len(text) > MAX_TEXT:
         return text
     return _vi(text)
 

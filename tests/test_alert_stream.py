@@ -61,6 +61,13 @@ async def test_desks_receive_only_their_alerts_live(env, topics, directory):
         finally:
             await producer.stop()
         await asyncio.wait_for(asyncio.gather(*readers), timeout=20)
+        # The stream writes its JSON straight from the stored alert (not through the
+        # model): the same alert as the API gives.
+        async with httpx.AsyncClient(base_url=url) as client:
+            for event in owner_events:
+                got = await client.get(f"/v1/alerts/{event['id']}",
+                                       headers=bearer(directory["CA-30307"]))
+                assert got.json() == event["data"]
 
     # The listing unit of the first hit, and seen-unit partner of both, gets both live.
     assert [e["data"]["hit_id"] for e in owner_events] == [str(first.hit_id), str(second.hit_id)]

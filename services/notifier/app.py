@@ -25,7 +25,6 @@ from services.notifier.channels import SseChannel
 from services.notifier.clock import Clock, SystemClock
 from services.notifier.consumer import hit_stream, incident_stream, replay_incidents
 from services.notifier.feed import AlertFeed
-from services.notifier.models import localized
 from services.notifier.service import AlertService
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhooks import (
@@ -112,10 +111,9 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
 
         async def views(unit_code: str, alert_ids: list[UUID],
                         languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
-            found = await alerts.alerts_by_id(unit_code, alert_ids)
-            return {alert_id: {language: localized(view, language).model_dump_json()
-                               for language in languages if language in LANGUAGES}
-                    for alert_id, view in found.items()}
+            return await alerts.alert_views_json(
+                unit_code, alert_ids, [language for language in languages
+                                       if language in LANGUAGES])
 
         feed = AlertFeed(settings.database_url, views, keys,
                          max_streams_per_key=settings.notifier_max_streams_per_key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,13 @@ from services.notifier import workflow
 from services.notifier.channels import AlertChange, Channel
 from services.notifier.clock import Clock
 from services.notifier.directory import Directory, DirectoryCache
-from services.notifier.models import AlertView, HistoryStep, alert_view, history_step
+from services.notifier.models import (
+    AlertView,
+    HistoryStep,
+    alert_view,
+    alert_view_json,
+    history_step,
+)
 from services.notifier.repository import ALERT_INSERT_COLUMNS, AlertRepository
 from services.notifier.targeting import choose_incident_recipients, choose_recipients
 from services.notifier.workflow import Deadlines, Outcome, StatusFilter
@@ -366,6 +373,15 @@ class AlertService:
         rows = await self._repo.alerts_by_id(unit_code, alert_ids)
         directory = await self.directory.get()
         return {row["alert_id"]: self._view(row, unit_code, directory) for row in rows}
+
+    async def alert_views_json(self, unit_code: str, alert_ids: list[UUID],
+                               languages: Iterable[str]) -> dict[UUID, dict[str, str]]:
+        """`alerts_by_id` as JSON text by language (the live streams')."""
+        rows = await self._repo.alerts_by_id(unit_code, alert_ids)
+        directory = await self.directory.get()
+        now = self._clock.now()
+        return {row["alert_id"]: alert_view_json(row, unit_code, now, directory, languages)
+                for row in rows}
 
     async def history(self, alert_id: UUID, unit_code: str,
                       language: Language = "en") -> list[HistoryStep]:
