@@ -41,6 +41,7 @@ from shared.http import ServiceState, background, create_http_app, set_state
 from shared.i18n import LANGUAGES
 from shared.kafka import stop_if_cancelled
 from shared.ratelimit import RateLimit
+from shared.runtime import calm_garbage_collector
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -131,6 +132,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting",
                             "incident_consumer": "ready" if incidents.ready.is_set()
                             else "starting"}))
+        calm_garbage_collector()  # (the tail of the alert latency: shared/runtime.py)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),
                         background(hits.run(), "hit-consumer"),
