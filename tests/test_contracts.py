@@ -87,3 +87,24 @@ def test_production_refuses_the_development_pepper():
     assert CommonSettings(environment="production", api_key_pepper="x" * 32,
                           kafka_security_protocol="SASL_SSL", kafka_sasl_username="giapranh",
                           kafka_sasl_password="y" * 32)
+
+
+def test_the_notifiers_announcement_is_a_valid_alert_raised():
+    """`announcement` builds its event without validating again: what it writes must
+    still be what the contract reads."""
+    import uuid
+
+    from services.notifier.consumer import announcement
+    from services.notifier.service import NewAlert
+    from shared.topics import ALERTS, HITS
+
+    hit = events.HitFound.model_validate(HITS.example())
+    alert = NewAlert(uuid.uuid4(), hit, (events.Recipient(unit_code="CA-30307",
+                                                          reasons=("this unit listed it",)),))
+    _, key, value = ALERTS.record(CommonSettings(), announcement(alert))
+    decoded = events.AlertRaised.model_validate_json(value)
+    assert decoded.alert_id == alert.alert_id and decoded.hit_id == hit.hit_id
+    assert decoded.entry_id == hit.entry.entry_id and decoded.category == hit.entry.category
+    assert [r.unit_code for r in decoded.recipients] == ["CA-30307"]
+    assert decoded.correlation_id == hit.correlation()
+    assert decoded.event_id and decoded.type == "AlertRaised"
