@@ -37,7 +37,8 @@ from services.ingest.api import SightingIn
 from services.ingest.checks import CheckIn
 from services.matcher.engine import MatchingEngine
 from shared.events import Subject, WatchlistEntry
-from shared.http import install_error_handlers
+from shared.http import AnswerLanguage, install_error_handlers
+from shared.i18n import N_, translate
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +225,15 @@ class PostNode:
                     "action": m.entry.action, "cautions": list(m.entry.cautions)}
                    for m in self.engine.match(subject, at=now)]
         stale = as_of is None or now - as_of > self.stale_after or not self.replica.complete
-        when = f"{as_of.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if as_of else "never synced"
-        note = f"checked offline against the list of {when}"
+        when = f"{as_of.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if as_of else N_("never synced")
+        note = N_("checked offline against the list of {when}").format(when=when)
         if not self.replica.complete:
-            note = ("checked offline against an INCOMPLETE list (its sync was cut off before "
-                    f"the last page: {len(self.engine)} entries so far)")
+            note = N_("checked offline against an INCOMPLETE list (its sync was cut off "
+                      "before the last page: {count} entries so far)").format(
+                count=len(self.engine))
         elif stale:
-            note += f" (older than {self.stale_after}: sync when the link allows)"
+            note = N_("checked offline against the list of {when} (older than {age}: sync "
+                      "when the link allows)").format(when=when, age=self.stale_after)
         return Answer(matches, as_of, note, stale)
 
     def report(self, sighting: dict[str, Any]) -> tuple[str, Answer]:
@@ -328,19 +331,23 @@ def create_app(node: PostNode, sync_seconds: float) -> FastAPI:
     app = FastAPI(title="giapranh border post", lifespan=lifespan)
     install_error_handlers(app, "post")  # refusals in the project's format, naming the field
 
-    def answer(result: Answer) -> dict[str, Any]:
-        return {"matches": result.matches, "list_as_of": result.list_as_of,
-                "note": result.note, "stale": result.stale}
+    def answer(result: Answer, language: str) -> dict[str, Any]:
+        """The answer, its reasons and note in the language asked for."""
+        matches = result.matches if language == "en" else [
+            {**m, "reasons": [{**r, "detail": translate(r["detail"], language)}
+                              for r in m["reasons"]]} for m in result.matches]
+        return {"matches": matches, "list_as_of": result.list_as_of,
+                "note": translate(result.note, language), "stale": result.stale}
 
     @app.post("/checks")
-    async def check(body: CheckIn) -> dict[str, Any]:
-        return answer(node.check(body.subject))
+    async def check(body: CheckIn, language: AnswerLanguage = "en") -> dict[str, Any]:
+        return answer(node.check(body.subject), language)
 
     @app.post("/sightings", status_code=202)
-    async def sighting(body: SightingIn) -> dict[str, Any]:
+    async def sighting(body: SightingIn, language: AnswerLanguage = "en") -> dict[str, Any]:
         event_id, result = node.report(body.model_dump(mode="json"))
         asyncio.create_task(_quietly(node.forward()))
-        return {"event_id": event_id, "queued": True, **answer(result)}
+        return {"event_id": event_id, "queued": True, **answer(result, language)}
 
     @app.get("/status")
     async def status() -> dict[str, Any]:

@@ -194,6 +194,13 @@ async def test_the_posts_local_api_answers_at_once_and_forwards_once(env, topics
             assert check.status_code == 200, check.text
             assert [m["entry"]["entry_id"] for m in check.json()["matches"]] == ["LX-1"]
             assert check.json()["note"].startswith("checked offline against the list of ")
+            in_vietnamese = await local.post(
+                "/checks", json={"subject": {"name": "NGUYEN VAN HUNG", "birth_year": 1991}},
+                headers={"Accept-Language": "vi"})
+            assert in_vietnamese.json()["note"].startswith(
+                "tra cứu ngoại tuyến theo danh sách lúc ")
+            assert in_vietnamese.json()["matches"][0]["reasons"][0]["detail"].startswith(
+                "đủ họ tên: NGUYEN VAN HUNG ≈ ")
             event_id = str(uuid.uuid4())
             sighting = {"event_id": event_id, "occurred_at": "2026-12-03T08:00:00+07:00",
                         "subject": {"national_id": "089091004217"},
