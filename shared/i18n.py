@@ -11,9 +11,12 @@ language, as the events already carry it), and a reader asks for Vietnamese. A t
 looked up whole, then against the catalogue's templates (`territory borders {unit}, where
 the subject was seen`): the parts a template leaves variable are translated too when the
 catalogue has them as texts of their own (`given name only`, `southern variant`), and a
-`{notes}` placeholder is an optional parenthesised list, translated item by item. Texts
-joined by "; " (a history step) are translated part by part. A text the catalogue does not
-know stays as it is, in English: never an error, never an empty string.
+`{notes}` placeholder is an optional parenthesised list, translated item by item. Only the
+code's own words are translated so: a placeholder named for somebody's data (`{unit}`,
+`{title}`, `{as_typed}`, `{count}`) keeps its value as written, and parts are followed three
+levels deep, no further. Texts joined by "; " (a history step) are translated part by part.
+A text the catalogue does not know stays as it is, in English: never an error, never an
+empty string.
 
 `tests/test_i18n.py` holds the catalogue to the code: every refusal the services raise,
 every reason the targeting rules and workflow write, and every reason the matcher gives on
@@ -37,9 +40,14 @@ LANGUAGES: tuple[Language, ...] = ("vi", "en")
 CATALOGUE = Path(__file__).parent / "locale" / "vi" / "LC_MESSAGES" / "giapranh.po"
 
 
-MAX_TEXT = 4000
+MAX_TEXT = 2000
 """Longer texts are left as they are (no reason or message comes near it): matching a
 template is polynomial in the text's length, and a hostile name must not buy CPU."""
+
+_DEPTH = 3
+"""How deep a text's parts are translated: a template's parts may be templates themselves
+(`escalated: {detail}` holding `... within {minutes} ...` holding `{minutes:g} min`), the
+parts of the third level only whole texts of the catalogue."""
 
 
 def N_(message: str) -> str:
@@ -69,6 +77,10 @@ _PLACEHOLDERS = {
     "count": r"\d+", "level": r"\d+", "recipients": r"\d+", "bearing": r"\d+",
 }
 """What a placeholder may stand for, by its name (anything, by default)."""
+_TRANSLATED = frozenset({"what", "detail", "severity", "minutes", "age", "field"})
+"""The named placeholders whose values are the code's own words, translated in turn; every
+other named one (a unit, a title, a name as typed or listed, a count) is somebody's data and
+stays as written. `{}` placeholders are translated (a state, a role, a nested message)."""
 _DECIMALS = frozenset({"distance_km", "radius_km"})
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -121,10 +133,10 @@ class Catalogue:
         self.templates = templates
         self.known = {str(m.id) for m in catalog if m.id and m.string and not m.fuzzy}
 
-    def lookup(self, text: str) -> str | None:
+    def lookup(self, text: str, depth: int = 0) -> str | None:
         """The Vietnamese of `text`, or None when the catalogue does not know it."""
         found = self.texts.get(text)
-        if found is not None:
+        if found is not None or depth >= _DEPTH:
             return found
         for template in self.templates:
             if not text.startswith(template.prefix):
@@ -132,29 +144,32 @@ class Catalogue:
             matched = template.pattern.fullmatch(text)
             if matched is None:
                 continue
-            values = {name: self._part(name, matched.group(f"p{index}"))
+            values = {name: self._part(name, matched.group(f"p{index}"), depth)
                       for index, name in enumerate(template.names)}
             return "".join(literal + (values.get(name, "") if name is not None else "")
                            for literal, name in template.target)
-        if "; " in text:
+        if depth == 0 and "; " in text:
             parts = text.split("; ")
-            translated = [self.lookup(part) for part in parts]
+            translated = [self.lookup(part) for part in parts]  # (none holds "; ")
             if any(t is not None for t in translated):
                 return "; ".join(t if t is not None else p
                                  for t, p in zip(translated, parts, strict=True))
         return None
 
-    def _part(self, name: str, value: str) -> str:
+    def _part(self, name: str, value: str, depth: int) -> str:
         if name == "notes":
             if not value:
                 return ""
             items = value[2:-1].split(", ")
-            return " (" + ", ".join(self.lookup(item) or item for item in items) + ")"
+            return " (" + ", ".join(self.lookup(item, depth + 1) or item
+                                    for item in items) + ")"
         if _ISO_DATE.fullmatch(value):
             return f"{value[8:10]}/{value[5:7]}/{value[:4]}"  # (a birth date: 22/11/1980)
         if name in _DECIMALS:
             return value.replace(".", ",")  # (12,3 km: the Vietnamese decimal comma)
-        return self.lookup(value) or value
+        if name.isdigit() or name in _TRANSLATED:
+            return self.lookup(value, depth + 1) or value
+        return value
 
 
 @lru_cache(maxsize=1)
@@ -172,7 +187,10 @@ def translate(text: str, language: str) -> str:
     """`text` (English, as the code writes it) in `language`."""
     if language != "vi" or not text or len(text) > MAX_TEXT:
         return text
-    return _vi(text)
+    try:
+        return _vi(text)
+    except (RecursionError, re.error):  # (never: but a reader gets the English, not a 500)
+        return text
 
 
 def translate_all(texts: Iterable[str], language: str) -> list[str]:

@@ -160,6 +160,49 @@ def test_the_language_asked_for():
         "something the catalogue does not know")  # English, never empty
 
 
+def test_somebodys_words_are_left_as_written(catalogue):
+    """Only the code's own words are translated: a person's note, a unit's name, an
+    agreement's title or a name as typed stays as written, even when it happens to be a
+    word of the catalogue or ends like a template."""
+    from services.notifier.models import history_detail
+    caught = translate("caught", "vi")
+    assert caught != "caught"
+    assert history_detail("closed", "false_match: wrong person, a typo", "vi") == (
+        translate("false_match", "vi") + ": wrong person, a typo")
+    assert history_detail("closed", "caught: caught", "vi") == caught + ": caught"
+    assert history_detail("closed", workflow.incident_closed_detail("caught: 2 typo"),
+                          "vi") == translate("incident closed: caught", "vi") + ": 2 typo"
+    assert history_detail("confirmed", "caught", "vi") == "caught"  # a confirming note
+    assert history_detail("rejected", "1 typo", "vi") == "1 typo"
+    assert translate(targeting.agreement_reason("CA-1", "caught"), "vi").endswith(": caught")
+    assert translate("name caught unlike Nguyễn Văn A", "vi") == (
+        "tên caught không giống Nguyễn Văn A")
+    assert translate("x typo", "vi") == "x typo"  # a count is digits
+    assert translate("2 typo", "vi") == "2 lỗi gõ"
+
+
+@pytest.mark.parametrize("text", [
+    "x" + " typo" * 390,  # nested once raised RecursionError: a 500 on any page
+    "Value error, " * 150 + "caught",
+    "escalated: " * 180,
+    ": " * 990,
+    "; ".join(["alert is raised; only a raised or acknowledged alert can be x"] * 30),
+])
+def test_a_crafted_text_is_answered_not_failed(catalogue, text):
+    translated = translate(text, "vi")
+    assert translated  # (and no exception)
+    if text.startswith("Value error"):
+        # Followed three levels deep, no further: the rest stays as written.
+        assert translated.startswith("Giá trị không hợp lệ, " * 3 + "Value error, ")
+
+
+async def test_a_hostile_path_in_vietnamese_is_a_404_not_a_500(ingest):
+    path = "/field/x" + "%20typo" * 340
+    refused = await ingest.get(path, headers={"Accept-Language": "vi"})
+    assert refused.status_code == 404
+    assert refused.json()["error"]["message"]
+
+
 async def test_refusals_come_in_the_language_asked_for(ingest, directory):
     vietnamese = {"Accept-Language": "vi-VN,vi;q=0.9"}
     refused = await ingest.post("/v1/sightings", json={}, headers=vietnamese)

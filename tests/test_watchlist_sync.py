@@ -69,6 +69,32 @@ async def test_a_unit_syncs_what_it_may_see_and_hears_when_it_no_longer_may(
                                    "E-SECRET": "upsert", "E-OWNER": "upsert"}
 
 
+async def test_an_entry_narrowed_then_changed_or_cancelled_before_the_sync_is_removed(
+        ingest, directory):
+    """A unit hears `remove` when it could see the entry under any scope it has had, not
+    only under the one before the last change."""
+    await put(ingest, directory, "E-THEN-CHANGED", "all_units")
+    await put(ingest, directory, "E-THEN-CANCELLED", "all_units")
+    await put(ingest, directory, "E-WIDE-AGAIN", "neighbours")
+    first = await sync(ingest, directory, SONG_CAU)  # sees only what all units see
+    assert changes(first) == {"E-THEN-CHANGED": "upsert", "E-THEN-CANCELLED": "upsert"}
+
+    for entry_id in ("E-THEN-CHANGED", "E-THEN-CANCELLED"):
+        await put(ingest, directory, entry_id, "neighbours")  # narrowed ...
+    await put(ingest, directory, "E-THEN-CHANGED", "owner_only", name="Trần Văn Bình")
+    cancelled = await ingest.post("/v1/watchlist/E-THEN-CANCELLED/cancel",
+                                  json={"reason": "arrested"},
+                                  headers=bearer(directory[LONG_XUYEN]))
+    assert cancelled.status_code == 200  # ... then changed again, or cancelled
+    await put(ingest, directory, "E-WIDE-AGAIN", "owner_only")
+    await put(ingest, directory, "E-WIDE-AGAIN", "neighbours")  # never visible far away
+
+    delta = await sync(ingest, directory, SONG_CAU, first["cursor"])
+    assert changes(delta) == {"E-THEN-CHANGED": "remove", "E-THEN-CANCELLED": "remove"}
+    near = await sync(ingest, directory, THOT_NOT)
+    assert changes(near) == {"E-WIDE-AGAIN": "upsert"}
+
+
 async def test_pages_are_bounded_and_in_a_stable_order(ingest, directory):
     for n in range(7):
         await put(ingest, directory, f"E-{n}", "all_units", name=f"Lê Văn {'ABCDEFG'[n]}")
@@ -162,6 +188,11 @@ async def test_a_directory_change_starts_a_new_snapshot_and_bad_cursors_are_refu
                                     headers=bearer(directory[SONG_CAU]))
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["field"] == "since"
+    # A cursor from beyond this database's transactions (it was restored from a backup
+    # since): a new snapshot, not a delta that would skip what the restored one holds.
+    _, _, seq, version = after["cursor"].split(".")
+    ahead = await sync(ingest, directory, SONG_CAU, f"v2.{2**62}.{seq}.{version}")
+    assert ahead["reset"] and changes(ahead) == {"E-NEIGHBOURS": "upsert"}
     # A cursor of the first version of sync: a new snapshot, not an error.
     old = await sync(ingest, directory, SONG_CAU, "v1.5.1")
     assert old["reset"] and changes(old) == {"E-NEIGHBOURS": "upsert"}

@@ -59,7 +59,7 @@ class SyncPage(BaseModel):
 _ROWS = """
     SELECT entry_id, change_xid::text AS xid, change_seq, entry::text AS entry,
            cancelled_at IS NULL AS active,
-           owner_unit, entry ->> 'sharing_scope' AS scope, previous_scope, category
+           owner_unit, entry ->> 'sharing_scope' AS scope, past_kinds, category
       FROM watchlist_entries
      WHERE (change_xid, change_seq) > ($1::text::xid8, $2::bigint)
        AND change_xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -90,9 +90,13 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
                     since: str | None, limit: int) -> str:
     """One page of the changes `unit_code` may see after `since`, as `SyncPage` JSON."""
     position = _parse(since)
-    directory = await conn.fetchval(
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM directory_version")
-    reset = position is None or position[2] != directory
+    directory, xmax = await conn.fetchrow(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,"
+        "       pg_snapshot_xmax(pg_current_snapshot())::text FROM directory_version")
+    # A cursor past every transaction this database has begun comes from a database that
+    # was later restored from a backup or replaced: its changes are not this one's, so the
+    # replica starts again from a snapshot rather than skip what this one holds.
+    reset = position is None or position[2] != directory or position[0] >= int(xmax)
     # A snapshot's first page lists only what the unit may see now; its later pages, like
     # any delta, also say `remove` for entries it could see before (harmless to a replica
     # being built: it has none of them).
@@ -100,16 +104,20 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
     rows = await conn.fetch(_ROWS, str(after[0]), after[1], limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    kinds = sorted({(row["owner_unit"], scope, row["category"]) for row in rows
-                    for scope in (row["scope"], row["previous_scope"]) if scope})
+    # Every (scope, category) an entry has had: a unit that could see it under any of them
+    # may hold it, and hears `remove` when it may no longer.
+    past = [[tuple(kind.split(" ", 1)) for kind in row["past_kinds"]] for row in rows]
+    kinds = sorted({(row["owner_unit"], scope, category) for row, earlier in zip(
+        rows, past, strict=True) for scope, category in
+        [(row["scope"], row["category"]), *earlier] if scope})
     shown = await conn.fetch(_VISIBLE, unit_code, [k[0] for k in kinds], [k[1] for k in kinds],
                              [k[2] for k in kinds]) if kinds else []
     visible = {kind: row["visible"] for kind, row in zip(kinds, shown, strict=True)}
     chosen = []
-    for row in rows:
+    for row, earlier in zip(rows, past, strict=True):
         now = visible.get((row["owner_unit"], row["scope"], row["category"]), False)
-        before = row["previous_scope"] is not None and visible[
-            (row["owner_unit"], row["previous_scope"], row["category"])]
+        before = any(visible.get((row["owner_unit"], scope, category), False)
+                     for scope, category in earlier)
         if now and row["active"]:
             chosen.append((row, True))
         elif (now or before) and not reset:  # (a snapshot's first page: only what is seen)

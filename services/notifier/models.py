@@ -217,15 +217,28 @@ def localized_json(view: dict[str, Any], language: Language) -> dict[str, Any]:
             "why_you": translate_all(view.get("why_you") or (), language)}
 
 
+_NOTE_ACTIONS = frozenset({"confirmed", "rejected"})
+"""History steps whose detail is only the person's own note."""
+_INCIDENT_CLOSED = "incident closed: "
+
+
+def history_detail(action: str, detail: str, language: Language) -> str:
+    """A history step's detail in `language`: the system's words translated, a person's
+    note (confirming, rejecting, closing: `<outcome>: <note>`) left as the person wrote it."""
+    if language == "en" or action in _NOTE_ACTIONS:
+        return detail
+    if action == "closed":
+        incident = detail.startswith(_INCIDENT_CLOSED)
+        head, sep, note = detail.removeprefix(_INCIDENT_CLOSED).partition(": ")
+        head = translate(_INCIDENT_CLOSED + head if incident else head, language)
+        return head + sep + note
+    return translate(detail, language)
+
+
 def history_step(row: Any, language: Language) -> HistoryStep:
     detail = row["detail"]
-    if detail and language != "en":
-        translated = translate(detail, language)
-        if translated == detail and ": " in detail:
-            # `<outcome>: <the person's note>` (a closing): the outcome translated.
-            head, _, note = detail.partition(": ")
-            translated = f"{translate(head, language)}: {note}"
-        detail = translated
+    if detail:
+        detail = history_detail(row["action"], detail, language)
     return HistoryStep(at=row["at"], action=row["action"],
                        label=translate(row["action"], language) if language != "en"
                        else row["action"], unit_code=row["unit_code"], detail=detail,
