@@ -174,6 +174,8 @@ def test_somebodys_words_are_left_as_written(catalogue):
                           "vi") == translate("incident closed: caught", "vi") + ": 2 typo"
     assert history_detail("confirmed", "caught", "vi") == "caught"  # a confirming note
     assert history_detail("rejected", "1 typo", "vi") == "1 typo"
+    assert history_detail("withdrawn", "caught", "vi") == "caught"  # the unit's reason
+    assert history_detail("withdrawn", "cancelled", "vi") == "đã hủy hồ sơ"  # no reason
     assert translate(targeting.agreement_reason("CA-1", "caught"), "vi").endswith(": caught")
     assert translate("name caught unlike Nguyễn Văn A", "vi") == (
         "tên caught không giống Nguyễn Văn A")

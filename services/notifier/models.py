@@ -217,16 +217,17 @@ def localized_json(view: dict[str, Any], language: Language) -> dict[str, Any]:
             "why_you": translate_all(view.get("why_you") or (), language)}
 
 
-_NOTE_ACTIONS = frozenset({"confirmed", "rejected"})
-"""History steps whose detail is only the person's own note."""
+_NOTE_ACTIONS = frozenset({"confirmed", "rejected", "withdrawn"})
+"""History steps whose detail is only somebody's own words (a note; the reason the listing
+unit gave for cancelling its entry)."""
 _INCIDENT_CLOSED = "incident closed: "
 
 
 def history_detail(action: str, detail: str, language: Language) -> str:
     """A history step's detail in `language`: the system's words translated, a person's
     note (confirming, rejecting, closing: `<outcome>: <note>`) left as the person wrote it."""
-    if language == "en" or action in _NOTE_ACTIONS:
-        return detail
+    if language == "en" or (action in _NOTE_ACTIONS and detail != "cancelled"):
+        return detail  # ("cancelled": the code's word when the unit gave no reason)
     if action == "closed":
         incident = detail.startswith(_INCIDENT_CLOSED)
         head, sep, note = detail.removeprefix(_INCIDENT_CLOSED).partition(": ")
