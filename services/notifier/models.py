@@ -224,8 +224,9 @@ _INCIDENT_CLOSED = "incident closed: "
 
 
 def history_detail(action: str, detail: str, language: Language) -> str:
-    """A history step's detail in `language`: the system's words translated, a person's
-    note (confirming, rejecting, closing: `<outcome>: <note>`) left as the person wrote it."""
+    """A history step's detail in `language`: the system's words translated, somebody's
+    own words (a note when confirming, rejecting or closing: `<outcome>: <note>`; the
+    listing unit's reason for cancelling) left as written."""
     if language == "en" or (action in _NOTE_ACTIONS and detail != "cancelled"):
         return detail  # ("cancelled": the code's word when the unit gave no reason)
     if action == "closed":
