@@ -21,7 +21,7 @@ from playwright.async_api import expect
 from pypdf import PdfReader
 
 from services.notifier.app import create_app
-from services.notifier.reports import resolve_scope, review_report
+from services.notifier.reports import FIGURE_FIELDS, periods, resolve_scope, review_report
 from services.notifier.settings import NotifierSettings
 from shared.auth import issue_api_key
 from shared.directory import merge_unit
@@ -206,8 +206,19 @@ async def test_units_outside_the_agreement_or_pair_get_404(notifier, directory, 
         assert response.json()["error"]["field"] == field, response.json()
 
 
+STALE_SQL = """SELECT count(*) FROM deliveries d JOIN alerts a USING (alert_id)
+                WHERE (d.raised_at, d.sender, d.kind, d.category, d.late, d.decision,
+                       d.decided_at, d.outcome, d.escalation_level)
+                      IS DISTINCT FROM
+                      (a.raised_at, CASE WHEN a.kind = 'incident' THEN a.owner_unit
+                                         ELSE a.seen_unit END,
+                       a.kind, a.category, a.late, a.decision, a.decided_at, a.outcome,
+                       a.escalation_level)"""
+"""Deliveries whose copy of their alert's figures (migration 0008) differs from the alert."""
+
+
 async def test_a_confirmation_on_the_desk_counts_as_confirmed(
-        env, notifier, directory, topics):
+        env, notifier, directory, topics, pool):
     """The decision is kept on the alert by the workflow itself (closing does not lose
     it), so the report counts what the desk did."""
     hit = make_hit(WANTED)
@@ -227,6 +238,10 @@ async def test_a_confirmation_on_the_desk_counts_as_confirmed(
                    if d["to_unit"] == "CA-30307"]
     assert direction["current"]["confirmed"] == 1
     assert direction["current"]["detained"] == 1
+    # Written, confirmed and closed by the notifier itself: every delivery's copy of the
+    # alert's figures is the alert's.
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") >= 2
+    assert await pool.fetchval(STALE_SQL) == 0
 
 
 async def _alerts(notifier, headers):
@@ -361,3 +376,121 @@ async def test_reports_run_one_at_a_time_and_leave_the_pool_to_the_alerts(
         await locker.close()
     assert [a.status_code for a in answers] == [200] * 6
     assert len({json.dumps(a.json()["totals"]) for a in answers}) == 1
+
+
+# The report as first written: one SQL aggregate joining the alerts with their deliveries,
+# units mapped to the unit they are today in SQL, grouping sets and `percentile_cont`. The
+# report now reads the figures kept on each delivery (migration 0008) and adds the groups
+# up in Python; on varied data the two must agree.
+ORACLE_SQL = """WITH RECURSIVE chain (code, root) AS (
+    SELECT code, code FROM units WHERE successor_code IS NULL
+    UNION ALL
+    SELECT u.code, c.root FROM units u JOIN chain c ON u.successor_code = c.code),
+flows AS (
+    SELECT coalesce(s.root, a.sender) AS sender, coalesce(r.root, d.unit_code) AS receiver,
+           a.raised_at >= $2 AS current, a.kind, a.category,
+           to_char(a.raised_at AT TIME ZONE 'Asia/Ho_Chi_Minh', 'YYYY-MM') AS month,
+           d.acknowledged_at IS NOT NULL AS acknowledged,
+           extract(epoch FROM d.acknowledged_at - d.delivered_at) AS to_ack,
+           a.decision, a.outcome, a.late, a.escalation_level,
+           CASE WHEN a.decision = 'confirmed'
+                THEN extract(epoch FROM a.decided_at - a.raised_at) END AS to_confirm
+      FROM (SELECT alert_id, raised_at, kind, category, decision, outcome, late,
+                   escalation_level, decided_at,
+                   CASE WHEN kind = 'incident' THEN owner_unit ELSE seen_unit END AS sender
+              FROM alerts WHERE raised_at >= $1 AND raised_at < $3) a
+      JOIN deliveries d USING (alert_id)
+      LEFT JOIN chain s ON s.code = a.sender
+      LEFT JOIN chain r ON r.code = d.unit_code)
+SELECT sender, receiver, current, category, month,
+       GROUPING(category) = 0 AS by_category, GROUPING(month) = 0 AS by_month,
+       count(*) AS alerts,
+       count(*) FILTER (WHERE kind = 'hit') AS hit_alerts,
+       count(*) FILTER (WHERE kind = 'incident') AS incident_alerts,
+       count(*) FILTER (WHERE acknowledged) AS acknowledged,
+       count(*) FILTER (WHERE decision = 'confirmed') AS confirmed,
+       count(*) FILTER (WHERE decision = 'rejected') AS rejected,
+       count(*) FILTER (WHERE outcome = 'detained') AS detained,
+       count(*) FILTER (WHERE outcome = 'not_located') AS not_located,
+       count(*) FILTER (WHERE outcome = 'false_match') AS false_match,
+       count(*) FILTER (WHERE outcome = 'caught') AS caught,
+       count(*) FILTER (WHERE outcome = 'lost') AS lost,
+       count(*) FILTER (WHERE outcome = 'false_report') AS false_report,
+       count(*) FILTER (WHERE late) AS late,
+       count(*) FILTER (WHERE escalation_level > 0) AS escalated,
+       coalesce(sum(escalation_level), 0) AS missed_deadlines,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY to_ack) AS ack_median_s,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY to_ack) AS ack_p90_s,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY to_confirm) AS confirm_median_s,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY to_confirm) AS confirm_p90_s
+  FROM flows
+ WHERE sender <> receiver
+   AND (CASE WHEN $5 THEN sender = ANY($4::text[]) OR receiver = ANY($4::text[])
+             ELSE sender = ANY($4::text[]) AND receiver = ANY($4::text[]) END)
+ GROUP BY GROUPING SETS ((sender, receiver, current), (sender, receiver, current, category),
+                         (sender, receiver, current, month))"""
+
+
+def _close(report: dict[str, object], oracle: dict[str, object]) -> None:
+    for name, value in oracle.items():
+        if name.endswith("_s") and value is not None:
+            assert report[name] == pytest.approx(value, abs=0.051), name
+        else:
+            assert report[name] == value, name
+
+
+async def test_the_report_equals_the_join_of_alerts_and_deliveries(env, pool, directory):
+    """4,000 alerts over four months among the Long Xuyên – Cần Thơ parties (the
+    benchmark's generator: both kinds, every category, acknowledged or not, decided,
+    late, escalated), then decided, closed and escalated again after their deliveries
+    were written, and a party merged into another: each direction, category and month of
+    the agreement's, a pair's and a unit's report equals what the alerts joined with their
+    deliveries give, as the report first computed it."""
+    from benchmarks.reports import PARTIES, fill
+    async with pool.acquire() as conn:
+        await fill(conn, 4_000)
+        # Changed after the deliveries were written: the deliveries must follow.
+        await conn.execute(
+            """UPDATE alerts SET outcome = (ARRAY['not_located', 'false_match', 'caught',
+                                                 'lost', 'false_report'])[1 + abs(hashtext(hit_id::text)) % 5],
+                                 escalation_level = escalation_level + 2,
+                                 decision = CASE WHEN decision IS NULL THEN 'confirmed' END,
+                                 decided_at = CASE WHEN decision IS NULL
+                                                   THEN raised_at + interval '77 seconds' END
+                WHERE abs(hashtext(alert_id::text)) % 5 = 0""")
+        await merge_unit(conn, "CA-31207", "CA-31212")
+        assert await conn.fetchval(STALE_SQL) == 0
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") > 9_000
+    agreement = await pool.fetchval(
+        "SELECT id FROM agreements WHERE title LIKE 'Quy chế phối hợp địa bàn giáp ranh%'")
+    start, end = date(2026, 9, 1), date(2026, 10, 31)
+    (begin, finish), (previous_start, _) = periods(start, end)
+    previous_begin = datetime.combine(previous_start, datetime.min.time(), ICT)
+    for params in ({"agreement": agreement, "pair": None, "unit": None},
+                   {"agreement": None, "pair": "CA-30307,CA-31207", "unit": None},
+                   {"agreement": None, "pair": None, "unit": PARTIES[0]}):
+        scope = await resolve_scope(pool, **params)
+        report = await review_report(pool, scope, start, end, now=datetime.now(ICT))
+        oracle = await pool.fetch(ORACLE_SQL, previous_begin, begin, finish, scope.units,
+                                  scope.kind == "unit")
+        directions = {(d.from_unit, d.to_unit): d for d in report.directions}
+        assert oracle and len(directions) >= 2
+        seen: set[tuple[str, str]] = set()
+        for row in oracle:
+            figures = {name: row[name] for name in FIGURE_FIELDS}
+            direction = directions[(row["sender"], row["receiver"])]
+            seen.add((row["sender"], row["receiver"]))
+            if row["by_category"]:
+                if row["current"]:
+                    _close(direction.by_category[row["category"]].model_dump(), figures)
+            elif row["by_month"]:
+                if row["current"]:
+                    _close(direction.by_month[row["month"]].model_dump(), figures)
+            else:
+                _close((direction.current if row["current"] else direction.previous
+                        ).model_dump(), figures)
+        for key, direction in directions.items():  # and nothing the join does not have
+            if key not in seen:
+                assert direction.current.alerts == direction.previous.alerts == 0, key
+            assert sum(f.alerts for f in direction.by_month.values()) == \
+                direction.current.alerts == sum(f.alerts for f in direction.by_category.values())
