@@ -104,6 +104,50 @@ async def test_ingest_refuses_at_once_while_the_database_is_not_keeping_up(
         assert again.status_code == 202
 
 
+async def test_a_write_stuck_past_its_timeout_is_cancelled_and_the_writers_go_on(
+    env, topics, directory, pool
+):
+    """A writer waiting on the database for ever (a lock nobody releases, a connection
+    that went silent) would keep the oldest wait growing and every later report refused.
+    Past GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS its write is cancelled and its request
+    answered 503 to try again (nothing stored); the retry is then written once."""
+    settings = env.settings(IngestSettings, ingest_write_timeout_seconds=0.5,
+                            ingest_max_wait_seconds=5)
+    async for client in _serve(create_ingest(settings)):
+        key = bearer(directory["CA-31212"])
+        assert (await client.post("/v1/sightings", json=sighting(), headers=key)
+                ).status_code == 202
+        blocker = await asyncpg.connect(env.database_url)
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        bodies = [sighting() for _ in range(4)]
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            # (bounded: a write that is never cancelled must fail this test, not hang it)
+            answers = await asyncio.wait_for(asyncio.gather(*(
+                client.post("/v1/sightings", json=body, headers=key) for body in bodies)),
+                timeout=10)
+            took = loop.time() - started
+            assert [a.status_code for a in answers] == [503] * 4, [a.text for a in answers]
+            for answer in answers:
+                assert answer.json()["error"]["code"] == "unavailable"
+                assert "GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS" in answer.json()["error"][
+                    "message"]
+                assert answer.headers["retry-after"] == "1"
+            assert took < 5, took  # (answered while the lock is still held)
+        finally:
+            await holding.rollback()
+            await blocker.close()
+        assert await stored(pool, [b["event_id"] for b in bodies]) == (0, 0)
+        retried = await asyncio.gather(*(
+            client.post("/v1/sightings", json=body, headers=key) for body in bodies))
+        assert [a.status_code for a in retried] == [202] * 4
+        assert not any(a.json()["duplicate"] for a in retried)
+        assert await stored(pool, [b["event_id"] for b in bodies]) == (4, 4)
+
+
 async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_after(
     env, topics, directory, pool
 ):

@@ -37,7 +37,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
         app.state.store = store = IngestStore(pool, settings,
                                               max_lookalikes=settings.max_lookalikes_per_unit)
         app.state.sightings = sightings = GroupCommit(
-            store, SIGHTINGS, max_wait_seconds=settings.ingest_max_wait_seconds)
+            store, SIGHTINGS, max_wait_seconds=settings.ingest_max_wait_seconds,
+            write_timeout_seconds=settings.ingest_write_timeout_seconds)
         app.state.watchlist_writes = RateLimit(settings.watchlist_writes_per_minute,
                                                "watchlist changes")
         app.state.matcher_client = httpx.AsyncClient(

@@ -16,6 +16,12 @@ repeat.
 Load shedding: when the oldest report waiting has waited longer than `max_wait_seconds`,
 the database is not keeping up; a new report is refused at once with 503 `overloaded` and
 `Retry-After`, instead of joining a queue its client would time out in.
+
+A group's write is given `write_timeout_seconds`: past it the statement is cancelled, its
+requests answered 503 (try again: a retry with the same event id is safe, even if the
+database committed at the last moment) and the writer goes on with the next group. A
+writer stuck for ever on a lock or a silent connection would otherwise keep the oldest
+wait growing, and ingest would refuse every report until it came back.
 """
 
 from __future__ import annotations
@@ -51,12 +57,14 @@ class _Waiting:
 
 class GroupCommit:
     def __init__(self, store: IngestStore, spec: TopicSpec, *, writers: int = 3,
-                 max_group: int = 500, max_wait_seconds: float = 1.0):
+                 max_group: int = 500, max_wait_seconds: float = 1.0,
+                 write_timeout_seconds: float = 10.0):
         self._store = store
         self._spec = spec
         self._writers = writers
         self._max_group = max_group
         self.max_wait_seconds = max_wait_seconds
+        self.write_timeout_seconds = write_timeout_seconds
         self._queue: deque[_Waiting] = deque()
         self._writing: dict[int, float] = {}  # (a group being written: its oldest report's time)
         self._wake = asyncio.Event()
@@ -156,9 +164,20 @@ class GroupCommit:
         try:
             # (`_write` is one statement: atomic without a transaction around it, which
             # would cost two more round trips)
-            async with self._store.pool.acquire() as conn:
+            async with asyncio.timeout(self.write_timeout_seconds), \
+                    self._store.pool.acquire() as conn:
                 results = await self._store._write(
                     conn, [waiting.report for waiting in group], spec=self._spec)
+        except TimeoutError:
+            log.warning("%d report(s) not written within %g s: cancelled", len(group),
+                        self.write_timeout_seconds)
+            for waiting in group:
+                if not waiting.future.done():
+                    waiting.future.set_exception(ServiceUnavailable(
+                        f"the database did not store the report within "
+                        f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS "
+                        f"({self.write_timeout_seconds:g} s): try again", retry_after=1))
+            return
         except asyncpg.PostgresError as exc:
             if len(group) > 1 and not isinstance(exc, _CONNECTION_ERRORS):
                 # One report the database refuses must not fail the others waiting with

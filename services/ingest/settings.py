@@ -10,6 +10,11 @@ class IngestSettings(CommonSettings):
         1.0, gt=0, le=60,
         description="Longest a single report may wait to be written (group commit); while "
         "the oldest has waited longer, new ones get 503 `overloaded` with Retry-After.")
+    ingest_write_timeout_seconds: float = Field(
+        10.0, gt=0, le=300,
+        description="Longest one group of reports may take to be written; past it the "
+        "write is cancelled and its requests get 503 with Retry-After (a retry with the "
+        "same event id is safe).")
     relay_batch_size: int = Field(
         1000, ge=1, le=50_000, description="Outbox rows published per relay round."
     )
