@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import glob
+import urllib.parse
 import uuid
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -146,6 +149,156 @@ async def test_a_write_stuck_past_its_timeout_is_cancelled_and_the_writers_go_on
         assert [a.status_code for a in retried] == [202] * 4
         assert not any(a.json()["duplicate"] for a in retried)
         assert await stored(pool, [b["event_id"] for b in bodies]) == (4, 4)
+
+
+class StallingProxy:
+    """TCP in front of PostgreSQL's socket, to make a connection go silent in the middle
+    of a write: `arm(marker, ...)`, and the connection that sends `marker` (a report's
+    event id, which the write's parameters carry) stops passing the server's answers
+    (`"answers"`: the write reaches the database, its answer never comes back) or the
+    write itself (`"both"`); with `"everything"`, every connection, open or new, goes
+    silent too (the database unreachable). `resume()` lets everything through again."""
+
+    def __init__(self, database_url: str):
+        url = urllib.parse.urlsplit(database_url)
+        folder = urllib.parse.parse_qs(url.query)["host"][0]
+        [self._socket] = [path for path in glob.glob(f"{folder}/.s.PGSQL.*")
+                          if not path.endswith(".lock")]
+        self._database = url.path
+        self._links: list[dict[str, Any]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._armed: tuple[bytes, str] | None = None
+        self._silent = False
+
+    async def __aenter__(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{port}{self._database}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    def arm(self, marker: bytes, silence: Literal["answers", "both", "everything"]) -> None:
+        self._armed = (marker, silence)
+
+    def resume(self) -> None:
+        self._silent = False
+        for link in self._links:
+            link["to_server"] = link["to_client"] = True
+            for waiter in link["waiters"]:
+                waiter.set()
+
+    def _trip(self, link: dict[str, Any], data: bytes) -> None:
+        if self._armed is None or self._armed[0] not in data:
+            return
+        silence, self._armed = self._armed[1], None
+        link["to_client"] = False
+        if silence != "answers":
+            link["to_server"] = False
+        if silence == "everything":
+            self._silent = True
+            for other in self._links:
+                other["to_server"] = other["to_client"] = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link: dict[str, Any] = {"to_server": not self._silent,
+                                "to_client": not self._silent, "waiters": []}
+        self._links.append(link)
+        up_reader, up_writer = await asyncio.open_unix_connection(self._socket)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                       way: str) -> None:
+            while data := await source.read(65536):
+                if way == "to_server":
+                    self._trip(link, data)
+                while not link[way]:  # (silent: held until resumed)
+                    waiter = asyncio.Event()
+                    link["waiters"].append(waiter)
+                    await waiter.wait()
+                sink.write(data)
+                await sink.drain()
+            sink.close()  # (one side closed: so is the other)
+
+        for task in (asyncio.create_task(pipe(reader, up_writer, "to_server")),
+                     asyncio.create_task(pipe(up_reader, writer, "to_client"))):
+            self._tasks.add(task)
+
+
+async def _ingest_through(env, proxy: StallingProxy):
+    settings = env.settings(IngestSettings, database_url=proxy.url,
+                            ingest_write_timeout_seconds=0.5, ingest_max_wait_seconds=30)
+    async for client in _serve(create_ingest(settings)):
+        yield client
+
+
+async def test_a_write_whose_answer_is_lost_is_settled_as_stored_not_refused(
+    env, topics, directory, pool
+):
+    """The write commits, then its connection goes silent: the answer never comes back.
+    Past the timeout the writer lets go; what became of the report is settled on another
+    connection: stored, so 202 (a 503 would make a client without an event id store it
+    twice), and no later request is held up by the silent connection."""
+    async with StallingProxy(env.database_url) as proxy:
+        async for client in _ingest_through(env, proxy):
+            key = bearer(directory["CA-31212"])
+            body = sighting()
+            proxy.arm(uuid.UUID(body["event_id"]).bytes, "answers")
+            # (bounded: a writer that waits on the silent connection fails, not hangs, this)
+            answer = await asyncio.wait_for(
+                client.post("/v1/sightings", json=body, headers=key), timeout=10)
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["duplicate"] is False
+            assert await stored(pool, [body["event_id"]]) == (1, 1)
+            later = sighting()
+            assert (await asyncio.wait_for(client.post(
+                "/v1/sightings", json=later, headers=key), timeout=10)).status_code == 202
+            assert await stored(pool, [later["event_id"]]) == (1, 1)
+            proxy.resume()  # (for the service's own connections to close as it stops)
+
+
+async def test_a_write_on_a_silent_connection_is_refused_then_stored_once_on_retry(
+    env, topics, directory, pool
+):
+    """The connection goes silent before the write reaches the database: settled as not
+    stored, answered 503 to try again, in about the timeout; the writer goes on (another
+    connection) and the retry is stored once. When even settling gets no answer (the
+    database unreachable), 503 names the event id to retry with."""
+    async with StallingProxy(env.database_url) as proxy:
+        async for client in _ingest_through(env, proxy):
+            key = bearer(directory["CA-31212"])
+            body = sighting()
+            proxy.arm(uuid.UUID(body["event_id"]).bytes, "both")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answer = await asyncio.wait_for(
+                client.post("/v1/sightings", json=body, headers=key), timeout=10)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "1"
+            assert "did not store the report" in answer.json()["error"]["message"]
+            assert loop.time() - started < 5
+            assert await stored(pool, [body["event_id"]]) == (0, 0)
+            retried = await asyncio.wait_for(
+                client.post("/v1/sightings", json=body, headers=key), timeout=10)
+            assert retried.status_code == 202, retried.text
+            assert await stored(pool, [body["event_id"]]) == (1, 1)
+
+            body = sighting()
+            proxy.arm(uuid.UUID(body["event_id"]).bytes, "everything")
+            answer = await asyncio.wait_for(
+                client.post("/v1/sightings", json=body, headers=key), timeout=10)
+            assert answer.status_code == 503, answer.text
+            error = answer.json()["error"]
+            assert error["field"] == "event_id"
+            assert body["event_id"] in error["message"]
+            assert "may have been stored" in error["message"]
+            proxy.resume()
+            retried = await asyncio.wait_for(
+                client.post("/v1/sightings", json=body, headers=key), timeout=10)
+            assert retried.status_code == 202, retried.text
+            assert await stored(pool, [body["event_id"]]) == (1, 1)
 
 
 async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_after(

@@ -17,11 +17,17 @@ Load shedding: when the oldest report waiting has waited longer than `max_wait_s
 the database is not keeping up; a new report is refused at once with 503 `overloaded` and
 `Retry-After`, instead of joining a queue its client would time out in.
 
-A group's write is given `write_timeout_seconds`: past it the statement is cancelled, its
-requests answered 503 (try again: a retry with the same event id is safe, even if the
-database committed at the last moment) and the writer goes on with the next group. A
-writer stuck for ever on a lock or a silent connection would otherwise keep the oldest
-wait growing, and ingest would refuse every report until it came back.
+A group's write is given `write_timeout_seconds`. Past it the writer lets go of the group
+and goes on with the next one (a writer stuck for ever on a lock or a silent connection
+would keep the oldest wait growing, and ingest would refuse every report until it came
+back). The group's connection is closed at once, not cancelled (a silent connection never
+acknowledges a cancel), and what became of the write is settled apart: on another
+connection the group's server process is ended (`pg_terminate_backend`, waiting until it
+is gone, so its transaction has committed or rolled back for good), then its reports are
+looked up. Those stored are answered 202 as usual (the statement may commit just as the
+time runs out, its answer lost); the others 503 (not stored: try again). When even that
+cannot be settled in time, 503 says the report may have been stored and names its event
+id: a retry with it is never stored twice.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -68,6 +75,7 @@ class GroupCommit:
         self._queue: deque[_Waiting] = deque()
         self._writing: dict[int, float] = {}  # (a group being written: its oldest report's time)
         self._wake = asyncio.Event()
+        self._settling: set[asyncio.Task[None]] = set()
         self.running = False
 
     @property
@@ -105,6 +113,8 @@ class GroupCommit:
             await asyncio.gather(*(self._write_groups() for _ in range(self._writers)))
         finally:
             self.running = False
+            for task in list(self._settling):
+                task.cancel()
             while self._queue:
                 waiting = self._queue.popleft()
                 if not waiting.future.done():
@@ -136,6 +146,66 @@ class GroupCommit:
             if group:
                 await self._write(group)
 
+    async def _let_go(self, conn: asyncpg.Connection, *, abort: bool) -> None:
+        """Give the connection back; with `abort`, closed at once first (a cancelled or
+        broken connection: the pool would wait for ever for a silent one to acknowledge
+        a cancel)."""
+        if abort:
+            conn.terminate()
+        await self._store.pool.release(conn)
+
+    async def _settle(self, group: list[_Waiting], pid: int) -> None:
+        """What became of a group whose write ran out of time (its connection is closed):
+        its server process ended for good on another connection, then each report
+        answered as stored (202) or not (503)."""
+        reports = [waiting.report for waiting in group]
+        limit = self.write_timeout_seconds
+        conn: asyncpg.Connection | None = None
+        try:
+            async with asyncio.timeout(limit):
+                conn = await self._store.pool.acquire()
+                # (false, with a warning, when it already ended on seeing its client go)
+                await conn.fetchval("SELECT pg_terminate_backend($1, $2)", pid,
+                                    max(1, int(limit * 1000)))
+                if await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                    raise TimeoutError(f"server process {pid} still there")
+                stored = await self._store.which_stored(conn, reports)
+            await self._let_go(conn, abort=False)
+        except BaseException as exc:  # unknown: the client retries with the event id
+            if conn is not None:
+                await self._let_go(conn, abort=True)  # (this one may be silent too)
+            log.warning("could not settle %d report(s) whose write ran out of time: %r",
+                        len(group), exc)
+            metrics.HTTP_REJECTIONS.labels(service="ingest", reason="unsettled").inc(
+                len(group))
+            for waiting in group:
+                event_id = waiting.report.event.event_id
+                self._refuse([waiting], lambda: ServiceUnavailable(
+                    "the database did not answer within GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS "
+                    f"({limit:g} s) and the report may have been stored: try again with the "
+                    f"same event id {event_id} (a retry with it is never stored twice)",
+                    field="event_id", retry_after=1))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for waiting, accepted in zip(group, stored, strict=True):
+            if waiting.future.done():
+                continue
+            if accepted is not None:
+                waiting.future.set_result(accepted)
+            else:
+                self._refuse([waiting], lambda: ServiceUnavailable(
+                    "the database did not store the report within "
+                    f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({limit:g} s): try again",
+                    retry_after=1))
+
+    @staticmethod
+    def _refuse(group: list[_Waiting], error: Callable[[], ServiceUnavailable]) -> None:
+        for waiting in group:
+            if not waiting.future.done():
+                waiting.future.set_exception(error())
+
     @staticmethod
     def _fail(group: list[_Waiting], exc: BaseException) -> None:
         """Every request of the group answered 503 (none of its reports was stored), or,
@@ -161,24 +231,33 @@ class GroupCommit:
             self._writing.pop(token, None)
 
     async def _write_group(self, group: list[_Waiting]) -> None:
+        pool = self._store.pool
+        conn: asyncpg.Connection | None = None
         try:
-            # (`_write` is one statement: atomic without a transaction around it, which
-            # would cost two more round trips)
-            async with asyncio.timeout(self.write_timeout_seconds), \
-                    self._store.pool.acquire() as conn:
+            # (`_write`'s insert is one statement: atomic without a transaction around it,
+            # which would cost two more round trips)
+            async with asyncio.timeout(self.write_timeout_seconds):
+                conn = await pool.acquire()
                 results = await self._store._write(
                     conn, [waiting.report for waiting in group], spec=self._spec)
         except TimeoutError:
-            log.warning("%d report(s) not written within %g s: cancelled", len(group),
-                        self.write_timeout_seconds)
-            for waiting in group:
-                if not waiting.future.done():
-                    waiting.future.set_exception(ServiceUnavailable(
-                        f"the database did not store the report within "
-                        f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS "
-                        f"({self.write_timeout_seconds:g} s): try again", retry_after=1))
+            log.warning("%d report(s) not written within %g s: settling what became of "
+                        "them apart", len(group), self.write_timeout_seconds)
+            if conn is None:  # (no connection in time: nothing was written)
+                self._refuse(group, lambda: ServiceUnavailable(
+                    "the database did not take the report within "
+                    f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({self.write_timeout_seconds:g} "
+                    "s): try again", retry_after=1))
+                return
+            pid = conn.get_server_pid()
+            await self._let_go(conn, abort=True)
+            task = asyncio.create_task(self._settle(group, pid))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
             return
         except asyncpg.PostgresError as exc:
+            if conn is not None:
+                await self._let_go(conn, abort=False)  # (the connection is fine)
             if len(group) > 1 and not isinstance(exc, _CONNECTION_ERRORS):
                 # One report the database refuses must not fail the others waiting with
                 # it: each is written alone, and only its own request gets the error.
@@ -187,16 +266,24 @@ class GroupCommit:
                 return
             self._fail(group, exc)
             return
-        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (OSError, asyncpg.InterfaceError) as exc:
+            if conn is not None:
+                await self._let_go(conn, abort=True)
             self._fail(group, exc)
             return
         except BaseException as exc:
+            if conn is not None:
+                await self._let_go(conn, abort=True)
             for waiting in group:
                 if not waiting.future.done():
                     waiting.future.set_exception(
-                        ServiceUnavailable("ingest is stopping: try again", retry_after=1)
+                        ServiceUnavailable(
+                            "ingest is stopping: try again with the same event id "
+                            f"{waiting.report.event.event_id} (it may have been stored)",
+                            field="event_id", retry_after=1)
                         if isinstance(exc, asyncio.CancelledError) else exc)
             raise
+        await self._let_go(conn, abort=False)
         metrics.GROUP_COMMIT_SIZE.observe(len(group))
         for waiting, result in zip(group, results, strict=True):
             if waiting.future.done():

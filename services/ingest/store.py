@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import unicodedata
 from dataclasses import dataclass
@@ -72,6 +73,18 @@ def lookalike_keys(entry: WatchlistEntry) -> tuple[str | None, str | None]:
     name = f"{fold(entry.full_name)}|{year or ''}" if entry.full_name else None
     digits = national_id_digits(entry.national_id) if entry.national_id else None
     return name, digits or None
+
+
+def _as_stored(report: Report, row: asyncpg.Record | None) -> Accepted | None:
+    """The acceptance of `report` if `row` (its id's stored event) is this same request:
+    same unit, type and body; a duplicate unless this very report wrote it (the time ingest
+    received it is stored with it)."""
+    event = report.event
+    if row is None or (row["unit_code"], row["type"], row["request_hash"]) != (
+            event.producer_unit, event.type, report.fingerprint):
+        return None
+    return Accepted(event.event_id, row["type"], row["recorded_at"],
+                    duplicate=row["recorded_at"] != event.recorded_at)
 
 
 class IngestStore:
@@ -163,6 +176,7 @@ class IngestStore:
             )
         }
         fresh = [r for r in reports if r.event.event_id in inserted]
+        # (a second statement, only when some id was seen before: the first has committed)
         repeated = {
             row["event_id"]: row
             for row in await conn.fetch(
@@ -178,22 +192,26 @@ class IngestStore:
                 results.append(Accepted(event.event_id, event.type, inserted[event.event_id],
                                         duplicate=False))
                 continue
-            row = repeated.get(event.event_id)
-            same = row is not None and (
-                row["unit_code"] == event.producer_unit
-                and row["type"] == event.type
-                and row["request_hash"] == report.fingerprint
-            )
-            if not same:
+            accepted = _as_stored(report, repeated.get(event.event_id))
+            if accepted is None:
                 # Also a repeated id inside one batch with different bodies.
                 where = f"{index}.event_id" if len(reports) > 1 else "event_id"
                 results.append(Conflict(
                     f"event id {event.event_id} was already used for a different request",
                     field=where))
                 continue
-            results.append(Accepted(event.event_id, row["type"], row["recorded_at"],
-                                    duplicate=True))
+            results.append(dataclasses.replace(accepted, duplicate=True))
         return results
+
+    @staticmethod
+    async def which_stored(conn: asyncpg.Connection,
+                           reports: list[Report]) -> list[Accepted | None]:
+        """Each report's acceptance if it is stored (by this request or an earlier one
+        with the same body), else None: for a write whose answer was lost."""
+        rows = {row["event_id"]: row for row in await conn.fetch(
+            "SELECT event_id, type, unit_code, request_hash, recorded_at FROM events "
+            "WHERE event_id = ANY($1::uuid[])", [r.event.event_id for r in reports])}
+        return [_as_stored(report, rows.get(report.event.event_id)) for report in reports]
 
     async def upsert_watchlist_entry(
         self, entry: WatchlistEntry, *, unit_code: str, actor: Actor | None = None
