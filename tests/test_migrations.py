@@ -133,3 +133,44 @@ async def test_a_database_from_the_single_shared_layout_upgrades_to_the_same_sch
     finally:
         await old.close()
         await fresh.close()
+
+
+async def test_the_delivery_figures_migration_waits_for_a_notifier_raising_alerts(pg, blank_db,
+                                                                                   tmp_path):
+    """notifier/0008 runs while a notifier raises an alert (it locks alerts, then
+    deliveries): the migration waits for it, and both succeed; taking deliveries first
+    deadlocked, and one of them failed."""
+    from shared.db import SCHEMA, migrations_folder
+
+    for component, package in SCHEMA:
+        folder = migrations_folder(package)
+        if component == "notifier":
+            folder = tmp_path
+            for path in migrations_folder(package).glob("000[1-7]_*.sql"):
+                write(tmp_path, path.name, path.read_text())
+        await apply_migrations(blank_db, folder, component=component)
+    dsn = pg.dsn(await blank_db.fetchval("SELECT current_database()"))
+    notifier = await asyncpg.connect(dsn)
+    migrating = await asyncpg.connect(dsn)
+    try:
+        raising = notifier.transaction()
+        await raising.start()
+        await notifier.execute("LOCK TABLE alerts IN ROW EXCLUSIVE MODE")  # (its INSERT)
+        migration = asyncio.create_task(apply_migrations(
+            migrating, migrations_folder("services.notifier"), component="notifier"))
+        pid = migrating.get_server_pid()
+        for _ in range(200):  # until the migration waits on a lock
+            if await blank_db.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                    pid):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the migration never waited for the notifier's alert")
+        await notifier.execute("SET lock_timeout = '10s'")
+        await notifier.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # (its INSERT)
+        await raising.commit()
+        assert (await asyncio.wait_for(migration, timeout=30))[0] == 8
+    finally:
+        await notifier.close()
+        await migrating.close()

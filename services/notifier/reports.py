@@ -322,8 +322,15 @@ def _percentiles(groups: list[np.ndarray]) -> tuple[float | None, float | None]:
     if not groups:
         return None, None
     times = np.concatenate(groups)
-    median, p90 = np.quantile(times, (0.5, 0.9), method="linear")
-    return round(float(median), 1), round(float(p90), 1)
+    last = len(times) - 1
+    # `percentile_cont`'s own arithmetic (float8_lerp: lo + (hi - lo) * proportion), not
+    # np.quantile's (which computes some as hi - (hi - lo) * (1 - proportion)): one last bit
+    # apart, enough to round a tenth the other way.
+    rows = [(q * last, math.floor(q * last), math.ceil(q * last)) for q in (0.5, 0.9)]
+    part = np.partition(times, sorted({row for _, *pair in rows for row in pair}))
+    median, p90 = (float(part[first]) + (float(part[second]) - float(part[first]))
+                   * (position - first) for position, first, second in rows)
+    return round(median, 1), round(p90, 1)
 
 
 def _sum(figures: list[Figures]) -> Figures:

@@ -76,7 +76,13 @@ class AlertRepository:
         """(alert id, unit, reasons, unit name, delivered at) rows, in one statement, each
         with its alert's figures for the review reports (migration 0008) copied here by a
         join: cheaper on the hot path than the trigger that fills them for other writers
-        (1,500 deliveries: ~55 ms against ~75 ms, and ~65-110 ms one statement each)."""
+        (1,500 deliveries: ~55 ms against ~75 ms, and ~65-110 ms one statement each).
+
+        The join reads each alert without locking it, so the caller must hold every
+        alert's row already: an alert inserted in the same transaction, or one locked
+        FOR UPDATE (`incident_alert`, `claim_overdue`, `_locked`). An update of the alert
+        committed meanwhile would otherwise not reach this delivery's copy (the trigger
+        other writers go through locks the alert itself: migration 0009)."""
         if not rows:
             return
         await conn.execute(

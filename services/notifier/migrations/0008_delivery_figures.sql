@@ -5,6 +5,13 @@
 -- outcome, escalation_level), copied from the alert as the delivery is written and again
 -- whenever the alert's change, by the database: no writer can forget them (a delivery
 -- without them is refused).
+-- Locks first, in the order the notifier takes them (an alert, then its deliveries): taking
+-- deliveries first deadlocked with a notifier still raising alerts during the upgrade.
+-- Alerts are readable throughout; raising, deciding and reading deliveries wait for this
+-- migration (~45 s per million deliveries on a small machine).
+LOCK TABLE alerts IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE;
+
 ALTER TABLE deliveries
     ADD COLUMN raised_at timestamptz,
     ADD COLUMN sender text,
