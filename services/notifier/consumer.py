@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 
@@ -111,7 +112,10 @@ def announcement(alert: NewAlert) -> AlertRaised:
     metrics.SIGHTING_TO_ALERT.observe(max(0.0, (now - alert.hit.reported_at).total_seconds()))
     # Built without validating again what was validated already (the hit, as it was
     # decoded; the recipients, as they were chosen): a thousand a second.
+    # (every field given: for one left to its default_factory, model_construct inspects
+    # the factory's signature each time, ~3 % of the notifier's CPU at a thousand a second)
     return AlertRaised.model_construct(
+        event_id=uuid4(), type="AlertRaised", schema_version=1, producer_unit=None,
         occurred_at=now, recorded_at=now, correlation_id=alert.hit.correlation(),
         alert_id=alert.alert_id, hit_id=alert.hit.hit_id, entry_id=alert.hit.entry.entry_id,
         category=alert.hit.entry.category, recipients=tuple(alert.recipients),
