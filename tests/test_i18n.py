@@ -101,8 +101,7 @@ def test_why_you_and_history_texts_have_their_vietnamese(catalogue):
                  timedelta(minutes=10), timedelta(hours=1))),
              workflow.incident_raised_detail(4, "immediate"),
              workflow.incident_update_detail(suspects=2, vehicles=1, fled_towards=["CA-1"],
-                                             fled_bearing=270, added=["CA-2", "CA-3"],
-                                             note=None),
+                                             fled_bearing=270, added=["CA-2", "CA-3"]),
              workflow.incident_closed_detail("caught")]
     for text in texts:
         vi(catalogue, text)
@@ -123,10 +122,16 @@ def test_why_you_and_history_texts_have_their_vietnamese(catalogue):
     assert vi(catalogue, step.detail) == (
         "CA-30307 không xác nhận trong 10 phút (thời hạn lần 1); đã chuyển lên PC-AG")
     assert vi(catalogue, step.reason).startswith("chuyển cấp trên: CA-30307 không xác nhận")
-    # A reporter's own note is left as written, the rest translated.
-    assert vi(catalogue, workflow.incident_update_detail(
-        suspects=1, vehicles=0, fled_towards=[], fled_bearing=None, added=[],
-        note="chạy về phía cầu")) == "bổ sung 1 đối tượng; chạy về phía cầu"
+    # A reporter's own note is left as written, the rest translated, even a note that
+    # reads like a text of the catalogue.
+    from services.notifier.models import history_step
+    for note in ("chạy về phía cầu", "caught", "1 suspect(s) added"):
+        step = history_step({"at": EVALUATION_TIME, "action": "updated", "unit_code": "CA-1",
+                             "person_name": None, "note": note,
+                             "detail": workflow.incident_update_detail(
+                                 suspects=1, vehicles=0, fled_towards=[], fled_bearing=None,
+                                 added=[])}, "vi")
+        assert step.detail == f"bổ sung 1 đối tượng; {note}"
 
 
 @pytest.mark.parametrize("dataset", ["matching-dev", "matching-dev-v2"])

@@ -184,7 +184,7 @@ async def test_updates_add_suspects_and_direction_and_only_the_reporting_unit_ma
         assert foreign.status_code == 404 and foreign.json()["error"]["field"] == "incident_id"
 
     update = {"event_id": str(uuid4()), "fled_towards": [FLED_TO],
-              "vehicles": [{"plate": "65-C1 999.99"}], "note": "đổi hướng"}
+              "vehicles": [{"plate": "65-C1 999.99"}], "note": "caught"}
     for _ in range(2):  # a retried update changes nothing more
         sent = await ingest.post(f"/v1/incidents/{incident_id}/update", json=update,
                                  headers=bearer(directory[HOME]))
@@ -200,7 +200,15 @@ async def test_updates_add_suspects_and_direction_and_only_the_reporting_unit_ma
 
     history = await notifier.get(f"/v1/alerts/{fled['alert_id']}/history",
                                  headers=bearer(directory[HOME]))
-    assert any("fled towards CA-31299" in (step["detail"] or "") for step in history.json())
+    [step] = [s for s in history.json() if s["action"] == "updated"]
+    assert "fled towards CA-31299" in step["detail"] and step["detail"].endswith(
+        "; caught")
+    # In Vietnamese the system's words are translated, the reporter's note is as written
+    # (it reads like a word of the catalogue: it was translated with the rest).
+    history = await notifier.get(f"/v1/alerts/{fled['alert_id']}/history",
+                                 headers={**bearer(directory[HOME]), "Accept-Language": "vi"})
+    [step] = [s for s in history.json() if s["action"] == "updated"]
+    assert "fled towards" not in step["detail"] and step["detail"].endswith("; caught")
 
     bad = await ingest.post(f"/v1/incidents/{incident_id}/update",
                             json={"fled_towards": ["CA-99999"]}, headers=bearer(directory[HOME]))

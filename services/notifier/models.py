@@ -241,6 +241,8 @@ def history_step(row: Any, language: Language) -> HistoryStep:
     detail = row["detail"]
     if detail:
         detail = history_detail(row["action"], detail, language)
+    if row["note"]:  # (somebody's own words, after the system's, as written)
+        detail = "; ".join(part for part in (detail, row["note"]) if part)
     return HistoryStep(at=row["at"], action=row["action"],
                        label=translate(row["action"], language) if language != "en"
                        else row["action"], unit_code=row["unit_code"], detail=detail,

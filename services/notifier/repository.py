@@ -261,11 +261,14 @@ class AlertRepository:
     @staticmethod
     async def add_history(conn: asyncpg.Connection, alert_id: UUID, at: datetime, action: str,
                           unit_code: str | None, detail: str | None,
-                          person_id: int | None = None, person_name: str | None = None) -> None:
+                          person_id: int | None = None, person_name: str | None = None,
+                          note: str | None = None) -> None:
+        """`detail`: the system's words (translated when read); `note`: somebody's own
+        (shown as written)."""
         await conn.execute(
             "INSERT INTO alert_history (alert_id, at, action, unit_code, detail, person_id, "
-            "person_name) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            alert_id, at, action, unit_code, detail, person_id, person_name)
+            "person_name, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            alert_id, at, action, unit_code, detail, person_id, person_name, note)
 
     @staticmethod
     async def recipients(conn: asyncpg.Connection | asyncpg.Pool,
@@ -320,7 +323,7 @@ class AlertRepository:
 
     async def history(self, alert_id: UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            "SELECT at, action, unit_code, detail, person_name FROM alert_history "
+            "SELECT at, action, unit_code, detail, note, person_name FROM alert_history "
             "WHERE alert_id = $1 "
             "ORDER BY id", alert_id)
 

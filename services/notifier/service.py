@@ -256,10 +256,9 @@ class AlertService:
             {code: directory.name(code) for code in added}, now)
         detail = workflow.incident_update_detail(
             suspects=len(update.suspects), vehicles=len(update.vehicles),
-            fled_towards=update.fled_towards, fled_bearing=update.fled_bearing, added=added,
-            note=update.note)
+            fled_towards=update.fled_towards, fled_bearing=update.fled_bearing, added=added)
         await self._repo.add_history(conn, row["alert_id"], now, "updated",
-                                     update.producer_unit, detail)
+                                     update.producer_unit, detail, note=update.note)
         await self._publish(conn, [AlertChange(
             row["alert_id"], "updated", "updated",
             await self._repo.recipients(conn, row["alert_id"]))], now)

@@ -141,9 +141,9 @@ def incident_raised_detail(count: int, severity: str) -> str:
 
 
 def incident_update_detail(*, suspects: int, vehicles: int, fled_towards: Sequence[str],
-                           fled_bearing: int | None, added: Sequence[str],
-                           note: str | None) -> str:
-    """What an update of an incident changed, in its history (the reporter's note last)."""
+                           fled_bearing: int | None, added: Sequence[str]) -> str:
+    """What an update of an incident changed, in its history (the reporter's note is kept
+    apart: `alert_history.note`)."""
     return "; ".join(part for part in (
         N_("{count} suspect(s) added").format(count=suspects) if suspects else "",
         N_("{count} vehicle(s) added").format(count=vehicles) if vehicles else "",
@@ -152,7 +152,7 @@ def incident_update_detail(*, suspects: int, vehicles: int, fled_towards: Sequen
         N_("direction of flight {bearing}°").format(bearing=fled_bearing)
         if fled_bearing is not None else "",
         N_("now also to {units}").format(units=", ".join(added)) if added else "",
-        note or "") if part)
+        ) if part)
 
 
 def incident_closed_detail(detail: str) -> str:
