@@ -177,6 +177,7 @@ class StallingProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.resume()  # (a failed test: its service's connections close as it stops)
         self._server.close()
         for task in self._tasks:
             task.cancel()
@@ -440,3 +441,29 @@ async def test_a_report_the_database_refuses_fails_alone_not_its_group(ingest, d
     assert [a.status_code for a in answers[:15] + answers[16:]] == [202] * 30
     assert await stored(pool, [b["event_id"] for b in fine]) == (30, 30)
     assert await stored(pool, [poison["event_id"]]) == (0, 0)
+
+
+async def test_a_batch_whose_connection_goes_silent_is_settled_too(env, topics, directory, pool):
+    """A batch is one transaction on its own connection: past the write timeout it is
+    settled like a group (none stored: 503, whether the write never reached the database
+    or its answer never came back, so the transaction never committed); a silent
+    connection used to hold the request, and a pool connection, for ever."""
+    async with StallingProxy(env.database_url) as proxy:
+        async for client in _ingest_through(env, proxy):
+            key = bearer(directory["CA-31212"])
+            for silence in ("both", "answers"):
+                bodies = [sighting() for _ in range(3)]
+                proxy.arm(uuid.UUID(bodies[1]["event_id"]).bytes, silence)
+                answer = await asyncio.wait_for(client.post(
+                    "/v1/sightings/batch", json={"sightings": bodies}, headers=key),
+                    timeout=10)
+                assert answer.status_code == 503, answer.text
+                ids = [b["event_id"] for b in bodies]
+                assert "did not store the reports" in answer.json()["error"]["message"]
+                assert await stored(pool, ids) == (0, 0)
+                again = await asyncio.wait_for(client.post(
+                    "/v1/sightings/batch", json={"sightings": bodies}, headers=key),
+                    timeout=10)
+                assert again.status_code == 202, again.text
+                assert await stored(pool, ids) == (3, 3)
+            proxy.resume()

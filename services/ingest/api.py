@@ -196,7 +196,8 @@ async def report_sightings(
         for item in body.sightings
     ]
     try:
-        results = await store.record_many(reports, spec=SIGHTINGS)
+        results = await store.record_many(
+            reports, spec=SIGHTINGS, timeout=settings.ingest_write_timeout_seconds)
     except Conflict as conflict:
         raise Conflict(conflict.message, field=f"sightings.{conflict.field}") from None
     views = [_view(result) for result in results]

@@ -147,12 +147,7 @@ class GroupCommit:
                 await self._write(group)
 
     async def _let_go(self, conn: asyncpg.Connection, *, abort: bool) -> None:
-        """Give the connection back; with `abort`, closed at once first (a cancelled or
-        broken connection: the pool would wait for ever for a silent one to acknowledge
-        a cancel)."""
-        if abort:
-            conn.terminate()
-        await self._store.pool.release(conn)
+        await self._store.let_go(conn, abort=abort)
 
     async def _settle(self, group: list[_Waiting], pid: int) -> None:
         """What became of a group whose write ran out of time (its connection is closed):
@@ -160,21 +155,9 @@ class GroupCommit:
         answered as stored (202) or not (503)."""
         reports = [waiting.report for waiting in group]
         limit = self.write_timeout_seconds
-        conn: asyncpg.Connection | None = None
         try:
-            async with asyncio.timeout(limit):
-                conn = await self._store.pool.acquire()
-                # (false, with a warning, when it already ended on seeing its client go)
-                await conn.fetchval("SELECT pg_terminate_backend($1, $2)", pid,
-                                    max(1, int(limit * 1000)))
-                if await conn.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
-                    raise TimeoutError(f"server process {pid} still there")
-                stored = await self._store.which_stored(conn, reports)
-            await self._let_go(conn, abort=False)
+            stored = await self._store.settle(pid, reports, limit)
         except BaseException as exc:  # unknown: the client retries with the event id
-            if conn is not None:
-                await self._let_go(conn, abort=True)  # (this one may be silent too)
             log.warning("could not settle %d report(s) whose write ran out of time: %r",
                         len(group), exc)
             metrics.HTTP_REJECTIONS.labels(service="ingest", reason="unsettled").inc(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import unicodedata
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from shared import audit
 from shared.audit import Actor
-from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
+from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.events import (
     Event,
     WatchlistEntry,
@@ -121,11 +122,91 @@ class IngestStore:
         [accepted] = await self.record_many([Report(event, fingerprint, person_id)], spec=spec)
         return accepted
 
-    async def record_many(self, reports: list[Report], *, spec: TopicSpec) -> list[Accepted]:
+    async def record_many(self, reports: list[Report], *, spec: TopicSpec,
+                          timeout: float | None = None) -> list[Accepted]:
         """Store a batch of events and their outbox rows in one transaction, all or none.
-        Each outbox row is the event as `spec` publishes it (topic, key, encoding)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await self._record(conn, reports, spec=spec)
+        Each outbox row is the event as `spec` publishes it (topic, key, encoding).
+
+        With `timeout`: past it the connection is closed and what became of the batch is
+        settled (`settle`): all stored, their acceptances; none, 503 to try again; not
+        known, 503 to send it again with the same event ids."""
+        if timeout is None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await self._record(conn, reports, spec=spec)
+        conn: asyncpg.Connection | None = None
+        healthy = False
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await self._pool.acquire()
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    results = await self._record(conn, reports, spec=spec)
+                except (Conflict, asyncpg.PostgresError):
+                    await transaction.rollback()
+                    healthy = True
+                    raise
+                await transaction.commit()
+                healthy = True
+        except TimeoutError:
+            if conn is None:
+                raise ServiceUnavailable(
+                    "the database did not take the report within "
+                    f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({timeout:g} s): try again",
+                    retry_after=1) from None
+            pid = conn.get_server_pid()
+            await self.let_go(conn, abort=True)
+            conn = None
+            try:
+                stored = await self.settle(pid, reports, timeout)
+            except Exception:  # noqa: BLE001 - not known: said so
+                raise ServiceUnavailable(
+                    "the database did not answer within GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS "
+                    f"({timeout:g} s) and the reports may have been stored: send them again "
+                    "with the same event ids (a retry with them is never stored twice)",
+                    retry_after=1) from None
+            if all(accepted is not None for accepted in stored):
+                return stored  # type: ignore[return-value]
+            raise ServiceUnavailable(
+                "the database did not store the reports within "
+                f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({timeout:g} s): try again",
+                retry_after=1) from None
+        finally:
+            if conn is not None:
+                await self.let_go(conn, abort=not healthy)
+        return results
+
+    async def let_go(self, conn: asyncpg.Connection, *, abort: bool) -> None:
+        """Give the connection back to the pool; with `abort`, closed at once first (a
+        cancelled or broken connection: the pool would wait for ever for a silent one to
+        acknowledge a cancel, or to roll back)."""
+        if abort:
+            conn.terminate()
+        await self._pool.release(conn)
+
+    async def settle(self, pid: int, reports: list[Report],
+                     limit: float) -> list[Accepted | None]:
+        """What became of a write whose connection was closed before its answer came:
+        on another connection its server process is ended for good (waiting until it is
+        gone, so that its transaction has committed or rolled back), then each report
+        looked up. Raises when that cannot be done within `limit` seconds."""
+        conn: asyncpg.Connection | None = None
+        try:
+            async with asyncio.timeout(limit):
+                conn = await self._pool.acquire()
+                # (false, with a warning, when it already ended on seeing its client go)
+                await conn.fetchval("SELECT pg_terminate_backend($1, $2)", pid,
+                                    max(1, int(limit * 1000)))
+                if await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                    raise TimeoutError(f"server process {pid} is still there")
+                stored = await self.which_stored(conn, reports)
+        except BaseException:
+            if conn is not None:
+                await self.let_go(conn, abort=True)  # (this one may be silent too)
+            raise
+        await self.let_go(conn, abort=False)
+        return stored
 
     async def _record(
         self, conn: asyncpg.Connection, reports: list[Report], *, spec: TopicSpec
