@@ -20,7 +20,9 @@ made, the read matched live or by the look-back). And `--checks` checks of the w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random
 import time
 import uuid
@@ -49,6 +51,9 @@ class Stack:
     broker: str
     keys: dict[str, str]
     database: str | None = None
+    processes: dict[str, int] = field(default_factory=dict)
+    """The services' process ids, and the dev command's (its broker is its child)."""
+    data_dir: Path | None = None
 
     @classmethod
     def running(cls, data_dir: Path) -> Stack:
@@ -56,7 +61,9 @@ class Stack:
         try:
             details = json.loads(lock.read_text())
             return cls(details["ingest"], details["notifier"], details["broker"],
-                       json.loads(keys.read_text()), details.get("database"))
+                       json.loads(keys.read_text()), details.get("database"),
+                       {**details.get("children", {}), "dev": details.get("pid", 0)},
+                       data_dir.resolve())
         except (OSError, ValueError, KeyError):
             raise SystemExit(f"no running giapranh dev found in {data_dir}: start `giapranh dev` "
                              "first (with its demo data), or pass --data-dir") from None
@@ -69,6 +76,8 @@ class Result:
     received: int
     latencies: list[float]
     hops: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each part of the stack used while the rate ran (`cpu_seconds`)."""
 
     def quantile(self, q: float) -> float:
         if not self.latencies:
@@ -156,6 +165,7 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     ready = asyncio.Event()
     listener = asyncio.create_task(listen(ready))
     await ready.wait()
+    cpu_before = cpu_seconds(stack)
     per_tick = max(1, round(rate * TICK))
     headers = {"Authorization": f"Bearer {stack.keys[SEER]}"}
     sent = 0
@@ -188,8 +198,47 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     except TimeoutError:
         pass
     listener.cancel()
+    cpu = {name: used - cpu_before.get(name, 0.0)
+           for name, used in cpu_seconds(stack).items()}
     hops = await hop_budget(stack, sent_wall, received_wall)
-    return Result(rate, total, len(latencies), latencies, hops)
+    return Result(rate, total, len(latencies), latencies, hops, cpu)
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far (user + system) by each service, PostgreSQL (its server
+    and every backend), the broker and this load generator: where a rate's CPU went, per
+    alert, so that a change's cost shows even when the machine's noise hides it in the
+    latencies. Empty without psutil (the `bench` extra)."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+
+    def used(process: psutil.Process) -> float:
+        try:
+            times = process.cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            return 0.0
+
+    totals: dict[str, float] = {"load generator": used(psutil.Process())}
+    for name, pid in stack.processes.items():
+        if name == "dev":
+            continue
+        with contextlib.suppress(psutil.Error):
+            totals[name] = used(psutil.Process(pid))
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(stack.processes.get("dev", 0)).children():
+            if "tansu" in " ".join(child.cmdline()):
+                totals["broker"] = used(child)
+    pgdata = str(stack.data_dir / "pgdata") if stack.data_dir else None
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if pgdata and "-D" in cmdline and pgdata in cmdline:  # (the server: its backends
+            with contextlib.suppress(psutil.Error):           # are its children)
+                totals["PostgreSQL"] = used(process) + sum(
+                    used(child) for child in process.children())
+    return totals
 
 
 HOPS = ("client → ingest", "ingest → relayed", "relayed → matched", "matched → notifier",
@@ -342,6 +391,13 @@ async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float
         for hop, values in result.hops.items():
             if values:
                 console.print(f"         {hop:<20} {percentiles(values)}")
+        if result.cpu and result.received:
+            per_alert = {name: 1e6 * used / result.received for name, used in result.cpu.items()}
+            console.print("         CPU per alert: " + ", ".join(
+                f"{name} {micros:,.0f} µs" for name, micros in per_alert.items())
+                + f"; total {sum(per_alert.values()):,.0f} µs (at this cost, {os.cpu_count()} "
+                f"cores carry at most ~{os.cpu_count() * 1e6 / sum(per_alert.values()):,.0f} "
+                "alerts/s; idle work inflates it at low rates)")
     best = max((r.rate for r in results if r.sustained(max_p99)), default=None)
     console.print(f"highest sustained rate: {best or 'none'} sightings/s "
                   f"(every alert delivered, p99 <= {max_p99 * 1000:.0f} ms)")

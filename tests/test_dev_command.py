@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,10 @@ def test_dev_starts_everything_raises_the_example_alert_and_stops_on_ctrl_c(tmp_
         # Half the sightings are of people on no list: 20 alerts expected, not 40.
         assert "20 sightings/s (50% matching): 20/20 alerts" in bench.stdout
         assert "highest sustained rate: 20 sightings/s" in bench.stdout
+        # Where the CPU went, per alert, each part of the stack found and counted.
+        [cpu] = [line for line in bench.stdout.splitlines() if "CPU per alert:" in line]
+        for part in ("load generator", "ingest", "matcher", "notifier", "broker", "PostgreSQL"):
+            assert re.search(rf"{part} [1-9][\d,]* µs", cpu), (part, cpu)
         assert "pursuit: incident → alert at the neighbour: 3/3" in bench.stdout
         assert "pursuit: incident → hot list matches a plate read: 3/3" in bench.stdout
         assert "checks (POST /v1/checks, one at a time): 20" in bench.stdout
