@@ -146,9 +146,6 @@ class GroupCommit:
             if group:
                 await self._write(group)
 
-    async def _let_go(self, conn: asyncpg.Connection, *, abort: bool) -> None:
-        await self._store.let_go(conn, abort=abort)
-
     async def _settle(self, group: list[_Waiting], pid: int) -> None:
         """What became of a group whose write ran out of time (its connection is closed):
         its server process ended for good on another connection, then each report
@@ -214,13 +211,12 @@ class GroupCommit:
             self._writing.pop(token, None)
 
     async def _write_group(self, group: list[_Waiting]) -> None:
-        pool = self._store.pool
         conn: asyncpg.Connection | None = None
         try:
             # (`_write`'s insert is one statement: atomic without a transaction around it,
             # which would cost two more round trips)
             async with asyncio.timeout(self.write_timeout_seconds):
-                conn = await pool.acquire()
+                conn = await self._store.pool.acquire()
                 results = await self._store._write(
                     conn, [waiting.report for waiting in group], spec=self._spec)
         except TimeoutError:
@@ -233,14 +229,14 @@ class GroupCommit:
                     "s): try again", retry_after=1))
                 return
             pid = conn.get_server_pid()
-            await self._let_go(conn, abort=True)
+            await self._store.let_go(conn, abort=True)
             task = asyncio.create_task(self._settle(group, pid))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
             return
         except asyncpg.PostgresError as exc:
             if conn is not None:
-                await self._let_go(conn, abort=False)  # (the connection is fine)
+                await self._store.let_go(conn, abort=False)  # (the connection is fine)
             if len(group) > 1 and not isinstance(exc, _CONNECTION_ERRORS):
                 # One report the database refuses must not fail the others waiting with
                 # it: each is written alone, and only its own request gets the error.
@@ -251,12 +247,12 @@ class GroupCommit:
             return
         except (OSError, asyncpg.InterfaceError) as exc:
             if conn is not None:
-                await self._let_go(conn, abort=True)
+                await self._store.let_go(conn, abort=True)
             self._fail(group, exc)
             return
         except BaseException as exc:
             if conn is not None:
-                await self._let_go(conn, abort=True)
+                await self._store.let_go(conn, abort=True)
             for waiting in group:
                 if not waiting.future.done():
                     waiting.future.set_exception(
@@ -266,7 +262,7 @@ class GroupCommit:
                             field="event_id", retry_after=1)
                         if isinstance(exc, asyncio.CancelledError) else exc)
             raise
-        await self._let_go(conn, abort=False)
+        await self._store.let_go(conn, abort=False)
         metrics.GROUP_COMMIT_SIZE.observe(len(group))
         for waiting, result in zip(group, results, strict=True):
             if waiting.future.done():
