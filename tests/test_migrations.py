@@ -135,11 +135,13 @@ async def test_a_database_from_the_single_shared_layout_upgrades_to_the_same_sch
         await fresh.close()
 
 
-async def test_the_delivery_figures_migration_waits_for_a_notifier_raising_alerts(pg, blank_db,
-                                                                                   tmp_path):
-    """notifier/0008 runs while a notifier raises an alert (it locks alerts, then
-    deliveries): the migration waits for it, and both succeed; taking deliveries first
-    deadlocked, and one of them failed."""
+@pytest.mark.parametrize("flow", ["raising", "deciding"])
+async def test_the_delivery_figures_migration_waits_for_a_notifier_at_work(pg, blank_db,
+                                                                         tmp_path, flow):
+    """notifier/0008 runs while a notifier raises an alert (it writes alerts, then
+    deliveries) or decides one (it locks the alert with its deliveries FOR UPDATE, then
+    updates both): the migration waits for it, and both succeed; taking deliveries first,
+    or a lock on alerts that let FOR UPDATE through, deadlocked, and one of them failed."""
     from shared.db import SCHEMA, migrations_folder
 
     for component, package in SCHEMA:
@@ -155,7 +157,11 @@ async def test_the_delivery_figures_migration_waits_for_a_notifier_raising_alert
     try:
         raising = notifier.transaction()
         await raising.start()
-        await notifier.execute("LOCK TABLE alerts IN ROW EXCLUSIVE MODE")  # (its INSERT)
+        if flow == "raising":
+            await notifier.execute("LOCK TABLE alerts IN ROW EXCLUSIVE MODE")  # (its INSERT)
+        else:
+            await notifier.execute("SELECT 1 FROM alerts a JOIN deliveries d USING (alert_id) "
+                                   "FOR UPDATE OF a")
         migration = asyncio.create_task(apply_migrations(
             migrating, migrations_folder("services.notifier"), component="notifier"))
         pid = migrating.get_server_pid()
@@ -169,6 +175,7 @@ async def test_the_delivery_figures_migration_waits_for_a_notifier_raising_alert
             raise AssertionError("the migration never waited for the notifier's alert")
         await notifier.execute("SET lock_timeout = '10s'")
         await notifier.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # (its INSERT)
+        await notifier.execute("LOCK TABLE alerts IN ROW EXCLUSIVE MODE")  # (its UPDATE)
         await raising.commit()
         assert (await asyncio.wait_for(migration, timeout=30))[0] == 8
     finally:

@@ -262,7 +262,6 @@ class GroupCommit:
                             field="event_id", retry_after=1)
                         if isinstance(exc, asyncio.CancelledError) else exc)
             raise
-        await self._store.let_go(conn, abort=False)
         metrics.GROUP_COMMIT_SIZE.observe(len(group))
         for waiting, result in zip(group, results, strict=True):
             if waiting.future.done():
@@ -271,4 +270,5 @@ class GroupCommit:
                 waiting.future.set_exception(Conflict(result.message, field="event_id"))
             else:
                 waiting.future.set_result(result)
+        await self._store.let_go(conn, abort=False)  # (answered first: stored is stored)
 

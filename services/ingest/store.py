@@ -155,8 +155,8 @@ class IngestStore:
                     f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({timeout:g} s): try again",
                     retry_after=1) from None
             pid = conn.get_server_pid()
-            await self.let_go(conn, abort=True)
-            conn = None
+            closing, conn = conn, None
+            await self.let_go(closing, abort=True)
             try:
                 stored = await self.settle(pid, reports, timeout)
             except Exception:  # noqa: BLE001 - not known: said so

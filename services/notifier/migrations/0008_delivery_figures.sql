@@ -6,10 +6,12 @@
 -- whenever the alert's change, by the database: no writer can forget them (a delivery
 -- without them is refused).
 -- Locks first, in the order the notifier takes them (an alert, then its deliveries): taking
--- deliveries first deadlocked with a notifier still raising alerts during the upgrade.
+-- deliveries first deadlocked with a notifier still raising alerts during the upgrade. The
+-- alerts' lock is EXCLUSIVE, so that it also waits for a notifier holding an alert FOR
+-- UPDATE (acknowledging, deciding, escalating), which would then update it.
 -- Alerts are readable throughout; raising, deciding and reading deliveries wait for this
 -- migration (~45 s per million deliveries on a small machine).
-LOCK TABLE alerts IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE alerts IN EXCLUSIVE MODE;
 LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE;
 
 ALTER TABLE deliveries
