@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -168,11 +169,32 @@ def encode_json(value: object) -> str:
         return json.dumps(value)
 
 
+_BACKEND_STARTS: dict[int, datetime] = {}
+"""When each open pooled connection's server process started, by its pid."""
+
+
+def server_process(conn: asyncpg.Connection) -> tuple[int, datetime | None]:
+    """The connection's server process: its pid and when it started (None when not known).
+    The pair names it for good, where a pid alone may be reused by the next process once
+    this one has ended. Behind a pooler (PgBouncer) the pid is not the client's own:
+    services that end a process this way (ingest) connect to PostgreSQL directly."""
+    pid = conn.get_server_pid()
+    return pid, _BACKEND_STARTS.get(pid)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for json_type in ("json", "jsonb"):
         await conn.set_type_codec(
             json_type, encoder=encode_json, decoder=orjson.loads, schema="pg_catalog"
         )
+    pid = conn.get_server_pid()
+    started = await conn.fetchval(
+        "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    if started is not None:
+        _BACKEND_STARTS[pid] = started
+        conn.add_termination_listener(
+            lambda _conn: _BACKEND_STARTS.pop(pid, None)
+            if _BACKEND_STARTS.get(pid) == started else None)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import glob
 import urllib.parse
 import uuid
+from datetime import timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -14,7 +15,9 @@ import pytest
 
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
+from services.ingest.store import IngestStore
 from shared.auth import issue_api_key
+from shared.db import server_process
 from shared.settings import CommonSettings
 from tests.conftest import _serve, bearer, eventually
 from tests.test_ingest_api import SIGHTING
@@ -157,7 +160,10 @@ class StallingProxy:
     event id, which the write's parameters carry) stops passing the server's answers
     (`"answers"`: the write reaches the database, its answer never comes back) or the
     write itself (`"both"`); with `"everything"`, every connection, open or new, goes
-    silent too (the database unreachable). `resume()` lets everything through again."""
+    silent too (the database unreachable); with `"cut"`, the connection is closed when
+    the server's next answer comes, which the client never gets (with `then`, once that
+    connection has also sent `then`: its COMMIT, say). `resume()` lets everything through
+    again."""
 
     def __init__(self, database_url: str):
         url = urllib.parse.urlsplit(database_url)
@@ -167,7 +173,7 @@ class StallingProxy:
         self._database = url.path
         self._links: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._armed: tuple[bytes, str] | None = None
+        self._armed: tuple[bytes, str, bytes | None] | None = None
         self._silent = False
 
     async def __aenter__(self) -> StallingProxy:
@@ -182,8 +188,9 @@ class StallingProxy:
         for task in self._tasks:
             task.cancel()
 
-    def arm(self, marker: bytes, silence: Literal["answers", "both", "everything"]) -> None:
-        self._armed = (marker, silence)
+    def arm(self, marker: bytes, silence: Literal["answers", "both", "everything", "cut"],
+            then: bytes | None = None) -> None:
+        self._armed = (marker, silence, then)
 
     def resume(self) -> None:
         self._silent = False
@@ -193,9 +200,17 @@ class StallingProxy:
                 waiter.set()
 
     def _trip(self, link: dict[str, Any], data: bytes) -> None:
+        if link.get("cut_on") is not None and link["cut_on"] in data:
+            link["cut"], link["cut_on"] = True, None
         if self._armed is None or self._armed[0] not in data:
             return
-        silence, self._armed = self._armed[1], None
+        (_, silence, then), self._armed = self._armed, None
+        if silence == "cut":
+            if then is None:
+                link["cut"] = True
+            else:
+                link["cut_on"] = then
+            return
         link["to_client"] = False
         if silence != "answers":
             link["to_server"] = False
@@ -215,6 +230,10 @@ class StallingProxy:
             while data := await source.read(65536):
                 if way == "to_server":
                     self._trip(link, data)
+                elif link.get("cut"):  # (an answer the client never gets: both closed)
+                    writer.close()
+                    up_writer.close()
+                    return
                 while not link[way]:  # (silent: held until resumed)
                     waiter = asyncio.Event()
                     link["waiters"].append(waiter)
@@ -300,6 +319,54 @@ async def test_a_write_on_a_silent_connection_is_refused_then_stored_once_on_ret
                 client.post("/v1/sightings", json=body, headers=key), timeout=10)
             assert retried.status_code == 202, retried.text
             assert await stored(pool, [body["event_id"]]) == (1, 1)
+
+
+async def test_a_write_whose_connection_drops_after_the_commit_is_settled_as_stored(
+    env, topics, directory, pool
+):
+    """The connection is lost (closed, not silent) once the write has committed and
+    before its answer comes: the client must not be told 503 for a stored report (one
+    without an event id would send it again, stored twice). Settled apart like a write
+    out of time: 202, stored once; a single report (group commit) and a batch, whose
+    COMMIT's answer is lost."""
+    async with StallingProxy(env.database_url) as proxy:
+        async for client in _ingest_through(env, proxy):
+            key = bearer(directory["CA-31212"])
+            body = sighting()
+            proxy.arm(uuid.UUID(body["event_id"]).bytes, "cut")
+            answer = await asyncio.wait_for(
+                client.post("/v1/sightings", json=body, headers=key), timeout=10)
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["duplicate"] is False
+            assert await stored(pool, [body["event_id"]]) == (1, 1)
+
+            bodies = [sighting() for _ in range(3)]
+            proxy.arm(uuid.UUID(bodies[1]["event_id"]).bytes, "cut", then=b"COMMIT")
+            answer = await asyncio.wait_for(client.post(
+                "/v1/sightings/batch", json={"sightings": bodies}, headers=key), timeout=10)
+            assert answer.status_code == 202, answer.text
+            assert await stored(pool, [b["event_id"] for b in bodies]) == (3, 3)
+            # (and the writer goes on)
+            later = sighting()
+            assert (await asyncio.wait_for(client.post(
+                "/v1/sightings", json=later, headers=key), timeout=10)).status_code == 202
+
+
+async def test_settling_ends_only_the_server_process_it_names(env, pool):
+    """A pid alone may name a later process once the write's own has ended (pids are
+    reused): settling ends a process only when its start matches too, and ends it when
+    it does."""
+    settings = env.settings(IngestSettings)
+    store = IngestStore(pool, settings)
+    async with pool.acquire() as healthy:
+        pid, started = server_process(healthy)
+        assert started is not None
+        assert await store.settle((pid, started - timedelta(seconds=1)), [], 2.0) == []
+        assert await healthy.fetchval("SELECT 1") == 1  # (left alone)
+        assert await store.settle((pid, started), [], 2.0) == []
+        with pytest.raises((asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
+                            asyncpg.AdminShutdownError)):
+            await healthy.fetchval("SELECT 1")
 
 
 async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_after(

@@ -38,12 +38,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
-from services.ingest.store import Accepted, IngestStore, Report
+from services.ingest.store import CONNECTION_LOST, Accepted, IngestStore, Report
 from shared import metrics
+from shared.db import server_process
 from shared.errors import Conflict, Overloaded, ServiceUnavailable
 from shared.topics import TopicSpec
 
@@ -143,17 +145,37 @@ class GroupCommit:
                 await self._wake.wait()
                 continue
             group = self._take()
-            if group:
+            if not group:
+                continue
+            try:
                 await self._write(group)
+            except Exception as exc:  # noqa: BLE001 - a fault of ours: this group fails,
+                # answered, and the writer goes on (a dead writer would hold every request)
+                log.exception("writing %d report(s) failed", len(group))
+                fault = type(exc).__name__
+                self._refuse(group, lambda: ServiceUnavailable(
+                    f"ingest could not store the report ({fault}): try again "
+                    "with the same event id (it may have been stored)",
+                    field="event_id", retry_after=1))
 
-    async def _settle(self, group: list[_Waiting], pid: int) -> None:
+    async def _settle_apart(self, group: list[_Waiting], conn: asyncpg.Connection,
+                            process: tuple[int, datetime | None]) -> None:
+        """The group's connection closed, and what became of its write settled by a task
+        of its own: the writer goes on with the next group at once."""
+        await self._store.let_go(conn, abort=True)
+        task = asyncio.create_task(self._settle(group, process))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, group: list[_Waiting],
+                      process: tuple[int, datetime | None]) -> None:
         """What became of a group whose write ran out of time (its connection is closed):
         its server process ended for good on another connection, then each report
         answered as stored (202) or not (503)."""
         reports = [waiting.report for waiting in group]
         limit = self.write_timeout_seconds
         try:
-            stored = await self._store.settle(pid, reports, limit)
+            stored = await self._store.settle(process, reports, limit)
         except BaseException as exc:  # unknown: the client retries with the event id
             log.warning("could not settle %d report(s) whose write ran out of time: %r",
                         len(group), exc)
@@ -217,6 +239,8 @@ class GroupCommit:
             # which would cost two more round trips)
             async with asyncio.timeout(self.write_timeout_seconds):
                 conn = await self._store.pool.acquire()
+                # (named now: a connection lost is detached from its process at once)
+                process = server_process(conn)
                 results = await self._store._write(
                     conn, [waiting.report for waiting in group], spec=self._spec)
         except TimeoutError:
@@ -228,11 +252,17 @@ class GroupCommit:
                     f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({self.write_timeout_seconds:g} "
                     "s): try again", retry_after=1))
                 return
-            pid = conn.get_server_pid()
-            await self._store.let_go(conn, abort=True)
-            task = asyncio.create_task(self._settle(group, pid))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            await self._settle_apart(group, conn, process)
+            return
+        except CONNECTION_LOST as exc:
+            if conn is None:  # (no connection: nothing was written)
+                self._fail(group, exc)
+                return
+            # Lost in the middle of the write: it may have committed before its answer
+            # was lost, so what became of it is settled like a write out of time.
+            log.warning("the connection writing %d report(s) was lost (%r): settling what "
+                        "became of them apart", len(group), exc)
+            await self._settle_apart(group, conn, process)
             return
         except asyncpg.PostgresError as exc:
             if conn is not None:
@@ -243,11 +273,6 @@ class GroupCommit:
                 for waiting in group:
                     await self._write([waiting])
                 return
-            self._fail(group, exc)
-            return
-        except (OSError, asyncpg.InterfaceError) as exc:
-            if conn is not None:
-                await self._store.let_go(conn, abort=True)
             self._fail(group, exc)
             return
         except BaseException as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared import audit
 from shared.audit import Actor
+from shared.db import server_process
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.events import (
     Event,
@@ -38,6 +40,12 @@ class Accepted:
     recorded_at: datetime
     duplicate: bool
     """True when this was a retry of an event already accepted (nothing new was written)."""
+
+
+log = logging.getLogger(__name__)
+
+CONNECTION_LOST = (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)
+"""The connection gone in the middle of a write, whose fate is then not known."""
 
 
 @dataclass(frozen=True)
@@ -138,27 +146,37 @@ class IngestStore:
         try:
             async with asyncio.timeout(timeout):
                 conn = await self._pool.acquire()
+                # (named now: a connection lost is detached from its process at once)
+                process = server_process(conn)
                 transaction = conn.transaction()
                 await transaction.start()
                 try:
                     results = await self._record(conn, reports, spec=spec)
-                except (Conflict, asyncpg.PostgresError):
+                except (Conflict, asyncpg.PostgresError) as exc:
+                    if isinstance(exc, CONNECTION_LOST):
+                        raise
                     await transaction.rollback()
                     healthy = True
                     raise
                 await transaction.commit()
                 healthy = True
-        except TimeoutError:
+        except (TimeoutError, *CONNECTION_LOST) as exc:
             if conn is None:
+                if not isinstance(exc, TimeoutError):
+                    raise  # (no connection: nothing was written)
                 raise ServiceUnavailable(
                     "the database did not take the report within "
                     f"GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS ({timeout:g} s): try again",
                     retry_after=1) from None
-            pid = conn.get_server_pid()
+            # Out of time or lost in the middle: the commit may have been done, its
+            # answer lost. What became of the batch is settled on another connection.
+            log.warning("a batch of %d report(s) was not written within %g s or its "
+                        "connection was lost (%r): settling what became of it",
+                        len(reports), timeout, exc)
             closing, conn = conn, None
             await self.let_go(closing, abort=True)
             try:
-                stored = await self.settle(pid, reports, timeout)
+                stored = await self.settle(process, reports, timeout)
             except Exception:  # noqa: BLE001 - not known: said so
                 raise ServiceUnavailable(
                     "the database did not answer within GIAPRANH_INGEST_WRITE_TIMEOUT_SECONDS "
@@ -181,24 +199,35 @@ class IngestStore:
         cancelled or broken connection: the pool would wait for ever for a silent one to
         acknowledge a cancel, or to roll back)."""
         if abort:
-            conn.terminate()
+            try:
+                conn.terminate()
+            except asyncpg.InterfaceError:  # (lost: the pool already took it back)
+                return
         await self._pool.release(conn)
 
-    async def settle(self, pid: int, reports: list[Report],
+    async def settle(self, process: tuple[int, datetime | None], reports: list[Report],
                      limit: float) -> list[Accepted | None]:
-        """What became of a write whose connection was closed before its answer came:
-        on another connection its server process is ended for good (waiting until it is
-        gone, so that its transaction has committed or rolled back), then each report
-        looked up. Raises when that cannot be done within `limit` seconds."""
+        """What became of a write whose connection was closed or lost before its answer
+        came: on another connection its server process (`server_process`: pid and start,
+        so that a later process given the same pid is left alone) is ended for good,
+        waiting until it is gone so that its transaction has committed or rolled back;
+        then each report is looked up. Raises when that cannot be done within `limit`
+        seconds."""
+        pid, started = process
         conn: asyncpg.Connection | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout_at(deadline):
                 conn = await self._pool.acquire()
-                # (false, with a warning, when it already ended on seeing its client go)
-                await conn.fetchval("SELECT pg_terminate_backend($1, $2)", pid,
-                                    max(1, int(limit * 1000)))
+                # (none when it already ended on seeing its client go)
+                await conn.fetchval(
+                    "SELECT pg_terminate_backend(pid, $3) FROM pg_stat_activity "
+                    "WHERE pid = $1 AND ($2::timestamptz IS NULL OR backend_start = $2)",
+                    pid, started, max(1, int((deadline - loop.time()) * 1000)))
                 if await conn.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
+                        "AND ($2::timestamptz IS NULL OR backend_start = $2)", pid, started):
                     raise TimeoutError(f"server process {pid} is still there")
                 stored = await self.which_stored(conn, reports)
         except BaseException:
