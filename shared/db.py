@@ -14,6 +14,7 @@ file leaves the schema at the previous version.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ import asyncpg
 import orjson
 
 from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_ID = 0x6A1A_0001
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -170,14 +173,17 @@ def encode_json(value: object) -> str:
 
 
 _BACKEND_STARTS: dict[int, datetime] = {}
-"""When each open pooled connection's server process started, by its pid."""
+"""When each open connection of a pool made with `name_processes` had its server process
+started, by its pid (one server per process: ingest's)."""
 
 
 def server_process(conn: asyncpg.Connection) -> tuple[int, datetime | None]:
-    """The connection's server process: its pid and when it started (None when not known).
-    The pair names it for good, where a pid alone may be reused by the next process once
-    this one has ended. Behind a pooler (PgBouncer) the pid is not the client's own:
-    services that end a process this way (ingest) connect to PostgreSQL directly."""
+    """The connection's server process: its pid and when it started (None when not
+    known: the pool was made without `name_processes`, or the role may not read
+    `pg_stat_activity`). The pair names it for good, where a pid alone may be reused by
+    the next process once this one has ended. Behind a pooler (PgBouncer) the pid is not
+    the client's own: services that end a process this way (ingest) connect to
+    PostgreSQL directly."""
     pid = conn.get_server_pid()
     return pid, _BACKEND_STARTS.get(pid)
 
@@ -187,9 +193,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             json_type, encoder=encode_json, decoder=orjson.loads, schema="pg_catalog"
         )
+
+
+async def _init_named_connection(conn: asyncpg.Connection) -> None:
+    await _init_connection(conn)
     pid = conn.get_server_pid()
-    started = await conn.fetchval(
-        "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    try:
+        started = await conn.fetchval(
+            "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    except asyncpg.PostgresError as exc:  # (a role kept from pg_stat_activity)
+        log.warning("the server process of a connection cannot be named (%r): a write "
+                    "whose answer is lost is settled by its pid alone", exc)
+        return
     if started is not None:
         _BACKEND_STARTS[pid] = started
         conn.add_termination_listener(
@@ -207,8 +222,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(settings: CommonSettings, *, migrate: bool = True,
-                      max_size: int | None = None) -> asyncpg.Pool:
-    """Open the pool; with `migrate`, bring the schema up to date first."""
+                      max_size: int | None = None,
+                      name_processes: bool = False) -> asyncpg.Pool:
+    """Open the pool; with `migrate`, bring the schema up to date first; with
+    `name_processes`, each connection's server process is named for `server_process`
+    (one more query per connection opened)."""
     if migrate:
         conn = await asyncpg.connect(settings.database_url)
         try:
@@ -219,7 +237,7 @@ async def create_pool(settings: CommonSettings, *, migrate: bool = True,
         settings.database_url,
         min_size=1,
         max_size=max_size or settings.db_pool_max_size,
-        init=_init_connection,
+        init=_init_named_connection if name_processes else _init_connection,
         reset=_keep_session,
     )
     assert pool is not None

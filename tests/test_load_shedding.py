@@ -13,12 +13,17 @@ from typing import Any, Literal
 import asyncpg
 import pytest
 
+from services.ingest.api import SightingIn, _fingerprint, _sighting
 from services.ingest.app import create_app as create_ingest
+from services.ingest.groupcommit import GroupCommit
 from services.ingest.settings import IngestSettings
-from services.ingest.store import IngestStore
+from services.ingest.store import Accepted, IngestStore, Report
 from shared.auth import issue_api_key
-from shared.db import server_process
+from shared.db import create_pool, server_process
+from shared.errors import ServiceUnavailable
+from shared.events import utcnow
 from shared.settings import CommonSettings
+from shared.topics import SIGHTINGS
 from tests.conftest import _serve, bearer, eventually
 from tests.test_ingest_api import SIGHTING
 
@@ -175,6 +180,7 @@ class StallingProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._armed: tuple[bytes, str, bytes | None] | None = None
         self._silent = False
+        self.tripped = False
 
     async def __aenter__(self) -> StallingProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -205,6 +211,7 @@ class StallingProxy:
         if self._armed is None or self._armed[0] not in data:
             return
         (_, silence, then), self._armed = self._armed, None
+        self.tripped = True
         if silence == "cut":
             if then is None:
                 link["cut"] = True
@@ -357,8 +364,9 @@ async def test_settling_ends_only_the_server_process_it_names(env, pool):
     reused): settling ends a process only when its start matches too, and ends it when
     it does."""
     settings = env.settings(IngestSettings)
-    store = IngestStore(pool, settings)
-    async with pool.acquire() as healthy:
+    named = await create_pool(settings, migrate=False, name_processes=True)
+    store = IngestStore(named, settings)
+    async with named.acquire() as healthy:
         pid, started = server_process(healthy)
         assert started is not None
         assert await store.settle((pid, started - timedelta(seconds=1)), [], 2.0) == []
@@ -367,6 +375,78 @@ async def test_settling_ends_only_the_server_process_it_names(env, pool):
         with pytest.raises((asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
                             asyncpg.AdminShutdownError)):
             await healthy.fetchval("SELECT 1")
+    await named.close()
+
+
+async def test_a_role_kept_from_pg_stat_activity_still_connects(env, pool):
+    """Naming server processes reads `pg_stat_activity`; a hardened database may revoke
+    it. Ingest's pool opens all the same, its processes named by pid alone."""
+    role = f"kept_{uuid.uuid4().hex[:8]}"
+    database = await pool.fetchval("SELECT current_database()")
+    await pool.execute(f"CREATE ROLE {role} LOGIN; "
+                       f"GRANT CONNECT ON DATABASE {database} TO {role}; "
+                       "REVOKE SELECT ON pg_stat_activity FROM PUBLIC")
+    try:
+        url = env.database_url.replace("postgres:@", f"{role}:@", 1)
+        assert url != env.database_url
+        kept = await create_pool(env.settings(IngestSettings, database_url=url),
+                                 migrate=False, name_processes=True)
+        async with kept.acquire() as conn:
+            assert await conn.fetchval("SELECT current_user") == role
+            assert server_process(conn)[1] is None
+        await kept.close()
+    finally:
+        await pool.execute("GRANT SELECT ON pg_stat_activity TO PUBLIC")
+
+
+def report(event_id: uuid.UUID | None = None) -> Report:
+    body = SightingIn.model_validate({**sighting(event_id), "event_id": event_id})
+    return Report(_sighting(body, "CA-31212", utcnow()), _fingerprint(body), None)
+
+
+async def test_a_report_written_is_accepted_when_the_check_of_a_repeated_id_fails(
+    env, directory, pool
+):
+    """A group's insert commits by itself; a second statement then looks up the ids seen
+    before. When that one fails (cancelled: a statement timeout, `pg_cancel_backend`),
+    the reports the insert wrote are stored: 202, not 503 "try again", which would make
+    a client that sent no event id store its report twice. Only the repeated one is
+    refused, naming its id. Everything real: the statement is held at a proxy while the
+    table is locked, then cancelled while it waits."""
+    settings = env.settings(IngestSettings)
+    async with StallingProxy(env.database_url) as proxy:
+        through = await create_pool(env.settings(IngestSettings, database_url=proxy.url),
+                                    migrate=False, name_processes=True)
+        store = IngestStore(through, settings)
+        repeated = report(uuid.uuid4())
+        await store.record_many([repeated], spec=SIGHTINGS)  # its retry repeats the id
+        proxy.arm(b"request_hash, recorded_at FROM events", "both")  # (the look-up)
+        group = GroupCommit(store, SIGHTINGS, writers=1, write_timeout_seconds=10)
+        writer = asyncio.create_task(group.run())
+        fresh = report()  # a client that sent no event id: ingest made this one
+        answers = asyncio.gather(group.record(repeated), group.record(fresh),
+                                 return_exceptions=True)
+        async def held() -> bool:
+            return proxy.tripped
+        await eventually(held, what="the look-up held at the proxy")
+        blocker = await asyncpg.connect(env.database_url)
+        try:
+            await blocker.execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            proxy.resume()
+            waiting = await eventually(lambda: blocker.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%request_hash, recorded_at FROM events%'"),
+                what="the look-up waiting for the lock")
+            await pool.fetchval("SELECT pg_cancel_backend($1)", waiting)
+            again, first = await asyncio.wait_for(answers, timeout=10)
+        finally:
+            await blocker.close()
+            writer.cancel()
+            await through.close()
+    assert isinstance(first, Accepted) and not first.duplicate, first
+    assert await stored(pool, [str(fresh.event.event_id)]) == (1, 1)
+    assert isinstance(again, ServiceUnavailable), again
+    assert again.field == "event_id" and str(repeated.event.event_id) in again.message
 
 
 async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_after(

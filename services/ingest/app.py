@@ -28,7 +28,7 @@ from shared.topics import SIGHTINGS
 def create_app(settings: IngestSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings)
+        pool = await create_pool(settings, name_processes=True)  # (settling lost writes)
         relay = OutboxRelay(pool, settings)
         reconciler = Reconciler(pool, settings)
         keys = KeyStore(pool, settings.api_key_pepper.get_secret_value(),

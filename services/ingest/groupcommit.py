@@ -153,10 +153,12 @@ class GroupCommit:
                 # answered, and the writer goes on (a dead writer would hold every request)
                 log.exception("writing %d report(s) failed", len(group))
                 fault = type(exc).__name__
-                self._refuse(group, lambda: ServiceUnavailable(
-                    f"ingest could not store the report ({fault}): try again "
-                    "with the same event id (it may have been stored)",
-                    field="event_id", retry_after=1))
+                for waiting in group:
+                    event_id = waiting.report.event.event_id
+                    self._refuse([waiting], lambda: ServiceUnavailable(
+                        f"ingest could not store the report ({fault}): try again with the "
+                        f"same event id {event_id} (it may have been stored)",
+                        field="event_id", retry_after=1))
 
     async def _settle_apart(self, group: list[_Waiting], conn: asyncpg.Connection,
                             process: tuple[int, datetime | None]) -> None:
@@ -242,7 +244,8 @@ class GroupCommit:
                 # (named now: a connection lost is detached from its process at once)
                 process = server_process(conn)
                 results = await self._store._write(
-                    conn, [waiting.report for waiting in group], spec=self._spec)
+                    conn, [waiting.report for waiting in group], spec=self._spec,
+                    alone=True)
         except TimeoutError:
             log.warning("%d report(s) not written within %g s: settling what became of "
                         "them apart", len(group), self.write_timeout_seconds)
@@ -293,7 +296,12 @@ class GroupCommit:
                 continue
             if isinstance(result, Conflict):
                 waiting.future.set_exception(Conflict(result.message, field="event_id"))
+            elif isinstance(result, ServiceUnavailable):
+                waiting.future.set_exception(result)
             else:
                 waiting.future.set_result(result)
-        await self._store.let_go(conn, abort=False)  # (answered first: stored is stored)
+        # (answered first: stored is stored; a connection that failed after the write is
+        # not kept)
+        await self._store.let_go(conn, abort=any(
+            isinstance(result, ServiceUnavailable) for result in results))
 

@@ -225,9 +225,11 @@ class IngestStore:
                     "SELECT pg_terminate_backend(pid, $3) FROM pg_stat_activity "
                     "WHERE pid = $1 AND ($2::timestamptz IS NULL OR backend_start = $2)",
                     pid, started, max(1, int((deadline - loop.time()) * 1000)))
+                # (a process whose start this role may not see counts as still there)
                 if await conn.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
-                        "AND ($2::timestamptz IS NULL OR backend_start = $2)", pid, started):
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND ("
+                        "$2::timestamptz IS NULL OR backend_start = $2 OR backend_start IS NULL)",
+                        pid, started):
                     raise TimeoutError(f"server process {pid} is still there")
                 stored = await self.which_stored(conn, reports)
         except BaseException:
@@ -242,15 +244,22 @@ class IngestStore:
     ) -> list[Accepted]:
         results = await self._write(conn, reports, spec=spec)
         for result in results:
-            if isinstance(result, Conflict):
+            if isinstance(result, Conflict | ServiceUnavailable):
                 raise result
         return results  # type: ignore[return-value]
 
     async def _write(
-        self, conn: asyncpg.Connection, reports: list[Report], *, spec: TopicSpec
-    ) -> list[Accepted | Conflict]:
+        self, conn: asyncpg.Connection, reports: list[Report], *, spec: TopicSpec,
+        alone: bool = False,
+    ) -> list[Accepted | Conflict | ServiceUnavailable]:
         """Each report's acceptance, or the conflict of one whose id was already used for
-        another request (it wrote nothing; the others are written all the same)."""
+        another request (it wrote nothing; the others are written all the same).
+
+        `alone`: no transaction around, so the insert has committed once it answers. If
+        the look-up of repeated ids after it then fails (cancelled, say), the reports it
+        inserted are still accepted and only the repeated ones are refused, 503 naming
+        their ids (a failure for all would tell a client that sent no event id to send
+        again a report already stored)."""
         events = [r.event for r in reports]
         records = [spec.record(self._settings, e) for e in events]
         encoded = [value for _, _, value in records]
@@ -287,20 +296,36 @@ class IngestStore:
         }
         fresh = [r for r in reports if r.event.event_id in inserted]
         # (a second statement, only when some id was seen before: the first has committed)
-        repeated = {
-            row["event_id"]: row
-            for row in await conn.fetch(
-                "SELECT event_id, type, unit_code, request_hash, recorded_at FROM events "
-                "WHERE event_id = ANY($1::uuid[])",
-                [r.event.event_id for r in reports if r.event.event_id not in inserted],
-            )
-        } if len(fresh) < len(reports) else {}
-        results: list[Accepted | Conflict] = []
+        try:
+            repeated = {
+                row["event_id"]: row
+                for row in await conn.fetch(
+                    "SELECT event_id, type, unit_code, request_hash, recorded_at FROM events "
+                    "WHERE event_id = ANY($1::uuid[])",
+                    [r.event.event_id for r in reports if r.event.event_id not in inserted],
+                )
+            } if len(fresh) < len(reports) else {}
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if not alone:
+                raise
+            log.warning("%d report(s) written, but the look-up of %d repeated id(s) "
+                        "failed: %r", len(fresh), len(reports) - len(fresh), exc)
+            unread: str | None = type(exc).__name__
+            repeated = {}
+        else:
+            unread = None
+        results: list[Accepted | Conflict | ServiceUnavailable] = []
         for index, report in enumerate(reports):
             event = report.event
             if event.event_id in inserted:
                 results.append(Accepted(event.event_id, event.type, inserted[event.event_id],
                                         duplicate=False))
+                continue
+            if unread is not None:
+                results.append(ServiceUnavailable(
+                    f"the database could not check the event id {event.event_id}, used "
+                    f"before ({unread}): try again with it", field="event_id",
+                    retry_after=1))
                 continue
             accepted = _as_stored(report, repeated.get(event.event_id))
             if accepted is None:
