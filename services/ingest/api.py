@@ -154,9 +154,9 @@ def _fingerprint(body: Contract) -> bytes:
 
 
 async def _publish(event: Event, body: Contract, store: Store, spec: TopicSpec,
-                   person_id: int | None) -> EventAccepted:
+                   person_id: int | None, timeout: float) -> EventAccepted:
     result = await store.record(event, spec=spec, fingerprint=_fingerprint(body),
-                                person_id=person_id)
+                                person_id=person_id, timeout=timeout)
     return _accepted(result, event.producer_unit or "")
 
 

@@ -122,7 +122,8 @@ async def check(body: CheckIn, unit: CurrentUnit, store: Store, settings: Settin
                               place=body.place)  # type: ignore[arg-type]
         await _check_reports([sighting], store, settings)
         recorded = await _publish(_sighting(sighting, unit.unit_code, utcnow()), sighting,
-                                  store, SIGHTINGS, unit.person_id)
+                                  store, SIGHTINGS, unit.person_id,
+                                  settings.ingest_write_timeout_seconds)
     async with store.pool.acquire() as conn, conn.transaction():
         await audit.record(conn, Actor.of(unit), "check", detail={
             "matches": [m.entry.entry_id for m in matches],

@@ -94,7 +94,8 @@ class GroupCommit:
     async def record(self, report: Report) -> Accepted:
         """Store `report` with its outbox row, in a group; its acceptance once committed."""
         if not self.running:  # (not started, or stopping: write it alone)
-            return (await self._store.record_many([report], spec=self._spec))[0]
+            return (await self._store.record_many(
+                [report], spec=self._spec, timeout=self.write_timeout_seconds))[0]
         waited = self.oldest_wait()
         if waited > self.max_wait_seconds:
             metrics.HTTP_REJECTIONS.labels(service="ingest", reason="overloaded").inc()

@@ -121,13 +121,14 @@ class IngestStore:
         return asked - known
 
     async def record(self, event: Event, *, spec: TopicSpec, fingerprint: bytes,
-                     person_id: int | None = None) -> Accepted:
+                     person_id: int | None = None, timeout: float | None = None) -> Accepted:
         """Store `event` and its outbox row, or recognise a retry of the same request.
 
         A retry (same event id, same unit, same body fingerprint) returns the original
         acceptance and writes nothing; the same id with another body is a 409.
         """
-        [accepted] = await self.record_many([Report(event, fingerprint, person_id)], spec=spec)
+        [accepted] = await self.record_many([Report(event, fingerprint, person_id)], spec=spec,
+                                            timeout=timeout)
         return accepted
 
     async def record_many(self, reports: list[Report], *, spec: TopicSpec,
