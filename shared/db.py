@@ -172,6 +172,19 @@ def encode_json(value: object) -> str:
         return json.dumps(value)
 
 
+HISTORY_SQL = ("(SELECT system_identifier FROM pg_control_system())::text || '.' || "
+               "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint")
+"""The database's history as SQL text `<system identifier>.<WAL timeline>`: a restore to a
+point in time (or a promoted standby) starts a new timeline, a restore into a new cluster
+has another identifier."""
+
+
+async def database_history(conn: asyncpg.Connection | asyncpg.Pool) -> str:
+    """`HISTORY_SQL`'s value now. What a service built from the database (its caches, the
+    matcher's watchlists, the topics' logs) belongs to the history it was built from."""
+    return await conn.fetchval(f"SELECT {HISTORY_SQL}")
+
+
 _BACKEND_STARTS: dict[int, datetime] = {}
 """When each open connection of a pool made with `name_processes` had its server process
 started, by its pid (one server per process: ingest's)."""

