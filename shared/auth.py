@@ -304,7 +304,7 @@ class KeyStore:
                     if not lost.is_set():  # a link that died silently delivers nothing
                         await asyncio.wait_for(conn.fetchval("SELECT 1"), check_every)
             except (OSError, TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+                    asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
                 log.warning("key cache off until its database listener is back: %r", exc)
             finally:
                 self.listening = False

@@ -28,6 +28,12 @@ from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What a database call raises when the database fails or goes away: long-running loops
+catch these, wait and go on. (asyncpg raises InternalClientError, not a connection error,
+for a connection whose server went away while it was being set up.)"""
+
 MIGRATION_LOCK_ID = 0x6A1A_0001
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -77,7 +77,8 @@ MAX_BACKOFF_SECONDS = 5.0
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, KafkaError,
-    asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
     asyncpg.TransactionRollbackError, asyncpg.OperatorInterventionError,
 )
 """Errors that say "not now" (a peer unreachable, a deadlock), not "never": retried."""

@@ -78,3 +78,35 @@ async def _read_all(env, topic, expected):
     # Read on for a while after the expected count: anything more would be a duplicate.
     records = await read_topic(env, topic, expected, settle=1.0)
     return [str(decode_event(record.value).event_id) for record in records]
+
+
+async def test_the_relay_listens_again_when_its_database_connection_is_lost(
+    env, topics, directory, pool
+):
+    """The relay sleeps until a NOTIFY says an outbox row was written (or its idle time
+    passes). Its listening connection lost (the database restarted, a connection ended),
+    it listens again at once: a report is relayed in moments, not after the idle time,
+    and not only by polling."""
+    settings = env.settings(IngestSettings, relay_idle_seconds=60)
+    async for client in _serve(create_app(settings)):
+        headers = bearer(directory["CA-31212"])
+
+        async def relayed(event_id: str) -> bool:
+            return await pool.fetchval(
+                "SELECT dispatched_at IS NOT NULL FROM outbox WHERE event_id = $1::uuid",
+                event_id)
+
+        first = (await client.post("/v1/sightings", json=SIGHTING, headers=headers)).json()
+        await eventually(lambda: relayed(first["event_id"]), timeout=10, what="relayed")
+        listening = await eventually(lambda: pool.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %outbox%' "
+            "AND datname = current_database()"), what="the relay's listener")
+        await pool.fetchval("SELECT pg_terminate_backend($1, 5000)", listening)
+        await eventually(lambda: pool.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %outbox%' "
+            "AND datname = current_database() AND pid <> $1", listening),
+            timeout=10, what="the relay listening again")
+        later = (await client.post("/v1/sightings", json={**SIGHTING, "event_id": None},
+                                   headers=headers)).json()
+        await eventually(lambda: relayed(later["event_id"]), timeout=10,
+                         what="the later report relayed well before the idle time")

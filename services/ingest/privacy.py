@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from shared import metrics
+from shared.db import DATABASE_ERRORS
 from shared.events import utcnow
 from shared.kafka import stop_if_cancelled
 
@@ -72,6 +73,6 @@ async def run_purges(pool: asyncpg.Pool, retention_days: float, interval: float)
             if count:
                 log.info("redacted %d unmatched sighting(s) older than %g days",
                          count, retention_days)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("purge of old sightings failed, trying again later: %s", exc)
         await asyncio.sleep(interval)

@@ -28,6 +28,7 @@ import asyncpg
 from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
+from shared.db import DATABASE_ERRORS
 from shared.events import utcnow
 from shared.kafka import stop_if_cancelled
 
@@ -119,7 +120,7 @@ class Reconciler:
             try:
                 result = await self.reconcile_once()
                 full = result.verified + result.redriven >= ROUND_LIMIT
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("reconciliation round failed, retrying: %r", exc)
             except Exception:  # a bug must not end reconciliation for good: say it, go on
                 log.exception("reconciliation round failed")

@@ -72,11 +72,13 @@ class OutboxRelay:
         """Relay until cancelled."""
         backoff = 0.1
         try:
-            await self._listen()
             while True:
                 stop_if_cancelled()
                 self._wake.clear()
                 try:
+                    if self._listener is None or self._listener.is_closed():
+                        # (again after the database restarted: else no NOTIFY wakes it)
+                        await self._listen()
                     producer = await self._ensure_producer()
                     if self._watch.due():
                         await self._check_log()
@@ -166,8 +168,18 @@ class OutboxRelay:
             await stop_quietly(producer)
 
     async def _listen(self) -> None:
-        self._listener = await asyncpg.connect(self._settings.database_url)
-        await self._listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+        if self._listener is not None:
+            self._listener.terminate()
+            self._listener = None
+        listener = await asyncpg.connect(self._settings.database_url)
+        try:
+            await listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+            # (lost, it wakes the relay, which listens again at once)
+            listener.add_termination_listener(lambda _conn: self._wake.set())
+        except BaseException:
+            listener.terminate()
+            raise
+        self._listener = listener
 
     async def _idle(self) -> None:
         try:

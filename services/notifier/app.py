@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
-import asyncpg
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import RedirectResponse, Response
@@ -36,7 +35,7 @@ from services.notifier.webhooks import (
 from services.notifier.workflow import Deadlines
 from shared import metrics
 from shared.auth import KeyStore
-from shared.db import create_pool, database_history
+from shared.db import DATABASE_ERRORS, create_pool, database_history
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.i18n import LANGUAGES
 from shared.kafka import stop_if_cancelled
@@ -71,7 +70,7 @@ async def watch_deadlines(alerts: AlertService, interval: float) -> None:
                 log.warning("escalated %d alert(s) past their confirmation deadline",
                             len(escalated))
             metrics.OVERDUE_ALERTS.set(await alerts.count_overdue())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("deadline check failed, retrying: %r", exc)
         await asyncio.sleep(interval)
 

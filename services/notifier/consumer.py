@@ -16,11 +16,10 @@ from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
-import asyncpg
-
 from services.notifier.service import AlertService, NewAlert
 from services.notifier.settings import NotifierSettings
 from shared import metrics
+from shared.db import DATABASE_ERRORS
 from shared.events import AlertRaised, utcnow
 from shared.kafka import stop_if_cancelled
 from shared.logs import event_logger
@@ -82,7 +81,7 @@ async def replay_incidents(alerts: AlertService, interval: float,
                             "handling them from ingest's record", len(events))
                 await alerts.store_incident_events(events)
                 metrics.INCIDENTS_REPLAYED.inc(len(events))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("incident replay failed, retrying: %r", exc)
         await asyncio.sleep(interval)
 

@@ -44,6 +44,7 @@ from starlette.types import Receive, Scope, Send
 from services.notifier.channels import ALERTS_CHANNEL
 from shared import metrics
 from shared.auth import KEYS_CHANNEL, KeyStore, Principal
+from shared.db import DATABASE_ERRORS
 from shared.events import utcnow
 from shared.kafka import stop_if_cancelled
 
@@ -197,7 +198,7 @@ class AlertFeed:
                 batch.append(self._changes.get_nowait())
             try:
                 await self._hand_out(batch)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("could not read %d alert change(s) for the open streams: %r; "
                             "their desks are disconnected to reload", len(batch), exc)
                 for subscriptions in self._subscribers.values():
@@ -294,7 +295,7 @@ class AlertFeed:
                 continue
             try:
                 valid = await self._keys.still_valid(list(open_keys))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("could not check the keys of open streams: %r", exc)
                 continue
             if open_keys - valid:

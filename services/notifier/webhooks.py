@@ -40,6 +40,7 @@ from services.notifier.clock import Clock
 from services.notifier.models import WebhookFormat, WebhookView
 from shared import audit, metrics
 from shared.audit import Actor
+from shared.db import DATABASE_ERRORS
 from shared.errors import Unprocessable
 from shared.kafka import stop_if_cancelled
 
@@ -271,7 +272,7 @@ class WebhookDispatcher:
                 stop_if_cancelled()
                 try:
                     sent = await self.dispatch_due()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except DATABASE_ERRORS as exc:
                     log.warning("webhook dispatch round failed: %r", exc)
                     sent = 0
                 if sent < self._batch:
