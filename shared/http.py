@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
-from shared.db import database_history
+from shared.db import DATABASE_ERRORS, database_history
 from shared.errors import (
     Forbidden,
     GiapranhError,
@@ -438,8 +438,8 @@ async def same_history(pool: asyncpg.Pool, started: str, service: str) -> bool:
     to a history left behind)."""
     try:
         now = await database_history(pool)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
+    except (*DATABASE_ERRORS, TimeoutError):
+        return False  # (not known now; the database check says why)
     same = now == started
     metrics.DATABASE_HISTORY_CHANGED.labels(service=service).set(0 if same else 1)
     if not same:
