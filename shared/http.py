@@ -421,7 +421,7 @@ def create_http_app(
     async def readyz(request: Request) -> JSONResponse:
         """The database answers and the service's other checks pass (readiness)."""
         state = service_state(request)
-        checks: dict[str, bool] = {"database": await _database_answers(state.pool)}
+        checks: dict[str, bool | None] = {"database": await _database_answers(state.pool)}
         if state.history is not None and checks["database"]:
             checks["database_history"] = await same_history(state.pool, state.history,
                                                              service)
@@ -432,20 +432,20 @@ def create_http_app(
     return app
 
 
-async def same_history(pool: asyncpg.Pool, started: str, service: str) -> bool:
+async def same_history(pool: asyncpg.Pool, started: str, service: str) -> bool | None:
     """Whether the database still has the history `started` (False, said loudly, once it
-    was restored to a point in time or replaced: what the service built from it belongs
-    to a history left behind)."""
+    was restored to a point in time or replaced, or a standby promoted: what the service
+    built from it belongs to a history left behind); None when it cannot be read now."""
     try:
         now = await database_history(pool)
     except (*DATABASE_ERRORS, TimeoutError):
-        return False  # (not known now; the database check says why)
+        return None
     same = now == started
     metrics.DATABASE_HISTORY_CHANGED.labels(service=service).set(0 if same else 1)
     if not same:
         log.error("the database's history changed since %s started (%s, now %s: restored "
-                  "to a point in time?); restart it after the topics are recreated "
-                  "(README: after a point-in-time restore)", service, started, now)
+                  "to a point in time, or a standby promoted?); see the README, after a "
+                  "point-in-time restore", service, started, now)
     return same
 
 

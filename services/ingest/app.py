@@ -17,6 +17,7 @@ from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
+from shared import metrics
 from shared.auth import KeyStore
 from shared.db import create_pool, database_history
 from shared.errors import NotFound
@@ -49,6 +50,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             keys=keys,
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy},
             history=await database_history(pool)))
+        metrics.DATABASE_HISTORY_CHANGED.labels(service="ingest").set(0)  # (read by /readyz)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),
                         background(sightings.run(), "group-commit"),

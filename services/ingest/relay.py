@@ -34,6 +34,7 @@ from services.ingest.reconciler import redrive_unconfirmed
 from services.ingest.settings import IngestSettings
 from services.ingest.store import OUTBOX_CHANNEL
 from shared import metrics
+from shared.db import DATABASE_ERRORS
 from shared.kafka import (
     LogWatch,
     cancel_requested,
@@ -78,7 +79,7 @@ class OutboxRelay:
                 try:
                     if self._listener is None or self._listener.is_closed():
                         # (again after the database restarted: else no NOTIFY wakes it)
-                        await self._listen()
+                        await self._listen_or_poll()
                     producer = await self._ensure_producer()
                     if self._watch.due():
                         await self._check_log()
@@ -166,6 +167,15 @@ class OutboxRelay:
         producer, self._producer = self._producer, None
         if producer is not None:
             await stop_quietly(producer)
+
+    async def _listen_or_poll(self) -> None:
+        """Listen for NOTIFY; when no connection can be had for it (too many clients, say),
+        relay all the same, waking every `relay_idle_seconds`, and try again next round."""
+        try:
+            await self._listen()
+        except DATABASE_ERRORS as exc:
+            log.warning("the relay cannot listen for new outbox rows (%r): it looks every "
+                        "%g s until it can", exc, self._settings.relay_idle_seconds)
 
     async def _listen(self) -> None:
         if self._listener is not None:

@@ -154,6 +154,7 @@ class MatcherRuntime(Service):
         self._ledger = Ledger(self._pool)
         # (taken before the snapshot: the watchlists held belong to this history)
         self.history = await database_history(self._pool)
+        metrics.DATABASE_HISTORY_CHANGED.labels(service="matcher").set(0)  # (read by /readyz)
         await self._load_watchlist_snapshot()
         await self._load_recent_reports()
         calm_garbage_collector()
@@ -441,9 +442,11 @@ def create_app(settings: MatcherSettings) -> faust.App:
 
     @web.get("/readyz")
     async def readyz() -> JSONResponse:
-        checks = {"watchlist_loaded": runtime.ready.is_set(), "broker": runtime.consuming}
+        checks: dict[str, bool | None] = {"watchlist_loaded": runtime.ready.is_set(),
+                                          "broker": runtime.consuming}
         if runtime.history is not None and runtime.pool is not None:
-            # (watchlists loaded from a history a restore left behind are not the list)
+            # (watchlists loaded from a history a restore left behind are not the list;
+            # None: the database cannot say now)
             checks["database_history"] = await same_history(runtime.pool, runtime.history,
                                                             "matcher")
         ready = all(checks.values())
