@@ -191,6 +191,17 @@ async def database_history(conn: asyncpg.Connection | asyncpg.Pool) -> str:
     return await conn.fetchval(f"SELECT {HISTORY_SQL}")
 
 
+async def starting_history(pool: asyncpg.Pool, service: str) -> str | None:
+    """`database_history` as a service starts; None (said in the log: its readiness then
+    does not check the history) when the database cannot tell it, rather than not start."""
+    try:
+        return await database_history(pool)
+    except DATABASE_ERRORS as exc:
+        log.warning("%s cannot read the database's history (%r): its readiness will not "
+                    "notice a restore to a point in time", service, exc)
+        return None
+
+
 _BACKEND_STARTS: dict[int, datetime] = {}
 """When each open connection of a pool made with `name_processes` had its server process
 started, by its pid (one server per process: ingest's)."""

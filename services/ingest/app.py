@@ -19,7 +19,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
 from shared import metrics
 from shared.auth import KeyStore
-from shared.db import create_pool, database_history
+from shared.db import create_pool, starting_history
 from shared.errors import NotFound
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.ratelimit import RateLimit
@@ -49,7 +49,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                                           burst=settings.requests_per_minute_per_key / 10),
             keys=keys,
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy},
-            history=await database_history(pool)))
+            history=await starting_history(pool, "ingest")))
         metrics.DATABASE_HISTORY_CHANGED.labels(service="ingest").set(0)  # (read by /readyz)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),

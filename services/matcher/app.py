@@ -60,7 +60,7 @@ from services.matcher.reconcile import HitReconciler, Policy, startup_changes
 from services.matcher.settings import MatcherSettings
 from shared import metrics
 from shared.auth import internal_token
-from shared.db import create_pool, database_history
+from shared.db import create_pool, starting_history
 from shared.events import (
     HOT_LIST,
     HitFound,
@@ -153,7 +153,7 @@ class MatcherRuntime(Service):
         self._pool = await create_pool(self.settings, max_size=4)
         self._ledger = Ledger(self._pool)
         # (taken before the snapshot: the watchlists held belong to this history)
-        self.history = await database_history(self._pool)
+        self.history = await starting_history(self._pool, "matcher")
         metrics.DATABASE_HISTORY_CHANGED.labels(service="matcher").set(0)  # (read by /readyz)
         await self._load_watchlist_snapshot()
         await self._load_recent_reports()

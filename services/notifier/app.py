@@ -35,7 +35,7 @@ from services.notifier.webhooks import (
 from services.notifier.workflow import Deadlines
 from shared import metrics
 from shared.auth import KeyStore
-from shared.db import DATABASE_ERRORS, create_pool, database_history
+from shared.db import DATABASE_ERRORS, create_pool, starting_history
 from shared.http import ServiceState, background, create_http_app, set_state
 from shared.i18n import LANGUAGES
 from shared.kafka import stop_if_cancelled
@@ -131,7 +131,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
             health=lambda: {"hit_consumer": "ready" if hits.ready.is_set() else "starting",
                             "incident_consumer": "ready" if incidents.ready.is_set()
                             else "starting"},
-            history=await database_history(pool)))
+            history=await starting_history(pool, "notifier")))
         metrics.DATABASE_HISTORY_CHANGED.labels(service="notifier").set(0)  # (read by /readyz)
         calm_garbage_collector()  # (the tail of the alert latency: shared/runtime.py)
         try:
