@@ -178,17 +178,26 @@ def encode_json(value: object) -> str:
         return json.dumps(value)
 
 
-HISTORY_SQL = ("(SELECT system_identifier FROM pg_control_system())::text || '.' || "
-               "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint")
-"""The database's history as SQL text `<system identifier>.<WAL timeline>`: a restore to a
-point in time (or a promoted standby) starts a new timeline, a restore into a new cluster
-has another identifier."""
+HISTORY_COLUMNS = ("(SELECT system_identifier FROM pg_control_system()), "
+                   "pg_walfile_name(pg_current_wal_lsn())")
+"""What names the database's history (`history_of` makes it text): its system identifier
+and its WAL timeline (a WAL file's name starts with it). A restore to a point in time (or
+a promoted standby) starts a new timeline; a restore into a new cluster has another
+identifier."""
+
+
+def history_of(system_identifier: int, wal_file: str) -> str:
+    """`<system identifier>.<timeline>` (the identifier unsigned, as pg_controldata shows
+    it) from `HISTORY_COLUMNS`."""
+    return f"{system_identifier % 2**64}.{int(wal_file[:8], 16)}"
 
 
 async def database_history(conn: asyncpg.Connection | asyncpg.Pool) -> str:
-    """`HISTORY_SQL`'s value now. What a service built from the database (its caches, the
-    matcher's watchlists, the topics' logs) belongs to the history it was built from."""
-    return await conn.fetchval(f"SELECT {HISTORY_SQL}")
+    """The database's history now (`history_of`). What a service built from the database
+    (its caches, the matcher's watchlists, the topics' logs) belongs to the history it
+    was built from."""
+    system_identifier, wal_file = await conn.fetchrow(f"SELECT {HISTORY_COLUMNS}")
+    return history_of(system_identifier, wal_file)
 
 
 async def starting_history(pool: asyncpg.Pool, service: str) -> str | None:

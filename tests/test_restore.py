@@ -51,6 +51,18 @@ def base_backup(primary: EmbeddedDatabase, backup: Path) -> None:
         os.chown(path, owner.st_uid, owner.st_gid)
 
 
+async def promoted(url: str) -> None:
+    """Wait until the restored server has ended its recovery (it accepts read-only
+    connections before that)."""
+    async def done() -> bool:
+        conn = await asyncpg.connect(url)
+        try:
+            return not await conn.fetchval("SELECT pg_is_in_recovery()")
+        finally:
+            await conn.close()
+    await eventually(done, timeout=30, what="the restored database promoted")
+
+
 async def burn_transactions(url: str, n: int = 50) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -84,6 +96,7 @@ async def test_a_replica_of_a_history_left_behind_by_a_restore_gets_a_new_snapsh
 
     with EmbeddedDatabase(backup, ephemeral=True) as restored:
         url = restored.dsn("giapranh")
+        await promoted(url)
         async for client in _serve(create_ingest(env.settings(IngestSettings,
                                                               database_url=url))):
             await burn_transactions(url)  # the restored database numbers past the cursor
@@ -91,7 +104,7 @@ async def test_a_replica_of_a_history_left_behind_by_a_restore_gets_a_new_snapsh
             again = await sync(client, keys, LONG_XUYEN, taken["cursor"])
             assert again["reset"], again
             assert changes(again) == {"E-KEPT": "upsert", "E-AFTER": "upsert"}
-            assert again["cursor"].split(".")[4] != taken["cursor"].split(".")[4]
+            assert again["cursor"].split(".")[5] != taken["cursor"].split(".")[5]  # timeline
 
 
 async def test_a_service_running_through_a_restore_is_no_longer_ready(
@@ -125,6 +138,7 @@ async def test_a_service_running_through_a_restore_is_no_longer_ready(
 
             primary = await asyncio.to_thread(restore)
             assert primary.dsn("giapranh") == url  # (the same address)
+            await promoted(url)
 
             async def stale() -> dict | None:
                 """(the database answering: the history, not reachability, is the cause)"""

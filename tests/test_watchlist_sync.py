@@ -185,22 +185,23 @@ async def test_a_directory_change_starts_a_new_snapshot_and_bad_cursors_are_refu
     for bad in ("v2.1.1", "v1.-1.0", "1", "v1.1.1.1", "v1." + "9" * 30 + ".1",
                 "v2.1.1.1.1", "v2.-1.1.1", "v2.99999999999999999999.1.1", "v3.1.1.1",
                 "v3.1.1.1.1", "v3.99999999999999999999.1.1.1.1", "v3.1.1.1.1.-1",
-                "v3.1.1.1.1." + "9" * 20):
+                "v3.1.1.1.1." + "9" * 20, "v3.1.1.1." + "9" * 20 + ".1",
+                "v3.1.1.1.1.\u0661"):
         response = await ingest.get("/v1/watchlist/sync", params={"since": bad},
                                     headers=bearer(directory[SONG_CAU]))
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["field"] == "since"
     # A cursor from beyond this database's transactions (it was restored from a backup
     # since): a new snapshot, not a delta that would skip what the restored one holds.
-    _, xid, seq, version, timeline, system = after["cursor"].split(".")
+    _, xid, seq, version, system, timeline = after["cursor"].split(".")
     assert not (await sync(ingest, directory, SONG_CAU, after["cursor"]))["reset"]
     ahead = await sync(ingest, directory, SONG_CAU,
-                       f"v3.{2**62}.{seq}.{version}.{timeline}.{system}")
+                       f"v3.{2**62}.{seq}.{version}.{system}.{timeline}")
     assert ahead["reset"] and changes(ahead) == {"E-NEIGHBOURS": "upsert"}
     # A cursor of another history of the database (another timeline, another cluster):
     # a new snapshot (see test_a_replica_of_a_history_left_behind_by_a_restore_...).
-    for other in (f"v3.{xid}.{seq}.{version}.{int(timeline) + 1}.{system}",
-                  f"v3.{xid}.{seq}.{version}.{timeline}.{int(system) + 1}"):
+    for other in (f"v3.{xid}.{seq}.{version}.{system}.{int(timeline) + 1}",
+                  f"v3.{xid}.{seq}.{version}.{(int(system) + 1) % 2**64}.{timeline}"):
         elsewhere = await sync(ingest, directory, SONG_CAU, other)
         assert elsewhere["reset"] and changes(elsewhere) == {"E-NEIGHBOURS": "upsert"}
     # Cursors of earlier versions of sync: a new snapshot, not an error.

@@ -36,14 +36,17 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from services.ingest.deps import CurrentUnit, Database
+from shared.db import HISTORY_COLUMNS, history_of
 from shared.errors import Unprocessable
 from shared.events import WatchlistEntry, utcnow
 from shared.http import error_responses
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
 
-CURSOR = re.compile(r"^v3\.(\d{1,19})\.(\d{1,18})\.(\d{1,18})\.(\d{1,10})\.(\d{1,20})$")
-OLD_CURSOR = re.compile(r"^v1\.\d{1,18}\.\d{1,18}$|^v2\.\d{1,19}\.\d{1,18}\.\d{1,18}$")
+CURSOR = re.compile(r"^v3\.(\d{1,19})\.(\d{1,18})\.(\d{1,18})\.((\d{1,20})\.\d{1,10})$", re.ASCII)
+"""v3.<transaction id>.<change number>.<directory version>.<history> (`history_of`)."""
+OLD_CURSOR = re.compile(r"^v1\.\d{1,18}\.\d{1,18}$|^v2\.\d{1,19}\.\d{1,18}\.\d{1,18}$",
+                        re.ASCII)
 """A cursor of the first sync (ordered by number alone), or of the second (which did not
 name the database's history): answered with a new snapshot."""
 
@@ -82,36 +85,33 @@ _VISIBLE = """
      ORDER BY n"""
 
 
-def _parse(cursor: str | None) -> tuple[int, int, int, int, int] | None:
-    """(transaction id, change number, directory version, timeline, system identifier)
-    of a cursor; None for a snapshot (no cursor, or one of an earlier version of sync)."""
+def _parse(cursor: str | None) -> tuple[int, int, int, str] | None:
+    """(transaction id, change number, directory version, database history) of a cursor;
+    None for a snapshot (no cursor, or one of an earlier version of sync)."""
     if cursor is None or OLD_CURSOR.match(cursor):
         return None
     found = CURSOR.match(cursor)
     if found is None or int(found.group(1)) >= 2**64 or int(found.group(5)) >= 2**64:
         raise Unprocessable("since is a cursor from an earlier answer "
                             "(v3.<n>.<n>.<n>.<n>.<n>)", field="since")
-    return tuple(int(part) for part in found.groups())  # type: ignore[return-value]
+    return int(found.group(1)), int(found.group(2)), int(found.group(3)), found.group(4)
 
 
 async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
                     since: str | None, limit: int) -> str:
     """One page of the changes `unit_code` may see after `since`, as `SyncPage` JSON."""
     position = _parse(since)
-    directory, xmax, wal_file, system = await conn.fetchrow(
+    directory, xmax, system_identifier, wal_file = await conn.fetchrow(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,"
         "       pg_snapshot_xmax(pg_current_snapshot())::text,"
-        "       pg_walfile_name(pg_current_wal_lsn()),"
-        "       (SELECT system_identifier FROM pg_control_system())"
-        "  FROM directory_version")
-    timeline = int(wal_file[:8], 16)  # (a WAL file's name starts with its timeline)
-    system %= 2**64  # (a bigint: read as unsigned, as pg_controldata shows it)
+        f"      {HISTORY_COLUMNS} FROM directory_version")
+    history = history_of(system_identifier, wal_file)
     # A cursor of another history (a restore to a point in time, a promoted standby, a
     # new cluster), or past every transaction this database has begun (restored from a
     # backup or replaced): its changes are not this one's, so the replica starts again
     # from a snapshot rather than skip what this one holds or keep what it does not.
     reset = (position is None or position[2] != directory or position[0] >= int(xmax)
-             or position[3:] != (timeline, system))
+             or position[3] != history)
     # A snapshot's first page lists only what the unit may see now; its later pages, like
     # any delta, also say `remove` for entries it could see before (harmless to a replica
     # being built: it has none of them).
@@ -145,7 +145,7 @@ async def sync_page(conn: asyncpg.Connection | asyncpg.Pool, unit_code: str,
         if upsert else
         f'{{"entry_id":{json.dumps(row["entry_id"])},"change":"remove","entry":null}}'
         for row, upsert in chosen]
-    cursor = f"v3.{last[0]}.{last[1]}.{directory}.{timeline}.{system}"
+    cursor = f"v3.{last[0]}.{last[1]}.{directory}.{history}"
     head = SyncPage(changes=[], cursor=cursor, more=more,
                     reset=reset, as_of=utcnow()).model_dump_json()
     return head.replace('"changes":[]', '"changes":[' + ",".join(parts) + "]", 1)
