@@ -24,6 +24,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from shared import metrics
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,13 @@ async def database_history(conn: asyncpg.Connection | asyncpg.Pool) -> str:
 
 
 async def starting_history(pool: asyncpg.Pool, service: str) -> str | None:
-    """`database_history` as a service starts; None (said in the log: its readiness then
+    """`database_history` as a service starts, its gauge of a changed history at 0 (read
+    by /readyz, `shared.http.same_history`); None (said in the log: its readiness then
     does not check the history) when the database cannot tell it, rather than not start."""
     try:
-        return await database_history(pool)
+        history = await database_history(pool)
+        metrics.DATABASE_HISTORY_CHANGED.labels(service=service).set(0)
+        return history
     except DATABASE_ERRORS as exc:
         log.warning("%s cannot read the database's history (%r): its readiness will not "
                     "notice a restore to a point in time", service, exc)

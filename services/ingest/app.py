@@ -17,7 +17,6 @@ from services.ingest.reconciler import Reconciler
 from services.ingest.relay import OutboxRelay
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestStore
-from shared import metrics
 from shared.auth import KeyStore
 from shared.db import create_pool, starting_history
 from shared.errors import NotFound
@@ -50,7 +49,6 @@ def create_app(settings: IngestSettings) -> FastAPI:
             keys=keys,
             readiness={"broker": lambda: relay.connected, "verdicts": reconciler.healthy},
             history=await starting_history(pool, "ingest")))
-        metrics.DATABASE_HISTORY_CHANGED.labels(service="ingest").set(0)  # (read by /readyz)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),
                         background(sightings.run(), "group-commit"),

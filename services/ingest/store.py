@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared import audit
 from shared.audit import Actor
-from shared.db import server_process
+from shared.db import DATABASE_ERRORS, server_process
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.events import (
     Event,
@@ -306,7 +306,7 @@ class IngestStore:
                     [r.event.event_id for r in reports if r.event.event_id not in inserted],
                 )
             } if len(fresh) < len(reports) else {}
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             if not alone:
                 raise
             log.warning("%d report(s) written, but the look-up of %d repeated id(s) "

@@ -154,7 +154,6 @@ class MatcherRuntime(Service):
         self._ledger = Ledger(self._pool)
         # (taken before the snapshot: the watchlists held belong to this history)
         self.history = await starting_history(self._pool, "matcher")
-        metrics.DATABASE_HISTORY_CHANGED.labels(service="matcher").set(0)  # (read by /readyz)
         await self._load_watchlist_snapshot()
         await self._load_recent_reports()
         calm_garbage_collector()

@@ -132,7 +132,6 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                             "incident_consumer": "ready" if incidents.ready.is_set()
                             else "starting"},
             history=await starting_history(pool, "notifier")))
-        metrics.DATABASE_HISTORY_CHANGED.labels(service="notifier").set(0)  # (read by /readyz)
         calm_garbage_collector()  # (the tail of the alert latency: shared/runtime.py)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),
