@@ -25,6 +25,22 @@ def test_every_topic_example_survives_a_json_round_trip(spec):
     assert spec.decode(value.model_dump_json()) == value
 
 
+@pytest.mark.parametrize("spec", [s for s in ALL_TOPICS if len(s.value_types) > 1],
+                         ids=lambda s: s.name)
+def test_a_message_is_checked_against_the_type_it_names_only(spec):
+    """A topic carrying several event types tells them apart by `type`: a broken message
+    is refused for what its own type lacks (not once per type the topic carries, which
+    also doubled the cost of every message), and an unknown type is refused as such."""
+    named = spec.value_types[-1].__name__
+    with pytest.raises(ValidationError) as refused:
+        spec.decode(json.dumps({"type": named}))
+    assert refused.value.errors()
+    assert all(error["loc"][0] == named for error in refused.value.errors())
+    with pytest.raises(ValidationError) as unknown:
+        spec.decode(json.dumps({"type": "NoSuchEvent"}))
+    assert [error["type"] for error in unknown.value.errors()] == ["union_tag_invalid"]
+
+
 def test_every_event_type_is_carried_by_exactly_one_topic():
     union_members = typing.get_args(typing.get_args(events.AnyEvent)[0])
     carried = [t for spec in ALL_TOPICS for t in spec.value_types]
