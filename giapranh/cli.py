@@ -18,6 +18,7 @@ from giapranh.admin import (
     units_app,
     webhooks_app,
 )
+from giapranh.topics import topics_app
 
 app = typer.Typer(help="giapranh: real-time alert sharing between neighbouring police units.",
                   no_args_is_help=True, add_completion=False)
@@ -27,6 +28,7 @@ app.add_typer(adjacency_app, name="adjacency")
 app.add_typer(agreements_app, name="agreements")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
+app.add_typer(topics_app, name="topics")
 
 
 @app.command()
