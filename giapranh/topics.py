@@ -25,7 +25,7 @@ from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from shared.kafka import client_options
 from shared.settings import CommonSettings
-from shared.topics import ALL_TOPICS
+from shared.topics import ALL_TOPICS, DEAD_LETTER, TopicSpec
 
 topics_app = typer.Typer(help="The deployment's topics on the broker: list them, empty them "
                          "after a point-in-time restore of the database.", no_args_is_help=True)
@@ -59,10 +59,11 @@ async def _admin(settings: CommonSettings) -> AIOKafkaAdminClient:
     return admin
 
 
-async def ours(admin: AIOKafkaAdminClient, settings: CommonSettings) -> list[str]:
-    """The registry's topics under the prefix that the broker lists."""
+async def ours(admin: AIOKafkaAdminClient, settings: CommonSettings,
+               specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
+    """The registry's topics (of `specs`) under the prefix that the broker lists."""
     listed = set(await admin.list_topics())
-    return [settings.topic(spec.name) for spec in ALL_TOPICS
+    return [settings.topic(spec.name) for spec in specs
             if settings.topic(spec.name) in listed]
 
 
@@ -153,12 +154,16 @@ def empty(
     wait: Annotated[float, typer.Option(
         min=0.0, help="Seconds to wait for the members of services just stopped to leave "
         "their groups (a member leaves within the session timeout).")] = 30.0,
+    dead_letters: Annotated[bool, typer.Option(
+        help="Delete the dead-letter topic too (its parked messages are kept nowhere "
+        "else: read them first).")] = False,
 ) -> None:
     """Delete the registry's topics under the prefix, after a point-in-time restore of the
     database: stop ingest, the matcher and the notifier first, then start them again (they
-    create the topics and publish again from PostgreSQL). Topics of other prefixes are
-    left alone."""
+    create the topics and publish again from PostgreSQL). Topics of other prefixes, and
+    the dead-letter topic unless asked, are left alone."""
     settings = CommonSettings()
+    specs = tuple(spec for spec in ALL_TOPICS if dead_letters or spec is not DEAD_LETTER)
 
     async def go() -> int:
         admin = await _admin(settings)
@@ -178,7 +183,7 @@ def empty(
                 console.print("[red]refused:[/] a matcher or notifier is still running; stop "
                               "ingest, the matcher and the notifier first (or --force)")
                 return 1
-            present = await ours(admin, settings)
+            present = await ours(admin, settings, specs)
             if not present:
                 console.print(f"no topic with the prefix {settings.topic_prefix!r} on "
                               f"{settings.kafka_bootstrap_servers}: nothing to delete")
@@ -192,7 +197,7 @@ def empty(
             # (deletion completes in the background on Apache Kafka)
             with console.status("waiting for the broker to stop listing them"):
                 for _ in range(60):
-                    left = await ours(admin, settings)
+                    left = await ours(admin, settings, specs)
                     if not left:
                         break
                     await asyncio.sleep(0.5)
