@@ -117,19 +117,26 @@ class WebhookChannel:
 
     async def enqueue(self, conn: asyncpg.Connection, changes: Sequence[AlertChange],
                       now: datetime) -> None:
-        rows = [(unit, change.alert_id, change.kind, change.reported_at)
-                for change in changes for unit in change.units]
+        # One array element per change, its units joined by a control character no unit
+        # code holds: the units with a webhook are few, the recipients of every change many
+        # (one element per recipient cost the notifier ~4 % of its CPU at 1,000 alerts/s).
         await conn.execute(
             """INSERT INTO webhook_deliveries (unit_code, alert_id, kind, reported_at,
                                                next_attempt_at)
-               SELECT c.unit_code, c.alert_id, c.kind, c.reported_at, $5
-                 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[])
-                      AS c (unit_code, alert_id, kind, reported_at)
-                 JOIN webhooks w ON w.unit_code = c.unit_code
+               SELECT u.unit_code, c.alert_id, c.kind, c.reported_at, $5
+                 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
+                      AS c (alert_id, kind, reported_at, units)
+                CROSS JOIN LATERAL unnest(string_to_array(c.units, $6)) AS u (unit_code)
+                 JOIN webhooks w ON w.unit_code = u.unit_code
                 ORDER BY c.alert_id""",
-            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-            [r[3] for r in rows], now,
+            [change.alert_id for change in changes], [change.kind for change in changes],
+            [change.reported_at for change in changes],
+            [UNIT_SEPARATOR.join(change.units) for change in changes], now, UNIT_SEPARATOR,
         )
+
+
+UNIT_SEPARATOR = "\x1f"
+"""(ASCII's unit separator: no unit code holds a control character)"""
 
 
 @dataclass(frozen=True)
