@@ -169,8 +169,11 @@ async def _dead(pool):
     "http://192.168.1.5/x", "http://[::1]/x", "http://0.0.0.0/x", "http://2130706433/x",
     "http://localhost/x", "http://user:secret@example.com/x",
     "http://example.com/" + "a" * 100_000,
+    "http://[2002:7f00:1::]/x", "http://[2002:a9fe:a9fe::]/x", "http://[fec0::1]/x",
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x",
 ], ids=["loopback", "metadata", "private-10", "private-192", "ipv6-loopback", "unspecified",
-        "decimal-ip", "name-to-loopback", "credentials", "too-long"])
+        "decimal-ip", "name-to-loopback", "credentials", "too-long", "6to4-loopback",
+        "6to4-metadata", "ipv6-site-local", "teredo"])
 async def test_a_webhook_to_a_non_public_destination_is_refused_naming_the_url(
     env, topics, directory, url
 ):

@@ -61,6 +61,16 @@ class Destination:
             ip = ip.ipv4_mapped
         if any(ip in network for network in self.allowed):
             return True
+        if isinstance(ip, ipaddress.IPv6Address):
+            # An IPv4 address carried inside (6to4, Teredo) is where a relay takes it: it
+            # must be public too; site-local (fec0::/10, deprecated) is a private network.
+            # (Python 3.11's is_global does not cover these.)
+            if ip.is_site_local:
+                return False
+            inner = [ip.sixtofour, *(ip.teredo or ())]
+            if any(carried is not None and not self.permits(str(carried))
+                   for carried in inner):
+                return False
         return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback
                                      or ip.is_link_local or ip.is_private
                                      or ip.is_unspecified)
