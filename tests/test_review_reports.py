@@ -191,6 +191,11 @@ async def test_units_outside_the_agreement_or_pair_get_404(notifier, directory, 
             response = await notifier.get(path, params={**params, **PERIOD}, headers=outsider)
             assert response.status_code == 404, (path, params, response.text)
             assert response.json()["error"]["code"] == "not_found"
+    # An agreement that does not exist answers as one the outsider is not party to (or any
+    # unit could tell which agreement ids exist).
+    answers = [(await notifier.get("/v1/reports/review", headers=outsider, params={
+        "agreement": agreement, **PERIOD})).json() for agreement in (params["agreement"], 99999)]
+    assert answers[0] == answers[1], answers
     # Bad periods and scopes: 422 naming the field.
     mine = bearer(directory["CA-30307"])
     for params, field in (({"pair": PAIR, "from": "2026-10-01", "to": "2026-09-01"}, "to"),

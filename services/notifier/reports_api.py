@@ -20,6 +20,7 @@ from services.notifier.reports import (
     to_csv,
     to_html,
 )
+from shared.errors import NotFound
 from shared.events import utcnow
 from shared.http import error_responses
 
@@ -59,7 +60,15 @@ Turn = Annotated[asyncio.Semaphore, Depends(_turn)]
 async def _report(db: Database, turn: asyncio.Semaphore, caller: CurrentUnit,
                   agreement: int | None, pair: str | None, unit: str | None, start: date,
                   end: date) -> ReviewReport:
-    scope = await resolve_scope(db, agreement=agreement, pair=pair, unit=unit)
+    try:
+        scope = await resolve_scope(db, agreement=agreement, pair=pair, unit=unit)
+    except NotFound:
+        if agreement is None:  # (units are no secret: the directory lists them)
+            raise
+        # An agreement that does not exist answers as one the caller is not party to:
+        # otherwise any unit could tell which agreement ids exist.
+        raise NotFound(f"no report for this agreement is open to unit {caller.unit_code}",
+                       field="agreement") from None
     await check_access(db, scope, caller)
     async with turn:
         return await review_report(db, scope, start, end, now=utcnow())
