@@ -2,7 +2,9 @@
 acknowledge, confirm or reject, close with an outcome; missed deadlines escalate; a
 cancelled entry withdraws its open alerts; every step is the right unit's alone."""
 
+import asyncio
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 
@@ -87,6 +89,40 @@ async def test_acknowledge_confirm_close_with_the_right_units_only(env, desk, di
     closed_list = await desk.get("/v1/alerts?status=closed", headers=bearer(owner_key))
     assert [a["alert_id"] for a in closed_list.json()] == [alert["alert_id"]]
     assert (await desk.get("/v1/alerts?status=open", headers=bearer(owner_key))).json() == []
+
+
+async def test_acknowledging_at_once_many_times_is_one_step_and_a_closed_alert_refuses_it(
+    env, desk, directory, clock, pool
+):
+    """Eight acknowledgements of one unit at the same time: one history step, one audit
+    record, one acknowledgement time (each used to be recorded, the last time winning).
+    A unit that had not acknowledged a closed alert cannot any more: 409."""
+    hit = make_hit(WANTED)
+    await send(env, hit)
+    alert = await raised(desk, directory, hit)
+    seen_key, owner_key = directory["CA-31212"], directory["CA-30307"]
+    clock.advance(minutes=2)
+    answers = await asyncio.gather(*(act(desk, seen_key, alert, "ack") for _ in range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert {a.json()["acknowledged_at"] for a in answers} == {"2026-11-20T14:02:00Z"}
+    assert await history(desk, owner_key, alert) == [
+        ("raised", None), ("acknowledged", "CA-31212")]
+    assert await pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE action = 'alert.acknowledged' AND subject = $1",
+        alert["alert_id"]) == 1
+
+    others = [code for code in await pool.fetchval(
+        "SELECT array_agg(unit_code) FROM deliveries WHERE alert_id = $1", UUID(
+            alert["alert_id"])) if code not in ("CA-31212", "CA-30307") and code in directory]
+    assert others, "the alert has a third recipient"
+    assert (await act(desk, owner_key, alert, "confirm")).status_code == 200
+    assert (await act(desk, seen_key, alert, "close", outcome="detained")).status_code == 200
+    late = await act(desk, directory[others[0]], alert, "ack")
+    assert late.status_code == 409, late.text
+    assert late.json()["error"]["code"] == "invalid_transition"
+    assert late.json()["error"]["field"] == "status"
+    assert [step for step, _ in await history(desk, owner_key, alert)] == [
+        "raised", "acknowledged", "confirmed", "closed"]
 
 
 async def test_a_missed_deadline_renotifies_and_escalates_up_the_chain(env, desk, directory, clock):

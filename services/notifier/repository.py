@@ -196,16 +196,21 @@ class AlertRepository:
 
     @staticmethod
     async def acknowledge(conn: asyncpg.Connection, alert_id: UUID, unit_code: str,
-                          now: datetime) -> None:
-        await conn.execute(
+                          now: datetime) -> bool:
+        """Whether this acknowledged the delivery (False: it was already)."""
+        done = await conn.execute(
             "UPDATE deliveries SET acknowledged_at = $3 "
-            "WHERE alert_id = $1 AND unit_code = $2", alert_id, unit_code, now)
+            "WHERE alert_id = $1 AND unit_code = $2 AND acknowledged_at IS NULL",
+            alert_id, unit_code, now)
+        if done == "UPDATE 0":
+            return False
         await conn.execute(
             """UPDATE alerts SET acknowledged_at = coalesce(acknowledged_at, $2),
                       status = CASE WHEN status = 'raised' THEN 'acknowledged'
                                     ELSE status END,
                       updated_at = $2
                 WHERE alert_id = $1""", alert_id, now)
+        return True
 
     @staticmethod
     async def decide(conn: asyncpg.Connection, alert_id: UUID, unit_code: str, status: str,

@@ -284,11 +284,14 @@ class AlertService:
         async with self._repo.transaction() as conn:
             row = await self._locked(conn, alert_id, unit_code)
             if row["acknowledged_at"] is None:
-                await self._repo.acknowledge(conn, alert_id, unit_code, now)
-                await self._changed(conn, alert_id, "acknowledged", unit_code, None, now,
-                                    actor)
-                metrics.TIME_TO_ACKNOWLEDGE.observe(
-                    max(0.0, (now - row["delivered_at"]).total_seconds()))
+                workflow.check_acknowledgement(row["status"])
+                # (the delivery's acknowledged_at read with the alert's lock may be older
+                # than a concurrent acknowledgement's: the update itself tells)
+                if await self._repo.acknowledge(conn, alert_id, unit_code, now):
+                    await self._changed(conn, alert_id, "acknowledged", unit_code, None, now,
+                                        actor)
+                    metrics.TIME_TO_ACKNOWLEDGE.observe(
+                        max(0.0, (now - row["delivered_at"]).total_seconds()))
         return await self.alert_for_unit(alert_id, unit_code)
 
     async def decide(self, alert_id: UUID, unit_code: str, confirmed: bool,

@@ -92,6 +92,13 @@ def check_decision(unit: str, *, status: str, owner: str, directory: Directory,
     return action
 
 
+def check_acknowledgement(status: str) -> None:
+    """A unit acknowledges an open alert (one closed or withdrawn before it did: 409)."""
+    if status not in OPEN:
+        raise InvalidTransition(f"alert is {status}; only an open alert can be acknowledged",
+                                field="status")
+
+
 def check_closing(unit: str, *, status: str, owner: str, seen_unit: str,
                   directory: Directory) -> None:
     if unit not in closers(directory, owner, seen_unit):
