@@ -2,6 +2,7 @@
 OASIS schema, and the Atom feed; through the real broker, database and HTTP sockets."""
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from giapranh.embedded import free_port
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhooks import verify
@@ -109,6 +111,52 @@ async def test_a_dead_webhook_is_dead_lettered_after_its_attempts_and_others_sti
         {"unit_code": "CA-31212", "status": "dead", "attempts": 4, "last_error": "HTTP 503"}]
     metrics = (await desk.get("/metrics")).text
     assert 'giapranh_deliveries_total{channel="webhook",result="dead"} ' in metrics
+
+
+@contextlib.asynccontextmanager
+async def trickling_receiver(interval: float = 0.3):
+    """A hostile unit's receiver: reads the request, then answers one byte at a time,
+    slowly enough never to let a read time out; yields its URL."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" * 1000:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(interval)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", free_port())
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_a_receiver_that_trickles_its_answer_delays_no_other_unit(
+        env, topics, directory, pool):
+    """A unit whose receiver answers a byte at a time: its attempts end at the timeout,
+    counted as the whole request, and the other units' deliveries go out meanwhile (they
+    used to wait for its attempt, which no read timeout ended: minutes)."""
+    settings = env.settings(NotifierSettings, webhook_poll_seconds=0.05,
+                            webhook_timeout_seconds=5, webhook_retry_base_seconds=0.1,
+                            webhook_allowed_networks="127.0.0.0/8")
+    working = Receiver(failures=0)
+    async for desk in _serve(create_app(settings)):
+        async with trickling_receiver() as slow_url, served(working.app) as working_url:
+            await register(desk, directory["CA-31212"], f"{slow_url}/hook")
+            await send(env, make_hit(WANTED))  # the slow unit's delivery is claimed first
+            await asyncio.sleep(0.5)
+            await register(desk, directory["CA-30307"], f"{working_url}/hook")
+            await send(env, make_hit(WANTED))
+            await eventually(lambda: _count(working, 1), timeout=30,
+                             what="the other unit's webhook")
+            # ... while the slow unit's first attempt still runs
+            assert await pool.fetchval(
+                "SELECT max(attempts) FROM webhook_deliveries WHERE unit_code = 'CA-31212'") == 0
+
+            async def timed_out():
+                return await pool.fetchval(
+                    "SELECT last_error FROM webhook_deliveries WHERE unit_code = 'CA-31212' "
+                    "AND last_error IS NOT NULL LIMIT 1")
+            assert await eventually(timed_out, timeout=15) == "no complete answer within 5 s"
 
 
 async def test_cap_messages_validate_and_follow_the_alert_from_alert_to_cancel(

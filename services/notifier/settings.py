@@ -35,7 +35,7 @@ class NotifierSettings(CommonSettings):
     webhook_retry_base_seconds: float = Field(
         5.0, gt=0, description="First retry delay; doubles with each failure.")
     webhook_retry_max_seconds: float = Field(600, gt=0, description="Longest retry delay.")
-    webhook_timeout_seconds: float = Field(10, gt=0, description="Timeout of one webhook POST.")
+    webhook_timeout_seconds: float = Field(10, gt=0, description="Timeout of one webhook POST, as a whole.")
     webhook_poll_seconds: float = Field(
         0.5, gt=0, description="How often queued webhook deliveries are looked for.")
     cap_sender: str = Field(

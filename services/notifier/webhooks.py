@@ -26,6 +26,7 @@ import random
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,7 +41,7 @@ from services.notifier.clock import Clock
 from services.notifier.models import WebhookFormat, WebhookView
 from shared import audit, metrics
 from shared.audit import Actor
-from shared.db import DATABASE_ERRORS
+from shared.db import DATABASE_ERRORS, encode_json
 from shared.errors import Unprocessable
 from shared.kafka import stop_if_cancelled
 
@@ -266,9 +267,19 @@ class WebhookPolicy:
         return delay * random.uniform(0.8, 1.2)
 
 
+PER_UNIT_IN_FLIGHT = 4
+"""Deliveries to one unit's receiver posted at once: a slow or hostile receiver holds at
+most these, never the others' turn."""
+
+
 class WebhookDispatcher:
     """Posts queued webhook deliveries; safe to run in every notifier instance (rows are
-    claimed with SKIP LOCKED and leased, so each attempt happens once)."""
+    claimed by an update that checks them again and leased, so each attempt happens once).
+
+    Attempts run side by side, `batch` at most and `PER_UNIT_IN_FLIGHT` per unit, each
+    bounded as a whole by the timeout (a receiver that trickles its answer a byte at a
+    time never times out a read): new deliveries are claimed as soon as a place frees,
+    never after the slowest of a round."""
 
     def __init__(self, pool: asyncpg.Pool, render: Renderer, policy: WebhookPolicy,
                  clock: Clock, *, destination: Destination, poll_seconds: float = 0.5,
@@ -281,71 +292,112 @@ class WebhookDispatcher:
         self._poll = poll_seconds
         self._batch = batch
         self._client = client
+        self._in_flight: dict[asyncio.Task[None], str] = {}
+        # (an attempt outlasting its lease would be claimed again and posted twice)
+        self._lease = max(policy.lease_seconds, 2 * policy.timeout_seconds + 30)
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=self._policy.timeout_seconds) as client:
             self._client = self._client or client
-            while True:
-                stop_if_cancelled()
-                try:
-                    sent = await self.dispatch_due()
-                except DATABASE_ERRORS as exc:
-                    log.warning("webhook dispatch round failed: %r", exc)
-                    sent = 0
-                if sent < self._batch:
-                    await asyncio.sleep(self._poll)
+            try:
+                while True:
+                    stop_if_cancelled()
+                    try:
+                        claimed = await self.dispatch_due()
+                    except DATABASE_ERRORS as exc:
+                        log.warning("webhook dispatch round failed: %r", exc)
+                        claimed = 0
+                    if claimed == 0 or len(self._in_flight) >= self._batch:
+                        # Until a place frees or the next poll, whichever comes first.
+                        sleeper = asyncio.ensure_future(asyncio.sleep(self._poll))
+                        await asyncio.wait([*self._in_flight, sleeper],
+                                           return_when=asyncio.FIRST_COMPLETED)
+                        sleeper.cancel()
+            finally:
+                for task in self._in_flight:
+                    task.cancel()
 
     async def dispatch_due(self) -> int:
+        """Claim what is due, as far as there are places, and start posting it; how many
+        were claimed."""
+        places = self._batch - len(self._in_flight)
+        if places <= 0:
+            return 0
+        per_unit = Counter(self._in_flight.values())
         now = self._clock.now()
         rows = await self._pool.fetch(
             """UPDATE webhook_deliveries d SET next_attempt_at = $2
                  FROM webhooks w
                 WHERE w.unit_code = d.unit_code AND d.id IN (
-                      SELECT id FROM webhook_deliveries
-                       WHERE status = 'pending' AND next_attempt_at <= $1
-                       ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+                      SELECT id FROM (
+                          SELECT id, next_attempt_at, row_number() OVER (
+                                     PARTITION BY unit_code ORDER BY next_attempt_at) AS nth,
+                                 unit_code
+                            FROM webhook_deliveries
+                           WHERE status = 'pending' AND next_attempt_at <= $1) due
+                       WHERE due.nth <= $4 - coalesce(($5::jsonb ->> due.unit_code)::int, 0)
+                       ORDER BY due.next_attempt_at LIMIT $3)
+                  -- (another instance may have claimed a row meanwhile: checked again
+                  -- once its lock is released)
+                  AND d.status = 'pending' AND d.next_attempt_at <= $1
             RETURNING d.id, d.unit_code, d.alert_id, d.kind, d.attempts, d.reported_at,
                       w.url, w.secret, w.format""",
-            now, now + timedelta(seconds=self._policy.lease_seconds), self._batch,
+            now, now + timedelta(seconds=self._lease), places, PER_UNIT_IN_FLIGHT,
+            encode_json(dict(per_unit)),
         )
         metrics.WEBHOOK_PENDING.set(await self._pool.fetchval(
             "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"))
-        if rows:
-            await asyncio.gather(*(self._attempt(row) for row in rows))
+        for row in rows:
+            task = asyncio.create_task(self._attempt(row))
+            self._in_flight[task] = row["unit_code"]
+            task.add_done_callback(self._in_flight.pop)
         return len(rows)
+
+    async def settle(self) -> None:
+        """Wait for the attempts started (tests, shutdown)."""
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight))
 
     async def _attempt(self, row: asyncpg.Record) -> None:
         assert self._client is not None
         error: str | None = None
+        timeout = self._policy.timeout_seconds
         try:
             body = await self._render(row["alert_id"], row["unit_code"], row["kind"],
                                       row["format"])
             content_type = ("application/cap+xml" if row["format"] == "cap"
                             else "application/json")
-            # Checked again now, and sent to the very address checked (no DNS rebinding).
-            url, address = await self._destination.vet(row["url"], at_registration=False)
-            assert address is not None
-            target = url.copy_with(host=address)
-            extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-            response = await self._client.post(target, content=body, headers={
-                "Host": url.netloc.decode(),
-                "Content-Type": content_type,
-                "User-Agent": "giapranh-notifier",
-                "X-Giapranh-Delivery": str(row["id"]),
-                "X-Giapranh-Event": row["kind"],
-                "X-Giapranh-Signature": sign(row["secret"], int(time.time()), body),
-            }, timeout=self._policy.timeout_seconds, extensions=extensions,
-                follow_redirects=False)
+            async with asyncio.timeout(timeout):  # the whole attempt, not each read
+                # Checked again now, and sent to the very address checked (no DNS
+                # rebinding).
+                url, address = await self._destination.vet(row["url"], at_registration=False)
+                assert address is not None
+                target = url.copy_with(host=address)
+                extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+                response = await self._client.post(target, content=body, headers={
+                    "Host": url.netloc.decode(),
+                    "Content-Type": content_type,
+                    "User-Agent": "giapranh-notifier",
+                    "X-Giapranh-Delivery": str(row["id"]),
+                    "X-Giapranh-Event": row["kind"],
+                    "X-Giapranh-Signature": sign(row["secret"], int(time.time()), body),
+                }, timeout=timeout, extensions=extensions, follow_redirects=False)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
         except Unprocessable as exc:
             error = f"destination refused: {exc.message}"[:500]
+        except TimeoutError:
+            error = f"no complete answer within {timeout:g} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except Exception as exc:
             log.exception("webhook %s could not be prepared", row["id"])
             error = f"{type(exc).__name__}: {exc}"[:500]
-        await self._record(row, error)
+        try:
+            await self._record(row, error)
+        except DATABASE_ERRORS as exc:  # (its lease runs out and it is claimed again)
+            log.warning("webhook delivery %s: its outcome could not be recorded: %r",
+                        row["id"], exc)
 
     async def _record(self, row: asyncpg.Record, error: str | None) -> None:
         now = self._clock.now()
