@@ -355,10 +355,13 @@ async def test_one_connection_gives_the_same_report_as_a_pool(env, pool, two_mon
 
 async def test_reports_run_one_at_a_time_and_leave_the_pool_to_the_alerts(
         notifier, directory, pool, env, two_months):
-    """Six reports asked at once: while the deliveries are locked, only one report (its two
-    periods, two connections) waits on the lock; the others wait their turn without taking
-    a connection, so the rest of the pool stays free. Then all six answer, with the same figures."""
-    lx = bearer(directory["CA-30307"])
+    """Four reports asked at once (two by each unit of the pair): while the deliveries are
+    locked, only one report (its two periods, two connections) waits on the lock; the
+    others wait their turn without taking a connection, so the rest of the pool stays
+    free. A unit's third report at once is refused at once (429), not queued: one key
+    could otherwise queue hundreds, each counted among the requests in flight, and the
+    desks' requests were refused for minutes. Then all four answer, with the same figures."""
+    keys = [bearer(directory["CA-30307"]), bearer(directory["CA-31212"])]
     locker = await asyncpg.connect(env.database_url)
     try:
         waiting = """SELECT count(*) FROM pg_locks
@@ -366,8 +369,8 @@ async def test_reports_run_one_at_a_time_and_leave_the_pool_to_the_alerts(
         async with locker.transaction():
             await locker.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
             asked = [asyncio.create_task(notifier.get(
-                "/v1/reports/review", params={"pair": PAIR, **PERIOD}, headers=lx))
-                for _ in range(6)]
+                "/v1/reports/review", params={"pair": PAIR, **PERIOD}, headers=key))
+                for key in keys * 2]
 
             async def two_waiting() -> bool:
                 return await locker.fetchval(waiting) == 2
@@ -376,10 +379,15 @@ async def test_reports_run_one_at_a_time_and_leave_the_pool_to_the_alerts(
                 assert await locker.fetchval(waiting) == 2, await locker.fetch(
                     "SELECT pid, mode, granted FROM pg_locks WHERE relation = 'deliveries'::regclass")
                 await asyncio.sleep(0.05)
+            third = await notifier.get("/v1/reports/review.pdf", params={"pair": PAIR, **PERIOD},
+                                       headers=keys[0])
+            assert third.status_code == 429, third.text
+            assert third.json()["error"]["code"] == "rate_limited"
+            assert third.headers["retry-after"] == "5"
         answers = await asyncio.gather(*asked)
     finally:
         await locker.close()
-    assert [a.status_code for a in answers] == [200] * 6
+    assert [a.status_code for a in answers] == [200] * 4
     assert len({json.dumps(a.json()["totals"]) for a in answers}) == 1
 
 

@@ -158,11 +158,12 @@ async def atom_feed(unit: CurrentUnit, alerts: Alerts, settings: Settings, reque
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=AlertView,
-             responses=error_responses(403, 404))
+             responses=error_responses(403, 404, 409))
 async def acknowledge_alert(alert_id: UUID, unit: DeskKey, alerts: Alerts,
                             language: AnswerLanguage = "en") -> AlertView:
-    """Acknowledge receipt at the calling unit's duty desk (repeating it changes nothing).
-    Desk keys and above."""
+    """Acknowledge receipt at the calling unit's duty desk (repeating it changes nothing;
+    an alert closed or withdrawn before the desk acknowledged it: 409). Desk keys and
+    above."""
     return localized(await alerts.acknowledge(alert_id, unit.unit_code, Actor.of(unit)),
                      language)
 
