@@ -336,9 +336,14 @@ UNSHED_PATHS = ("/healthz", "/readyz", "/metrics")
 service as it is."""
 
 
+STREAM_PATHS = ("/v1/alerts/stream",)
+"""Long-lived streams: not counted by `LoadShedding` (they have their own limit per key).
+Named exactly: `/v1/watchlist/stream` on ingest is an entry called "stream"."""
+
+
 class LoadShedding:
     """Refuses a request at once, 503 `overloaded` with `Retry-After`, while `limit`
-    requests are already being handled (long-lived streams, `.../stream`, not counted):
+    requests are already being handled (long-lived streams, `STREAM_PATHS`, not counted):
     beyond its capacity a service answers in milliseconds and clients back off, instead of
     queueing until they time out and retry, which makes a storm of it."""
 
@@ -351,7 +356,7 @@ class LoadShedding:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in UNSHED_PATHS or scope[
-                "path"].endswith("/stream"):
+                "path"] in STREAM_PATHS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
             metrics.HTTP_REJECTIONS.labels(service=self.service, reason="overloaded").inc()
