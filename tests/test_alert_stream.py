@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from giapranh.demo import DEMO_ENTRIES
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
+from shared.auth import issue_api_key_row
 from shared.events import HitFound, Place
 from shared.settings import CommonSettings
 from shared.topics import HITS
@@ -144,6 +145,33 @@ async def test_a_key_holds_a_limited_number_of_streams(env, topics, directory):
         assert third.json()["error"]["code"] == "rate_limited"
         assert other_unit.status_code == 200
         for task in streams:
+            task.cancel()
+
+
+async def test_a_unit_holds_a_limited_number_of_streams_whatever_its_keys(
+        env, topics, directory, pool):
+    """A unit admin mints keys at will: the unit's streams are capped too, all its keys
+    together, and another unit's streams are not."""
+    settings = env.settings(NotifierSettings, notifier_max_streams_per_key=5,
+                            notifier_max_streams_per_unit=2)
+    pepper = settings.api_key_pepper.get_secret_value()
+    extra = [(await issue_api_key_row(pool, "CA-30307", pepper, role="desk"))[1]
+             for _ in range(2)]
+    async with served(create_app(settings)) as url:
+        flags = [(asyncio.Event(), asyncio.Event()) for _ in range(2)]
+        streams = [asyncio.create_task(_open_stream(url, key, *f))
+                   for key, f in zip([directory["CA-30307"], extra[0]], flags, strict=True)]
+        for opened, _ in flags:
+            await asyncio.wait_for(opened.wait(), 10)
+        async with httpx.AsyncClient() as client:
+            third = await client.get(f"{url}/v1/alerts/stream", headers=bearer(extra[1]))
+        assert third.status_code == 429, third.text
+        assert "GIAPRANH_NOTIFIER_MAX_STREAMS_PER_UNIT" in third.json()["error"]["message"]
+        other, other_ended = asyncio.Event(), asyncio.Event()
+        other_unit = asyncio.create_task(_open_stream(url, directory["CA-31212"], other,
+                                                      other_ended))
+        await asyncio.wait_for(other.wait(), 10)
+        for task in [*streams, other_unit]:
             task.cancel()
 
 

@@ -90,6 +90,11 @@ async def _stream_allowed(unit: CurrentUnit, feed: Feed) -> Principal:
         raise TooManyRequests(
             f"this key has {feed.max_streams} open streams already "
             "(GIAPRANH_NOTIFIER_MAX_STREAMS_PER_KEY); close one", retry_after=5)
+    cap = feed.max_unit_streams
+    if cap is not None and feed.streams_of_unit(unit.unit_code) >= cap:
+        raise TooManyRequests(
+            f"unit {unit.unit_code} has {cap} open streams already, all its keys together "
+            "(GIAPRANH_NOTIFIER_MAX_STREAMS_PER_UNIT); close one", retry_after=5)
     return unit
 
 

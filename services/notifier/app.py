@@ -116,7 +116,8 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                                        if language in LANGUAGES])
 
         feed = AlertFeed(settings.database_url, views, keys,
-                         max_streams_per_key=settings.notifier_max_streams_per_key)
+                         max_streams_per_key=settings.notifier_max_streams_per_key,
+                         max_streams_per_unit=settings.notifier_max_streams_per_unit)
         await feed.start()
         app.state.settings = settings
         app.state.alerts = alerts

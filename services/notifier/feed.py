@@ -126,11 +126,13 @@ class _Subscription:
 
 class AlertFeed:
     def __init__(self, database_url: str, render: Render, keys: KeyStore, *,
-                 max_streams_per_key: int, heartbeat_seconds: float = HEARTBEAT_SECONDS):
+                 max_streams_per_key: int, heartbeat_seconds: float = HEARTBEAT_SECONDS,
+                 max_streams_per_unit: int | None = None):
         self._database_url = database_url
         self._render = render
         self._keys = keys
         self.max_streams = max_streams_per_key
+        self.max_unit_streams = max_streams_per_unit
         self._heartbeat_seconds = heartbeat_seconds
         self._connection: asyncpg.Connection | None = None
         self._subscribers: dict[str, set[_Subscription]] = defaultdict(set)
@@ -154,6 +156,9 @@ class AlertFeed:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+
+    def streams_of_unit(self, unit_code: str) -> int:
+        return len(self._subscribers.get(unit_code, ()))
 
     def streams_of(self, key_id: int) -> int:
         return sum(1 for subs in self._subscribers.values() for sub in subs

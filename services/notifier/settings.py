@@ -44,6 +44,10 @@ class NotifierSettings(CommonSettings):
     notifier_max_streams_per_key: int = Field(
         5, ge=1, le=1000,
         description="Live alert streams (SSE) one API key may hold open at once (429 above).")
+    notifier_max_streams_per_unit: int = Field(
+        50, ge=1, le=100_000,
+        description="Live alert streams one unit may hold open at once, all its keys together "
+        "(429 above): a unit admin mints keys at will.")
     webhook_allowed_networks: str = Field(
         "", description="Comma-separated networks (CIDR) webhooks may reach although they are "
         "not public, e.g. `10.20.0.0/16` for a province's own receivers; empty: public only.")
