@@ -159,6 +159,34 @@ async def test_a_receiver_that_trickles_its_answer_delays_no_other_unit(
             assert await eventually(timed_out, timeout=15) == "no complete answer within 5 s"
 
 
+async def test_deliveries_nobody_can_post_take_no_place_from_the_others(
+        env, desk, directory, pool):
+    """Pending deliveries of units that have no webhook (removed since, old data), older
+    than anything, used to fill every place of a claim round (the oldest due rows were
+    picked before their webhooks were joined): nothing else was posted. A webhook removed
+    now marks its pending deliveries dead (`giapranh webhooks retry` sends them again)."""
+    working = Receiver(failures=0)
+    async with served(working.app) as url:
+        await register(desk, directory["CA-30307"], f"{url}/hook")
+        await send(env, make_hit(WANTED))
+        await eventually(lambda: _count(working, 1), what="the first delivery")
+        await pool.execute(
+            """INSERT INTO webhook_deliveries (unit_code, alert_id, kind, next_attempt_at)
+               SELECT 'CA-GONE-' || (n % 20), alert_id, 'raised', now() - interval '1 hour'
+                 FROM webhook_deliveries, generate_series(1, 200) AS n LIMIT 200""")
+        await send(env, make_hit(WANTED))
+        await eventually(lambda: _count(working, 2), timeout=10,
+                         what="the second delivery, past the undeliverable ones")
+    await pool.execute(  # (as if they were waiting for a retry)
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now() + "
+        "interval '1 hour' WHERE unit_code = 'CA-30307'")
+    assert (await desk.delete("/v1/webhook", headers=bearer(directory["CA-30307"]))
+            ).status_code in (200, 204)
+    assert [tuple(r) for r in await pool.fetch(
+        "SELECT status, last_error FROM webhook_deliveries WHERE unit_code = 'CA-30307'")
+            ] == [("dead", "webhook removed")] * 2
+
+
 async def test_cap_messages_validate_and_follow_the_alert_from_alert_to_cancel(
         env, desk, directory, cap_schema):
     receiver = Receiver(failures=0)

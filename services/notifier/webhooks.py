@@ -205,6 +205,12 @@ class Webhooks:
             status = await conn.execute("DELETE FROM webhooks WHERE unit_code = $1", unit_code)
             if status == "DELETE 0":
                 return False
+            # (nothing would post them: dead, so that `giapranh webhooks retry` can send
+            # them once the unit has a webhook again)
+            await conn.execute(
+                "UPDATE webhook_deliveries SET status = 'dead', finished_at = now(), "
+                "last_error = 'webhook removed' WHERE unit_code = $1 AND status = 'pending'",
+                unit_code)
             await audit.record(conn, actor or Actor.operator(), "webhook.remove",
                                subject=unit_code, unit_code=unit_code)
         return True
@@ -268,18 +274,22 @@ class WebhookPolicy:
 
 
 PER_UNIT_IN_FLIGHT = 4
-"""Deliveries to one unit's receiver posted at once: a slow or hostile receiver holds at
-most these, never the others' turn."""
+"""Deliveries to one unit's receiver posted at once by one notifier instance: a slow or
+hostile receiver holds at most these, never the others' turn."""
+PENDING_GAUGE_SECONDS = 5.0
+"""How often the pending deliveries are counted (a count of a large backlog costs a scan)."""
 
 
 class WebhookDispatcher:
     """Posts queued webhook deliveries; safe to run in every notifier instance (rows are
-    claimed by an update that checks them again and leased, so each attempt happens once).
+    claimed with SKIP LOCKED and leased, so each attempt happens once).
 
     Attempts run side by side, `batch` at most and `PER_UNIT_IN_FLIGHT` per unit, each
     bounded as a whole by the timeout (a receiver that trickles its answer a byte at a
     time never times out a read): new deliveries are claimed as soon as a place frees,
-    never after the slowest of a round."""
+    never after the slowest of a round. Each registered unit's oldest due deliveries are
+    claimed (an index per unit): a backlog costs a few rows, and deliveries of a unit
+    whose webhook was removed take no place."""
 
     def __init__(self, pool: asyncpg.Pool, render: Renderer, policy: WebhookPolicy,
                  clock: Clock, *, destination: Destination, poll_seconds: float = 0.5,
@@ -292,8 +302,10 @@ class WebhookDispatcher:
         self._poll = poll_seconds
         self._batch = batch
         self._client = client
-        self._in_flight: dict[asyncio.Task[None], str] = {}
-        # (an attempt outlasting its lease would be claimed again and posted twice)
+        self._in_flight: dict[asyncio.Task[None], tuple[str, int]] = {}
+        self._next_count = 0.0
+        # (an attempt outlasting its lease would be claimed again and posted twice; its
+        # outcome is recorded only under the lease it was claimed with)
         self._lease = max(policy.lease_seconds, 2 * policy.timeout_seconds + 30)
 
     async def run(self) -> None:
@@ -314,8 +326,15 @@ class WebhookDispatcher:
                                            return_when=asyncio.FIRST_COMPLETED)
                         sleeper.cancel()
             finally:
-                for task in self._in_flight:
+                # Stopping: attempts under way get a few seconds to finish and be recorded
+                # (cut short, a delivery its receiver took would be posted again).
+                running = list(self._in_flight)
+                if running:
+                    await asyncio.wait(running, timeout=min(5.0, self._policy.timeout_seconds))
+                for task in running:
                     task.cancel()
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
 
     async def dispatch_due(self) -> int:
         """Claim what is due, as far as there are places, and start posting it; how many
@@ -323,34 +342,37 @@ class WebhookDispatcher:
         places = self._batch - len(self._in_flight)
         if places <= 0:
             return 0
-        per_unit = Counter(self._in_flight.values())
+        per_unit = Counter(unit for unit, _ in self._in_flight.values())
         now = self._clock.now()
         rows = await self._pool.fetch(
             """UPDATE webhook_deliveries d SET next_attempt_at = $2
-                 FROM webhooks w
-                WHERE w.unit_code = d.unit_code AND d.id IN (
-                      SELECT id FROM (
-                          SELECT id, next_attempt_at, row_number() OVER (
-                                     PARTITION BY unit_code ORDER BY next_attempt_at) AS nth,
-                                 unit_code
-                            FROM webhook_deliveries
-                           WHERE status = 'pending' AND next_attempt_at <= $1) due
-                       WHERE due.nth <= $4 - coalesce(($5::jsonb ->> due.unit_code)::int, 0)
-                       ORDER BY due.next_attempt_at LIMIT $3)
-                  -- (another instance may have claimed a row meanwhile: checked again
-                  -- once its lock is released)
-                  AND d.status = 'pending' AND d.next_attempt_at <= $1
+                 FROM (SELECT c.id, c.next_attempt_at, w.url, w.secret, w.format
+                         FROM webhooks w CROSS JOIN LATERAL (
+                              SELECT id, next_attempt_at FROM webhook_deliveries x
+                               WHERE x.unit_code = w.unit_code AND x.status = 'pending'
+                                 AND x.next_attempt_at <= $1 AND x.id <> ALL($6::bigint[])
+                               ORDER BY x.next_attempt_at
+                               LIMIT greatest(0, $4 - coalesce(
+                                   ($5::jsonb ->> w.unit_code)::int, 0))
+                                 FOR UPDATE SKIP LOCKED) c
+                        ORDER BY c.next_attempt_at LIMIT $3) claimed
+                WHERE d.id = claimed.id
             RETURNING d.id, d.unit_code, d.alert_id, d.kind, d.attempts, d.reported_at,
-                      w.url, w.secret, w.format""",
+                      d.next_attempt_at AS lease, claimed.url, claimed.secret, claimed.format""",
             now, now + timedelta(seconds=self._lease), places, PER_UNIT_IN_FLIGHT,
-            encode_json(dict(per_unit)),
+            encode_json(dict(per_unit)), [delivery for _, delivery in self._in_flight.values()],
         )
-        metrics.WEBHOOK_PENDING.set(await self._pool.fetchval(
-            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"))
         for row in rows:
             task = asyncio.create_task(self._attempt(row))
-            self._in_flight[task] = row["unit_code"]
+            self._in_flight[task] = (row["unit_code"], row["id"])
             task.add_done_callback(self._in_flight.pop)
+        if time.monotonic() >= self._next_count:
+            self._next_count = time.monotonic() + PENDING_GAUGE_SECONDS
+            try:
+                metrics.WEBHOOK_PENDING.set(await self._pool.fetchval(
+                    "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"))
+            except DATABASE_ERRORS as exc:
+                log.warning("counting the pending webhook deliveries failed: %r", exc)
         return len(rows)
 
     async def settle(self) -> None:
@@ -363,11 +385,11 @@ class WebhookDispatcher:
         error: str | None = None
         timeout = self._policy.timeout_seconds
         try:
-            body = await self._render(row["alert_id"], row["unit_code"], row["kind"],
-                                      row["format"])
-            content_type = ("application/cap+xml" if row["format"] == "cap"
-                            else "application/json")
             async with asyncio.timeout(timeout):  # the whole attempt, not each read
+                body = await self._render(row["alert_id"], row["unit_code"], row["kind"],
+                                          row["format"])
+                content_type = ("application/cap+xml" if row["format"] == "cap"
+                                else "application/json")
                 # Checked again now, and sent to the very address checked (no DNS
                 # rebinding).
                 url, address = await self._destination.vet(row["url"], at_registration=False)
@@ -398,14 +420,30 @@ class WebhookDispatcher:
         except DATABASE_ERRORS as exc:  # (its lease runs out and it is claimed again)
             log.warning("webhook delivery %s: its outcome could not be recorded: %r",
                         row["id"], exc)
+        except Exception:
+            log.exception("webhook delivery %s: its outcome could not be recorded", row["id"])
+
+    async def _settled(self, sql: str, row: asyncpg.Record, attempts: int, value: object,
+                       *more: object) -> bool:
+        """Record an attempt's outcome under the lease it was claimed with: False if the
+        lease ran out and the delivery was claimed again meanwhile (that claim's attempt
+        records its own)."""
+        status = await self._pool.execute(sql, row["id"], attempts, value, row["lease"], *more)
+        if status.endswith(" 0"):
+            log.warning("webhook delivery %s outlasted its lease and was claimed again: this "
+                        "attempt's outcome is not recorded", row["id"])
+            return False
+        return True
 
     async def _record(self, row: asyncpg.Record, error: str | None) -> None:
         now = self._clock.now()
         attempts = row["attempts"] + 1
         if error is None:
-            await self._pool.execute(
-                "UPDATE webhook_deliveries SET status = 'delivered', attempts = $2, "
-                "finished_at = $3, last_error = NULL WHERE id = $1", row["id"], attempts, now)
+            if not await self._settled(
+                    "UPDATE webhook_deliveries SET status = 'delivered', attempts = $2, "
+                    "finished_at = $3, last_error = NULL WHERE id = $1 AND next_attempt_at = $4",
+                    row, attempts, now):
+                return
             metrics.DELIVERIES.labels(channel="webhook", result="ok").inc()
             if row["kind"] == "raised" and row["reported_at"] is not None:
                 metrics.SIGHTING_TO_DELIVERY.labels(channel="webhook").observe(
@@ -415,19 +453,22 @@ class WebhookDispatcher:
                   else "destination" if error.startswith("destination refused") else "transport")
         metrics.WEBHOOK_FAILURES.labels(reason=reason).inc()
         if attempts >= self._policy.max_attempts:
-            await self._pool.execute(
-                "UPDATE webhook_deliveries SET status = 'dead', attempts = $2, "
-                "finished_at = $3, last_error = $4 WHERE id = $1",
-                row["id"], attempts, now, error)
+            if not await self._settled(
+                    "UPDATE webhook_deliveries SET status = 'dead', attempts = $2, "
+                    "finished_at = $3, last_error = $5 WHERE id = $1 AND next_attempt_at = $4",
+                    row, attempts, now, error):
+                return
             metrics.DELIVERIES.labels(channel="webhook", result="dead").inc()
             log.error("webhook delivery %s to %s dead after %d attempts: %s",
                       row["id"], row["unit_code"], attempts, error,
                       extra={"alert_id": row["alert_id"]})
             return
         retry_at = now + timedelta(seconds=self._policy.backoff(attempts))
-        await self._pool.execute(
-            "UPDATE webhook_deliveries SET attempts = $2, next_attempt_at = $3, last_error = $4 "
-            "WHERE id = $1", row["id"], attempts, retry_at, error)
+        if not await self._settled(
+                "UPDATE webhook_deliveries SET attempts = $2, next_attempt_at = $3, "
+                "last_error = $5 WHERE id = $1 AND next_attempt_at = $4",
+                row, attempts, retry_at, error):
+            return
         metrics.DELIVERIES.labels(channel="webhook", result="failed").inc()
         log.warning("webhook delivery %s to %s failed (attempt %d), retry at %s: %s",
                     row["id"], row["unit_code"], attempts, retry_at.isoformat(), error)
