@@ -35,7 +35,9 @@ console = Console()
 @dataclass(frozen=True)
 class Group:
     group_id: str
-    members: int
+    members: int | None
+    """None: the broker could not describe the group (whether a service is in it is not
+    known)."""
 
 
 def service_groups() -> tuple[str, ...]:
@@ -69,11 +71,12 @@ async def ours(admin: AIOKafkaAdminClient, settings: CommonSettings,
 
 async def groups_with_members(settings: CommonSettings,
                               group_ids: tuple[str, ...]) -> list[Group]:
-    """The services' consumer groups that have members now: a matcher or a notifier
-    still running (or stopped less than a session timeout ago). Each is described by name
-    (a broker may not list a group that has committed nothing yet), on a connection of its
-    own: Tansu answers the description of a group it does not know with a message aiokafka
-    cannot read, and closes the connection; such a group has no members."""
+    """The services' consumer groups that have members now (a matcher or a notifier
+    still running, or stopped less than a session timeout ago), and those the broker could
+    not describe (`members` None: counted as busy, since deleting is not undone). Each is
+    described by name (a broker may not list a group that has committed nothing yet) and
+    alone, on a connection of its own: Tansu answers a description of several groups, one
+    of them unknown, with a message aiokafka cannot read."""
     found = []
     for group_id in group_ids:
         admin = await _admin(settings)
@@ -81,12 +84,15 @@ async def groups_with_members(settings: CommonSettings,
             [response] = await admin.describe_consumer_groups([group_id])
         except KafkaConnectionError:
             await _admin_answers(settings)  # (the broker itself is there)
+            found.append(Group(group_id, None))
             continue
         finally:
             await admin.close()
         for group in response.groups:
             error_code, described, _state, _protocol_type, _protocol, members = group[:6]
-            if error_code == 0 and members:
+            if error_code != 0:
+                found.append(Group(described, None))
+            elif members:
                 found.append(Group(described, len(members)))
     return found
 
@@ -141,7 +147,9 @@ def list_topics() -> None:
                           str(counts[name]) if name in counts else "")
         console.print(table)
         for group in busy:
-            console.print(f"consumer group {group.group_id}: {group.members} member(s)")
+            console.print(f"consumer group {group.group_id}: " + (
+                "not described by the broker" if group.members is None
+                else f"{group.members} member(s)"))
 
     asyncio.run(go())
 
@@ -173,16 +181,12 @@ def empty(
             busy = await groups_with_members(settings, groups)
             if busy and not force:
                 with console.status("waiting for the services' consumer groups to empty"):
-                    while busy and time.monotonic() < deadline:
+                    while any(group.members for group in busy) and (
+                            time.monotonic() < deadline):
                         await asyncio.sleep(1)
                         busy = await groups_with_members(settings, groups)
             if busy and not force:
-                for group in busy:
-                    console.print(f"consumer group {group.group_id} still has "
-                                  f"{group.members} member(s)")
-                console.print("[red]refused:[/] a matcher or notifier is still running; stop "
-                              "ingest, the matcher and the notifier first (or --force)")
-                return 1
+                return _refuse(busy)
             present = await ours(admin, settings, specs)
             if not present:
                 console.print(f"no topic with the prefix {settings.topic_prefix!r} on "
@@ -193,6 +197,8 @@ def empty(
                     f"{', '.join(present)}?"):
                 console.print("nothing deleted")
                 return 1
+            if not force and (busy := await groups_with_members(settings, groups)):
+                return _refuse(busy)  # (a service started while the question was asked)
             await admin.delete_topics(present)
             # (deletion completes in the background on Apache Kafka)
             with console.status("waiting for the broker to stop listing them"):
@@ -211,3 +217,13 @@ def empty(
             await admin.close()
 
     raise typer.Exit(asyncio.run(go()))
+
+
+def _refuse(busy: list[Group]) -> int:
+    for group in busy:
+        console.print(f"consumer group {group.group_id}: " + (
+            "the broker could not describe it, so whether a service is in it is not known"
+            if group.members is None else f"still has {group.members} member(s)"))
+    console.print("[red]refused:[/] a matcher or notifier may still be running; stop ingest, "
+                  "the matcher and the notifier first (--force deletes all the same)")
+    return 1

@@ -77,7 +77,7 @@ async def test_emptying_is_refused_while_a_service_still_consumes(env, topics):
         await eventually(joined, timeout=30, what="the consumer to join its group")
         refused = await cli(env, "empty", "--yes", "--wait", "1")
         assert refused.exit_code == 1, refused.output
-        assert f"consumer group {group} still has 1 member(s)" in refused.output
+        assert f"consumer group {group}: still has 1 member(s)" in refused.output
         assert settings.topic("sightings") in await listed(env)  # nothing deleted
 
         forced = await cli(env, "empty", "--yes", "--force")
