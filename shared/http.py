@@ -337,15 +337,18 @@ service as it is."""
 
 
 STREAM_PATHS = ("/v1/alerts/stream",)
-"""Long-lived streams: not counted by `LoadShedding` (they have their own limit per key).
-Named exactly: `/v1/watchlist/stream` on ingest is an entry called "stream"."""
+"""Long-lived streams: `LoadShedding` counts them only until their response starts (they
+have their own limits per key and unit). Named exactly: `/v1/watchlist/stream` on ingest
+is an entry called "stream"."""
 
 
 class LoadShedding:
     """Refuses a request at once, 503 `overloaded` with `Retry-After`, while `limit`
-    requests are already being handled (long-lived streams, `STREAM_PATHS`, not counted):
-    beyond its capacity a service answers in milliseconds and clients back off, instead of
-    queueing until they time out and retry, which makes a storm of it."""
+    requests are already being handled (a long-lived stream, `STREAM_PATHS`, counts until
+    its response starts: its authentication and checks are work like any other request's,
+    and a flood of streams with bad keys is shed too): beyond its capacity a service
+    answers in milliseconds and clients back off, instead of queueing until they time out
+    and retry, which makes a storm of it."""
 
     def __init__(self, app: Any, limit: int, service: str, retry_after: int = 1):
         self.app = app
@@ -355,8 +358,7 @@ class LoadShedding:
         self.in_flight = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in UNSHED_PATHS or scope[
-                "path"] in STREAM_PATHS:
+        if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
             metrics.HTTP_REJECTIONS.labels(service=self.service, reason="overloaded").inc()
@@ -368,10 +370,21 @@ class LoadShedding:
                 status_code=503, headers={"Retry-After": str(self.retry_after)})
             return await response(scope, receive, send)
         self.in_flight += 1
+        counted = True
+        if scope["path"] in STREAM_PATHS:
+            async def started(message: Any) -> None:
+                nonlocal counted
+                if counted and message["type"] == "http.response.start":
+                    counted = False
+                    self.in_flight -= 1
+                await send(message)
+        else:
+            started = send
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, started)
         finally:
-            self.in_flight -= 1
+            if counted:
+                self.in_flight -= 1
 
 
 def _scope_language(scope: Any) -> Language:

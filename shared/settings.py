@@ -125,7 +125,8 @@ class CommonSettings(BaseSettings):
     )
     max_requests_in_flight: int = Field(
         512, ge=0, le=100_000,
-        description="Requests an instance handles at once (live streams not counted); "
+        description="Requests an instance handles at once (live streams counted until they "
+        "start); "
         "beyond it, 503 `overloaded` with Retry-After at once (0: no limit).")
     key_cache_seconds: float = Field(
         10.0, ge=0, le=300,
