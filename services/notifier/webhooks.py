@@ -375,11 +375,6 @@ class WebhookDispatcher:
                 log.warning("counting the pending webhook deliveries failed: %r", exc)
         return len(rows)
 
-    async def settle(self) -> None:
-        """Wait for the attempts started (tests, shutdown)."""
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight))
-
     async def _attempt(self, row: asyncpg.Record) -> None:
         assert self._client is not None
         error: str | None = None
