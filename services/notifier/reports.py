@@ -223,9 +223,12 @@ async def check_access(conn: asyncpg.Connection | asyncpg.Pool, scope: Scope,
         return
     if caller.is_admin and set(scope.units) & set(await units_under(conn, caller.unit_code)):
         return
-    what = {"agreement": "agreement", "pair": "pair", "unit": "unit"}[scope.kind]
-    raise NotFound(f"no report for this {what} is open to unit {caller.unit_code}",
-                   field=what)
+    raise not_open(scope.kind, caller.unit_code)
+
+
+def not_open(kind: Literal["agreement", "pair", "unit"], unit_code: str) -> NotFound:
+    """The 404 of a report the caller may not see, the same whether its scope exists or not."""
+    return NotFound(f"no report for this {kind} is open to unit {unit_code}", field=kind)
 
 
 def periods(start: date, end: date) -> tuple[tuple[datetime, datetime], tuple[date, date]]:

@@ -18,6 +18,7 @@ from services.notifier.report_pdf import render_pdf
 from services.notifier.reports import (
     ReviewReport,
     check_access,
+    not_open,
     resolve_scope,
     review_report,
     to_csv,
@@ -109,8 +110,7 @@ async def _report(db: Database, turns: ReportTurns, caller: CurrentUnit,
             raise
         # An agreement that does not exist answers as one the caller is not party to:
         # otherwise any unit could tell which agreement ids exist.
-        raise NotFound(f"no report for this agreement is open to unit {caller.unit_code}",
-                       field="agreement") from None
+        raise not_open("agreement", caller.unit_code) from None
     await check_access(db, scope, caller)
     async with turns.take(caller.unit_code):
         report = await review_report(db, scope, start, end, now=utcnow())
