@@ -1,6 +1,7 @@
 """Ingest throughput: single and batch sightings, accepted and relayed to the broker.
 
     python benchmarks/ingest.py [--singles 3000] [--batches 60] [--batch-size 1000]
+        [--native-requests 20000] [--polite-seconds 20]
 
 Starts its own embedded stack (PostgreSQL in a temp dir, Tansu on a free port) and the
 ingest service as a real uvicorn process, then measures from a load generator on the same
@@ -11,7 +12,12 @@ machine (it shares the 2 cores with the service, the database and the broker):
 - with a native client (ApacheBench, `ab`: `apt install apache2-utils`; a Python client
   saturates first), single requests at 32 in flight, then far beyond the capacity (512 in
   flight against an instance taking 64 at once, GIAPRANH_MAX_REQUESTS_IN_FLIGHT): every
-  request answered 202 or 503 `overloaded`, how fast, and no client timeout.
+  request answered 202 or 503 `overloaded`, how fast, and no client timeout (`ab` asks
+  again at once after a refusal, so at 512 in flight the service mostly answers retries);
+- 512 polite clients (`--polite-seconds` each way): each posts again as soon as it is
+  answered, and after a refusal waits its `Retry-After`, exactly (the clients refused
+  together come back together) or with up to 1 s more at random; every answer timed, by
+  status. Skip `ab` with `--native-requests 0`.
 Targets (issue 3): batch ingest >= 10,000 sightings/s end to end; (issue 16) single
 requests >= 1,500 sightings/s with a native client at 32 in flight; beyond the capacity,
 refusals in under 50 ms and no timeout.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -87,6 +94,9 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
                 dsn, bootstrap, 4,
                 # One key sends everything here: its rate limit would be what is measured.
                 GIAPRANH_REQUESTS_PER_MINUTE_PER_KEY="100000000",
+                # No matcher runs here to record verdicts: the reconciler would publish every
+                # report again after 30 s, in the middle of the measures.
+                GIAPRANH_RECONCILE_AFTER_SECONDS="3600",
                 GIAPRANH_MAX_REQUESTS_IN_FLIGHT=str(args.max_in_flight)) as port:
             limits = httpx.Limits(max_connections=args.concurrency)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
@@ -107,12 +117,16 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
                 await wait_relayed(conn, args.singles + total)
                 end_to_end = time.perf_counter() - started
             native = overload = None
-            if shutil.which("ab"):
+            if shutil.which("ab") and args.native_requests:
                 url = f"http://127.0.0.1:{port}/v1/sightings"
                 native = apache_bench(url, headers["Authorization"], tmp,
                                       args.native_requests, 32)
                 overload = apache_bench(url, headers["Authorization"], tmp,
                                         args.native_requests, args.overload_concurrency)
+            polite = [await polite_clients("127.0.0.1", port, headers["Authorization"],
+                                           args.overload_concurrency, args.polite_seconds,
+                                           jitter=jitter)
+                      for jitter in (0.0, 1.0)]
     finally:
         await conn.close()
 
@@ -127,6 +141,9 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
           f"{e2e_rate:8.0f} sightings/s accepted and relayed to the broker")
     print(f"target          : {TARGET_BATCH_PER_SECOND} sightings/s end to end -> ratio "
           f"{e2e_rate / TARGET_BATCH_PER_SECOND:.2f} ({'met' if e2e_rate >= TARGET_BATCH_PER_SECOND else 'NOT met'})")
+    for jitter, figures in zip(("exactly", "and up to 1 s more, at random"), polite):
+        print(f"polite clients, {args.overload_concurrency}, each waiting the Retry-After of a "
+              f"refusal {jitter}: {figures}")
     if native is None or overload is None:
         print("native client   : `ab` not found (apt install apache2-utils): not measured")
         return
@@ -194,6 +211,69 @@ def apache_bench(url: str, authorization: str, tmp: Path, requests: int,
     return found
 
 
+async def polite_clients(host: str, port: int, authorization: str, clients: int,
+                         seconds: float, jitter: float = 0.0, timeout: float = 30) -> str:
+    """`clients` keep-alive connections, each posting a sighting as soon as its last one
+    was answered, and after a 503 or 429 waiting what its `Retry-After` asks, as
+    `giapranh post` and any well-behaved client does (`ab` ignores it: each refused client
+    asks again at once, so the service answers its own retries), plus up to `jitter` s at
+    random (without it, the clients refused together come back together, and the last of
+    the wave waits for every one before it). The time of every answer,
+    by status; a client timing out or losing its connection counts as failed.
+
+    Raw HTTP/1.1 over asyncio streams: httpx costs the load generator several times more
+    per request than the service spends refusing it."""
+    body = json.dumps(BODY).encode()
+    request = (f"POST /v1/sightings HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Authorization: {authorization}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    answers: dict[int, list[float]] = {}
+    failed = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal failed
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    async with asyncio.timeout(timeout):
+                        writer.write(request)
+                        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+                        await reader.readexactly(int(fields.get("content-length", 0)))
+                except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                    failed += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+                    continue
+                status = int(head.split(" ", 2)[1])
+                answers.setdefault(status, []).append((time.perf_counter() - started) * 1000)
+                if fields.get("connection") == "close":
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+                if status in (429, 503):
+                    await asyncio.sleep(float(fields.get("retry-after", 1))
+                                        + random.uniform(0, jitter))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    pick = lambda values, q: values[min(len(values) - 1, int(q * len(values)))]
+    parts = []
+    for status, times in sorted(answers.items()):
+        times.sort()
+        parts.append(f"{len(times)} answered {status} ({len(times) / seconds:.0f}/s) in p50 "
+                     f"{pick(times, 0.5):.1f} ms, p99 {pick(times, 0.99):.1f} ms, slowest "
+                     f"{times[-1]:.1f} ms")
+    refused = sorted(t for status in (429, 503) for t in answers.get(status, []))
+    verdict = (f"refusals p99 {pick(refused, 0.99):.1f} ms (target < 50 ms: "
+               f"{'met' if pick(refused, 0.99) < 50 and not failed else 'NOT met'})"
+               if refused else "none refused (not beyond the capacity)")
+    return "; ".join(parts) + f"; {failed} failed (timeouts, resets); {verdict}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--singles", type=int, default=3000)
@@ -202,6 +282,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--native-requests", type=int, default=20_000)
     parser.add_argument("--overload-concurrency", type=int, default=512)
+    parser.add_argument("--polite-seconds", type=float, default=20.0)
     parser.add_argument("--max-in-flight", type=int, default=64,
                         help="GIAPRANH_MAX_REQUESTS_IN_FLIGHT of the measured instance")
     run_on_embedded_stack(benchmark, parser.parse_args())
