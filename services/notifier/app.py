@@ -40,7 +40,6 @@ from shared.http import ServiceState, background, create_http_app, set_state
 from shared.i18n import LANGUAGES
 from shared.kafka import stop_if_cancelled
 from shared.ratelimit import RateLimit
-from shared.runtime import calm_garbage_collector
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -133,7 +132,6 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                             "incident_consumer": "ready" if incidents.ready.is_set()
                             else "starting"},
             history=await starting_history(pool, "notifier")))
-        calm_garbage_collector()  # (the tail of the alert latency: shared/runtime.py)
         try:
             async with (background(keys.watch(settings.database_url), "key-cache"),
                         background(hits.run(), "hit-consumer"),
