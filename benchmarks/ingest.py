@@ -231,9 +231,18 @@ async def polite_clients(host: str, port: int, authorization: str, clients: int,
     failed = 0
     deadline = time.monotonic() + seconds
 
+    async def reconnect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        nonlocal failed
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            except (TimeoutError, OSError):  # (counted, and tried again)
+                failed += 1
+                await asyncio.sleep(0.1)
+
     async def client() -> None:
         nonlocal failed
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await reconnect()
         try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
@@ -246,13 +255,13 @@ async def polite_clients(host: str, port: int, authorization: str, clients: int,
                 except (TimeoutError, OSError, asyncio.IncompleteReadError):
                     failed += 1
                     writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await reconnect()
                     continue
                 status = int(head.split(" ", 2)[1])
                 answers.setdefault(status, []).append((time.perf_counter() - started) * 1000)
                 if fields.get("connection") == "close":
                     writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await reconnect()
                 if status in (429, 503):
                     await asyncio.sleep(float(fields.get("retry-after", 1))
                                         + random.uniform(0, jitter))
