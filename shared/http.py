@@ -352,7 +352,7 @@ class LoadShedding:
     answers in milliseconds and clients back off, instead of queueing until they time out
     and retry, which makes a storm of it.
 
-    It is the outermost layer of the app (`create_app`), and a refusal is bytes made once
+    It is the outermost layer of the app (`create_http_app`), and a refusal is bytes made once
     per language: when a burst of clients comes back together after their `Retry-After`,
     the last refusal waits for every one before it, so each must cost next to nothing."""
 
@@ -436,11 +436,7 @@ def create_http_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_lifespan(app):
-            # Once it has loaded what it keeps: in ingest at 1,300 requests/s, each request's
-            # objects outlived the young generations while their group commit ran, and full
-            # collections walked the whole heap every ~0.6 s, 55-82 ms each, every answer
-            # waiting behind them (shared/runtime.py).
-            calm_garbage_collector()
+            calm_garbage_collector()  # (once it has loaded what it keeps: shared/runtime.py)
             yield
 
     own_listener = settings is not None and settings.metrics_port is not None
