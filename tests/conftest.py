@@ -53,7 +53,6 @@ from services.ingest.settings import IngestSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
 from shared.db import apply_schema, create_pool
-from shared.http import http_protocol
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 
@@ -275,7 +274,7 @@ async def served(app: Any) -> AsyncIterator[str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=2,
-                                           http=http_protocol("test")))  # (as `serve` runs it)
+                                           http="h11"))  # (as `serve` runs it)
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), what="the server to listen")
     try:
