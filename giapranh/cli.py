@@ -244,6 +244,7 @@ def post(
 
     from giapranh.post import PostNode, create_app
     from giapranh.post import wipe as wipe_replica
+    from shared.http_protocol import http_protocol
 
     if wipe:
         removed = wipe_replica(data)
@@ -258,7 +259,7 @@ def post(
     typer.echo(f"border post: {len(node.engine)} entries in the replica (list of "
                f"{node.list_as_of or 'never synced'}); local API on http://127.0.0.1:{port}")
     uvicorn.run(create_app(node, sync_seconds), host="127.0.0.1", port=port,
-                log_level="warning")
+                log_level="warning", http=http_protocol("post"))
 
 
 def _first_sync(node: Any) -> None:

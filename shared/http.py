@@ -190,6 +190,9 @@ class RequestMetrics:
     def __init__(self, app: Any, service: str):
         self.app = app
         self.service = service
+        # The labelled counters, looked up once each (labels() costs ~1 % of a request);
+        # as few as the routes, methods the parser knows and statuses.
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -206,10 +209,12 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = scope.get("route")
-            metrics.HTTP_REQUESTS.labels(
-                service=self.service, route=getattr(route, "path", "unmatched"),
-                method=scope["method"], status=str(status)).inc()
+            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = metrics.HTTP_REQUESTS.labels(
+                    service=self.service, route=key[0], method=key[1], status=str(status))
+            counter.inc()
 
 
 def install_metrics(app: FastAPI, service: str, *, public: bool = True) -> None:
@@ -523,6 +528,7 @@ def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) ->
     """Run an HTTP service in the foreground (the `python -m services.X` entry points)."""
     import uvicorn
 
+    from shared.http_protocol import http_protocol
     from shared.logs import logging_config
 
     config = logging_config(service, settings.log_level, settings.log_format,
@@ -532,11 +538,9 @@ def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) ->
     uvicorn.run(app, host=host, port=port, log_config=config,
                 log_level=settings.log_level.lower(), access_log=False,
                 timeout_graceful_shutdown=5,
-                # h11, not httptools: httptools costs a request half the CPU, but keeps what
-                # a client without a key sends and never answers (pipelined requests by the
-                # thousand, trailers, heads of tiny headers; an attacker took one instance to
-                # 4.4 GB with one connection), where h11 stops at 16 KiB (README).
-                http="h11")
+                # httptools, with bounds on what a client can make it keep (h11 costs a
+                # request twice the CPU; shared/http_protocol.py).
+                http=http_protocol(service))
 
 
 def json_body(model: type[Any]) -> Any:

@@ -53,6 +53,7 @@ from services.ingest.settings import IngestSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
 from shared.db import apply_schema, create_pool
+from shared.http_protocol import http_protocol
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 
@@ -268,13 +269,13 @@ async def matcher(env: TestEnv, topics: None, directory: dict[str, str]) -> Asyn
 
 
 @contextlib.asynccontextmanager
-async def served(app: Any) -> AsyncIterator[str]:
-    """The app on a real socket (streaming responses and browsers need a real server);
-    yields its base URL."""
+async def served(app: Any, protocol: type[asyncio.Protocol] | None = None) -> AsyncIterator[str]:
+    """The app on a real socket (streaming responses and browsers need a real server), with
+    the HTTP protocol `serve` gives it unless told another; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=2,
-                                           http="h11"))  # (as `serve` runs it)
+                                           http=protocol or http_protocol("test")))
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), what="the server to listen")
     try:

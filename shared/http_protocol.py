@@ -1,0 +1,200 @@
+"""uvicorn's HTTP/1.1 protocol on httptools, with bounds on what a client can make it keep.
+
+httptools parses HTTP in C; h11, uvicorn's pure-Python parser, costs a request about twice
+the CPU (a refusal on a new connection: 388 against 196 µs, README). But uvicorn's
+httptools protocol keeps whatever a client sends before any layer of the app can refuse
+it, where h11 stops a head at 16 KiB and reads one request at a time. An attacking helper,
+without any key, took one instance to 4.4 GB with a single connection of pipelined tiny
+requests (every parsed head is queued), and grew it with chunked-body trailers (appended to
+the headers of a request already running), heads of thousands of tiny headers (21 times
+their size in memory) and heads of any length. This protocol bounds each of those:
+
+- **head bytes**: what a message holds besides its body (request line, headers, chunk
+  framing, trailers) is counted as it is fed, in slices of at most `SLICE` bytes (asyncio
+  reads up to 256 KiB at once); past `MAX_HEAD_BYTES` the request is refused with 431;
+- **headers**: past `MAX_HEADERS` (Apache's LimitRequestFields), 431; trailers count too,
+  and are dropped (ASGI has no request trailers; h11 drops them as well);
+- **pipelining**: at most `MAX_PIPELINE` requests are parsed ahead of the one being
+  answered; the next is not read: those already parsed are answered, then the connection
+  closes (RFC 9112 9.3.2: a client retries requests a closed connection left unanswered);
+- **slow heads**: a head still unfinished `head_timeout` seconds after a read left it open
+  is answered 408 and the connection closed (h11 waits for ever).
+
+Each refusal is counted in `giapranh_http_rejections_total` under its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared import metrics
+
+SLICE = 8 * 1024
+"""The most fed to the parser at once: how far a count may run past its bound."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Bytes of one message besides its body (h11: a head of 16 KiB)."""
+MAX_HEADERS = 100
+"""Header fields of one request, trailers included (Apache's default)."""
+MAX_PIPELINE = 16
+"""Requests parsed and waiting behind the one being answered on a connection."""
+HEAD_TIMEOUT = 30.0
+"""Seconds a begun head may take to end."""
+LINGER_SECONDS = 2.0
+"""After a refusal, how long what the client still sends is read and dropped."""
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.reason, self.text = status, reason, text
+
+
+_PHRASES = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
+
+
+def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Protocol]:
+    """The protocol class to give uvicorn (`http=`) for `service` (which labels its counts)."""
+
+    refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
+               for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
+                              "head_timeout")}
+
+    class BoundedHttpTools(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._outside_body = 0       # bytes of the current message besides its body
+            self._body_bytes = 0         # body bytes in the slice being fed
+            self._completed = False      # a message ended in the slice being fed
+            self._header_count = 0
+            self._head_open = False
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._stopped = False        # refused: nothing more is parsed
+
+        # asyncio.Protocol
+        def data_received(self, data: bytes) -> None:
+            if self._stopped:
+                return
+            self._unset_keepalive_if_required()
+            if len(data) <= SLICE:
+                self._feed(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), SLICE):
+                    if not self._feed(view[start:start + SLICE]):
+                        break
+            if self._head_open and self._head_timer is None and not self._stopped:
+                self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _feed(self, piece: bytes | memoryview) -> bool:
+            """Parse `piece`; False when nothing more of this read is to be parsed."""
+            self._body_bytes, self._completed = 0, False
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserCallbackError as exc:
+                if isinstance(exc.__context__, _Refusal):
+                    self._refuse(exc.__context__)
+                else:  # (as uvicorn answers a request it cannot parse)
+                    self._invalid()
+                return False
+            except httptools.HttpParserError:
+                self._invalid()
+                return False
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return False
+            if self._completed:
+                # What follows the end of a message in this slice begins the next: at most
+                # a slice uncounted.
+                self._outside_body = 0
+            else:
+                self._outside_body += len(piece) - self._body_bytes
+                if self._outside_body > MAX_HEAD_BYTES:
+                    self._refuse(_Refusal(431, "head_too_large",
+                                          f"request line, headers and trailers over "
+                                          f"{MAX_HEAD_BYTES} bytes"))
+                    return False
+            return not self.transport.is_closing()
+
+        def _invalid(self) -> None:
+            self._stopped = True
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+
+        def _refuse(self, refusal: _Refusal) -> None:
+            self._stopped = True
+            self._cancel_head_timer()
+            refused[refusal.reason].inc()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                # Requests read whole are being answered: answer them, then close.
+                cycle.keep_alive = False
+                self.flow.pause_reading()
+                return
+            if cycle is not None and cycle.response_started:
+                self.transport.close()
+                return
+            text = refusal.text.encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (refusal.status, _PHRASES[refusal.status], len(text), text))
+            # Closing with the client's bytes unread would reset the connection, and the
+            # client could lose the answer with it: end our side, read and drop what still
+            # comes for a moment, then close (nginx's lingering close).
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if self._head_open and not self._stopped and not self.transport.is_closing():
+                self._refuse(_Refusal(408, "head_timeout",
+                                      f"request head not ended within {head_timeout:g} s"))
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        # httptools callbacks
+        def on_message_begin(self) -> None:
+            if len(self.pipeline) >= MAX_PIPELINE:
+                raise _Refusal(503, "pipeline_too_deep", "too many pipelined requests")
+            self._head_open, self._header_count = True, 0
+            super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count > MAX_HEADERS:
+                raise _Refusal(431, "too_many_headers", f"over {MAX_HEADERS} header fields")
+            if self._head_open:
+                super().on_header(name, value)
+            # else a trailer: dropped (the request is already running with its headers)
+
+        def on_headers_complete(self) -> None:
+            self._head_open = False
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_bytes += len(body)
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._completed = True
+            super().on_message_complete()
+
+    BoundedHttpTools.__qualname__ = BoundedHttpTools.__name__ = f"BoundedHttpTools[{service}]"
+    return BoundedHttpTools
