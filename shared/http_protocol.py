@@ -18,7 +18,8 @@ their size in memory) and heads of any length. This protocol bounds each of thos
   answered; the next is not read: those already parsed are answered, then the connection
   closes (RFC 9112 9.3.2: a client retries requests a closed connection left unanswered);
 - **slow heads**: a head still unfinished `head_timeout` seconds after a read left it open
-  is answered 408 and the connection closed (h11 waits for ever).
+  is answered 408 and the connection closed, and a new connection that has not sent a head
+  by then is closed (h11 waits for ever on both).
 
 Each refusal is counted in `giapranh_http_rejections_total` under its reason.
 """
@@ -76,6 +77,12 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT) -> type[a
             self._stopped = False        # refused: nothing more is parsed
 
         # asyncio.Protocol
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            # A connection must bring its first head within the time too (h11 would keep
+            # an idle one open for ever).
+            self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+
         def data_received(self, data: bytes) -> None:
             if self._stopped:
                 return
@@ -154,14 +161,23 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT) -> type[a
             # Closing with the client's bytes unread would reset the connection, and the
             # client could lose the answer with it: end our side, read and drop what still
             # comes for a moment, then close (nginx's lingering close).
-            self.transport.write_eof()
-            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            if self.transport.can_write_eof():  # (TLS cannot half-close)
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            else:
+                self.transport.close()
 
         def _head_too_slow(self) -> None:
             self._head_timer = None
-            if self._head_open and not self._stopped and not self.transport.is_closing():
+            if self._stopped or self.transport.is_closing():
+                return
+            if self._head_open:
                 self._refuse(_Refusal(408, "head_timeout",
                                       f"request head not ended within {head_timeout:g} s"))
+            elif self.cycle is None:  # not a byte of a request yet: nothing to answer
+                refused["head_timeout"].inc()
+                self._stopped = True
+                self.transport.close()
 
         def _cancel_head_timer(self) -> None:
             if self._head_timer is not None:

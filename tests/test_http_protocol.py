@@ -189,3 +189,8 @@ async def test_a_head_left_unfinished_is_answered_408_after_the_timeout():
         status, _, _ = await _read_response(reader)
         assert status == 408 and time.monotonic() - started >= 0.5
         assert await _closed(reader)
+
+        # A connection that never sends a byte is closed too.
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        started = time.monotonic()
+        assert await _closed(reader) and time.monotonic() - started >= 0.5
