@@ -367,8 +367,9 @@ class LoadShedding:
         self.service = service
         self.retry_after = retry_after
         self.in_flight = 0
-        self._refusals: dict[Language, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._refusals: dict[Language, tuple[dict[str, Any], dict[str, Any], bytes]] = {}
         self._rejected = metrics.HTTP_REJECTIONS.labels(service=service, reason="overloaded")
+        self._counted: dict[str, Any] = {}  # (HTTP_REQUESTS' children, by method)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
@@ -393,9 +394,30 @@ class LoadShedding:
                 self.in_flight -= 1
 
     async def refuse(self, scope: Any, send: Any) -> None:
+        start, body, _ = self._refusal(scope)
+        # (Each a copy: a server may add to the message it is given.)
+        await send({**start, "headers": list(start["headers"])})
+        await send(dict(body))
+
+    def refusal_now(self, scope: Any) -> tuple[int, bytes, bytes] | None:
+        """For the HTTP protocol (`shared/http_protocol.py`, `early_refusal`): the refusal's
+        status, header lines and body to write as soon as the request's head is parsed, or
+        None to let the request in. The same answer as `refuse`, without a task for it: a
+        task would wait one more turn of the event loop, behind every request accepted."""
+        if self.in_flight < self.limit or scope["path"] in UNSHED_PATHS:
+            return None
+        _, body, head = self._refusal(scope)
+        return 503, head, body["body"]
+
+    def _refusal(self, scope: Any) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+        """Counts a refusal; its ASGI messages and its header lines, made once per language."""
         self._rejected.inc()
-        metrics.HTTP_REQUESTS.labels(service=self.service, route="unmatched",
-                                     method=scope["method"], status="503").inc()
+        method = scope["method"]
+        counter = self._counted.get(method)
+        if counter is None:
+            counter = self._counted[method] = metrics.HTTP_REQUESTS.labels(
+                service=self.service, route="unmatched", method=method, status="503")
+        counter.inc()
         language = _scope_language(scope)
         refusal = self._refusals.get(language)
         if refusal is None:
@@ -408,11 +430,9 @@ class LoadShedding:
                        (b"retry-after", str(self.retry_after).encode()), *SECURITY_HEADERS]
             refusal = self._refusals[language] = (
                 {"type": "http.response.start", "status": 503, "headers": headers},
-                {"type": "http.response.body", "body": body})
-        start, body = refusal
-        # (Each a copy: a server may add to the message it is given.)
-        await send({**start, "headers": list(start["headers"])})
-        await send(dict(body))
+                {"type": "http.response.body", "body": body},
+                b"".join(b"%s: %s\r\n" % header for header in headers))
+        return refusal
 
 
 def _scope_language(scope: Any) -> Language:
@@ -463,8 +483,12 @@ def create_http_app(
     if settings is not None and getattr(settings, "max_requests_in_flight", 0):
         # Outside every other layer, FastAPI's own too (see `LoadShedding`).
         build, limit = app.build_middleware_stack, settings.max_requests_in_flight
-        app.build_middleware_stack = (  # type: ignore[method-assign]
-            lambda: LoadShedding(build(), limit=limit, service=service))
+
+        def build_with_shedding() -> LoadShedding:
+            app.state.load_shedding = LoadShedding(build(), limit=limit, service=service)
+            return app.state.load_shedding
+
+        app.build_middleware_stack = build_with_shedding  # type: ignore[method-assign]
     install_openapi(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -524,6 +548,21 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
             await task
 
 
+def early_refusal(app: Any) -> Callable[[Any], tuple[int, bytes, bytes] | None]:
+    """For `http_protocol`: the app's overload refusal (`LoadShedding.refusal_now`), once
+    the app has built its middleware (on start); None before, or without load shedding.
+    (`app` may be a `LoadShedding` itself.)"""
+    if isinstance(app, LoadShedding):
+        return app.refusal_now
+    state = app.state if isinstance(app, FastAPI) else None
+
+    def refusal(scope: Any) -> tuple[int, bytes, bytes] | None:
+        shedding = getattr(state, "load_shedding", None)
+        return None if shedding is None else shedding.refusal_now(scope)
+
+    return refusal
+
+
 def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) -> None:
     """Run an HTTP service in the foreground (the `python -m services.X` entry points)."""
     import uvicorn
@@ -540,7 +579,7 @@ def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) ->
                 timeout_graceful_shutdown=5,
                 # httptools, with bounds on what a client can make it keep (h11 costs a
                 # request twice the CPU; shared/http_protocol.py).
-                http=http_protocol(service))
+                http=http_protocol(service, early_refusal=early_refusal(app)))
 
 
 def json_body(model: type[Any]) -> Any:

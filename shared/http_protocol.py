@@ -27,10 +27,11 @@ Each refusal is counted in `giapranh_http_rejections_total` under its reason.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from shared import metrics
 
@@ -58,8 +59,18 @@ _PHRASES = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
             503: b"Service Unavailable"}
 
 
-def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Protocol]:
-    """The protocol class to give uvicorn (`http=`) for `service` (which labels its counts)."""
+EarlyRefusal = Callable[[Any], "tuple[int, bytes, bytes] | None"]
+"""Given a request's scope as soon as its head is parsed: its answer (status, header lines
+each ending in CRLF, body) to write at once, or None to run the app for it."""
+
+
+def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
+                  early_refusal: EarlyRefusal | None = None) -> type[asyncio.Protocol]:
+    """The protocol class to give uvicorn (`http=`) for `service` (which labels its counts).
+
+    With `early_refusal` (the app's overload refusal, `shared.http.early_refusal`), a
+    request it refuses is answered from the parser's callback: no task, no turn of the
+    event loop waited behind the requests being served, no layer of the app."""
 
     refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
                for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
@@ -94,8 +105,18 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT) -> type[a
                 for start in range(0, len(data), SLICE):
                     if not self._feed(view[start:start + SLICE]):
                         break
-            if self._head_open and self._head_timer is None and not self._stopped:
-                self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+            if self._stopped:
+                return
+            if self._head_open:
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+            elif (self.timeout_keep_alive_task is None and not self.pipeline
+                  and self.cycle is not None and self.cycle.response_complete
+                  and not self.transport.is_closing()):
+                # The body of a request answered before it was read (a refusal) came after
+                # its answer: the connection is idle again (uvicorn would keep it for ever).
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
@@ -133,6 +154,30 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT) -> type[a
                                           f"{MAX_HEAD_BYTES} bytes"))
                     return False
             return not self.transport.is_closing()
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if early_refusal is not None:
+                answer = early_refusal(cycle.scope)
+                if answer is not None:
+                    self._answer_at_once(cycle, *answer)
+                    return
+            super()._start_asgi_task(cycle, app)
+
+        def _answer_at_once(self, cycle: Any, status: int, head: bytes, body: bytes) -> None:
+            cycle.response_started = cycle.response_complete = True
+            parts = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                parts += (name, b": ", value, b"\r\n")
+            parts.append(head)
+            if not cycle.keep_alive:
+                parts.append(b"connection: close\r\n")
+            parts.append(b"\r\n")
+            if cycle.scope["method"] != "HEAD":
+                parts.append(body)
+            self.transport.write(b"".join(parts))
+            if not cycle.keep_alive:
+                self.transport.close()
+            self.on_response_complete()  # (what follows of its body is dropped as it comes)
 
         def _invalid(self) -> None:
             self._stopped = True

@@ -53,6 +53,7 @@ from services.ingest.settings import IngestSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
 from shared.db import apply_schema, create_pool
+from shared.http import early_refusal
 from shared.http_protocol import http_protocol
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
@@ -275,7 +276,8 @@ async def served(app: Any, protocol: type[asyncio.Protocol] | None = None) -> As
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=2,
-                                           http=protocol or http_protocol("test")))
+                                           http=protocol or http_protocol(
+                                               "test", early_refusal=early_refusal(app))))
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), what="the server to listen")
     try:
