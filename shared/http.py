@@ -579,7 +579,8 @@ def serve(app: FastAPI, *, service: str, host: str, port: int, settings: Any) ->
                 timeout_graceful_shutdown=5,
                 # httptools, with bounds on what a client can make it keep (h11 costs a
                 # request twice the CPU; shared/http_protocol.py).
-                http=http_protocol(service, early_refusal=early_refusal(app)))
+                http=http_protocol(service, early_refusal=early_refusal(app)),
+                ws="none")  # (no service speaks WebSocket)
 
 
 def json_body(model: type[Any]) -> Any:

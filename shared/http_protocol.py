@@ -17,6 +17,11 @@ their size in memory) and heads of any length. This protocol bounds each of thos
 - **pipelining**: at most `MAX_PIPELINE` requests are parsed ahead of the one being
   answered; the next is not read: those already parsed are answered, then the connection
   closes (RFC 9112 9.3.2: a client retries requests a closed connection left unanswered);
+- **upgrades** (no service speaks another protocol): llhttp ends a request asking for one
+  at its head and would parse what follows as new requests, its body included (uvicorn
+  answered a body sent a moment later as a request of its own). Such a request with a body
+  is refused 400; one without (curl's `Upgrade: h2c`) is answered, then the connection
+  closes, nothing more read on it;
 - **slow heads**: a head still unfinished `head_timeout` seconds after a read left it open
   is answered 408 and the connection closed, and a new connection that has not sent a head
   by then is closed (h11 waits for ever on both).
@@ -55,7 +60,7 @@ class _Refusal(Exception):
         self.status, self.reason, self.text = status, reason, text
 
 
-_PHRASES = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+_PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
             503: b"Service Unavailable"}
 
 
@@ -74,7 +79,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
     refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
                for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
-                              "head_timeout")}
+                              "head_timeout", "upgrade")}
 
     class BoundedHttpTools(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -139,8 +144,19 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             except httptools.HttpParserUpgrade:
                 if self._should_upgrade():
                     self.handle_websocket_upgrade()
+                    return False
+                self._unsupported_upgrade_warning()
+                # llhttp ended the message at its head (a body is the upgraded protocol's)
+                # and would parse what follows as new requests: a body sent later would be
+                # taken for a request of its own. Nothing more is read; the connection
+                # closes once the request is answered.
+                self._stopped = True
+                refused["upgrade"].inc()
+                if self.cycle is not None and not self.cycle.response_complete:
+                    self.cycle.keep_alive = False
+                    self.flow.pause_reading()
                 else:
-                    self._unsupported_upgrade_warning()
+                    self.transport.close()
                 return False
             if self._completed:
                 # What follows the end of a message in this slice begins the next: at most
@@ -247,6 +263,13 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
         def on_headers_complete(self) -> None:
             self._head_open = False
             self._cancel_head_timer()
+            if self.parser.should_upgrade() and any(
+                    (name == b"content-length" and value.strip(b" 0")) or
+                    name == b"transfer-encoding" for name, value in self.headers):
+                # llhttp would end it at its head and give its body to the other protocol
+                # (see data_received): the app would get an empty body.
+                raise _Refusal(400, "upgrade", "a request asking to switch protocols "
+                                               "cannot carry a body here")
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:

@@ -4,6 +4,7 @@ can make an instance keep, and that ordinary requests still arrive whole."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -194,3 +195,34 @@ async def test_a_head_left_unfinished_is_answered_408_after_the_timeout():
         reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
         started = time.monotonic()
         assert await _closed(reader) and time.monotonic() - started >= 0.5
+
+
+async def test_a_body_after_an_upgrade_request_is_never_read_as_a_request_of_its_own():
+    """llhttp ends a request asking for another protocol at its head; uvicorn's protocol then
+    parses what comes next as new requests, so a body sent a moment later was answered as
+    a request (smuggled past whatever looked at the first), and the app got an empty body."""
+    smuggled = b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n"
+    before = _rejections("upgrade")
+    async with served(_app()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"POST /body HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\n"
+                     b"upgrade: h2c\r\ncontent-length: %d\r\n\r\n" % len(smuggled))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        with contextlib.suppress(ConnectionError):
+            writer.write(smuggled)
+        status, _, body = await _read_response(reader)
+        assert status == 400 and b"switch protocols" in body
+        assert await _closed(reader)  # (and the smuggled request never answered)
+
+        # Without a body (curl's h2c upgrade), answered over HTTP/1.1; nothing more is read.
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"GET /ping HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\n"
+                     b"upgrade: h2c\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(smuggled)
+        status, _, body = await _read_response(reader)
+        assert status == 200 and body == b'{"ok":true}'
+        assert await _closed(reader)
+    assert _rejections("upgrade") - before == 2
