@@ -17,7 +17,9 @@ machine (it shares the 2 cores with the service, the database and the broker):
 - 512 polite clients (`--polite-seconds` each way): each posts again as soon as it is
   answered, and after a refusal waits its `Retry-After`, exactly (the clients refused
   together come back together) or with up to 1 s more at random; every answer timed, by
-  status. Skip `ab` with `--native-requests 0`.
+  status, as read and at its arrival at the socket (the kernel's time, on Linux: the
+  generator's own lag on the shared cores left out). Skip `ab` with `--native-requests 0`;
+  `--client-nice 10` runs the generator and `ab` below the service's priority.
 Targets (issue 3): batch ingest >= 10,000 sightings/s end to end; (issue 16) single
 requests >= 1,500 sightings/s with a native client at 32 in flight; beyond the capacity,
 refusals in under 50 ms and no timeout.
