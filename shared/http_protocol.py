@@ -211,9 +211,14 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 cycle.keep_alive = False
                 self.flow.pause_reading()
                 return
-            if cycle is not None and cycle.response_started:
-                self.transport.close()
-                return
+            if cycle is not None and not cycle.response_complete:
+                if cycle.response_started:  # (its answer cannot be cut: close)
+                    self.transport.close()
+                    return
+                # A request whose body is still coming: its app now reads a disconnect, and
+                # what it would answer is dropped (it cannot follow the refusal).
+                cycle.disconnected = True
+                cycle.message_event.set()
             text = refusal.text.encode()
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
