@@ -79,7 +79,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
     refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
                for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
-                              "head_timeout", "upgrade")}
+                              "head_timeout", "upgrade", "invalid")}
 
     class BoundedHttpTools(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -192,14 +192,13 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 parts.append(body)
             self.transport.write(b"".join(parts))
             if not cycle.keep_alive:
-                self.transport.close()
+                self._stopped = True
+                self._close_gently()
             self.on_response_complete()  # (what follows of its body is dropped as it comes)
 
         def _invalid(self) -> None:
-            self._stopped = True
-            message = "Invalid HTTP request received."
-            self.logger.warning(message)
-            self.send_400_response(message)
+            self.logger.warning("Invalid HTTP request received.")
+            self._refuse(_Refusal(400, "invalid", "Invalid HTTP request received."))
 
         def _refuse(self, refusal: _Refusal) -> None:
             self._stopped = True
@@ -224,9 +223,12 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                 % (refusal.status, _PHRASES[refusal.status], len(text), text))
-            # Closing with the client's bytes unread would reset the connection, and the
-            # client could lose the answer with it: end our side, read and drop what still
-            # comes for a moment, then close (nginx's lingering close).
+            self._close_gently()
+
+        def _close_gently(self) -> None:
+            """Closing with the client's bytes unread would reset the connection, and the
+            client could lose the answer with it: end our side, read and drop what still
+            comes for a moment, then close (nginx's lingering close)."""
             if self.transport.can_write_eof():  # (TLS cannot half-close)
                 self.transport.write_eof()
                 self.loop.call_later(LINGER_SECONDS, self.transport.close)

@@ -226,3 +226,20 @@ async def test_a_body_after_an_upgrade_request_is_never_read_as_a_request_of_its
         assert status == 200 and body == b'{"ok":true}'
         assert await _closed(reader)
     assert _rejections("upgrade") - before == 2
+
+
+async def test_a_request_that_cannot_be_parsed_is_answered_400_before_the_close():
+    before = _rejections("invalid")
+    async with served(_app()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        # (what follows the bad line arrives after the answer: closing at once would reset
+        # the connection, and the client could lose the answer)
+        writer.write(b"GET /ping HTTP/1.1\r\nbad header line\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"x" * 100_000)
+        status, _, body = await _read_response(reader)
+        assert status == 400 and b"Invalid HTTP request" in body
+        assert await _closed(reader)
+    assert _rejections("invalid") - before == 1
