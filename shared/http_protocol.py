@@ -22,6 +22,8 @@ their size in memory) and heads of any length. This protocol bounds each of thos
   answered a body sent a moment later as a request of its own). Such a request with a body
   is refused 400; one without (curl's `Upgrade: h2c`) is answered, then the connection
   closes, nothing more read on it;
+- **answers never read**: an answer stuck in the send buffer `write_timeout` seconds
+  (the client asks and never reads) drops the connection, and its buffer with it;
 - **slow heads**: a head still unfinished `head_timeout` seconds after a read left it open
   is answered 408 and the connection closed, and a new connection that has not sent a head
   by then is closed (h11 waits for ever on both).
@@ -50,6 +52,9 @@ MAX_PIPELINE = 16
 """Requests parsed and waiting behind the one being answered on a connection."""
 HEAD_TIMEOUT = 30.0
 """Seconds a begun head may take to end."""
+WRITE_TIMEOUT = 30.0
+"""Seconds a connection's answer may stay stuck in its send buffer (a client that asks and
+never reads), after which the connection is dropped."""
 LINGER_SECONDS = 2.0
 """After a refusal, how long what the client still sends is read and dropped."""
 
@@ -70,6 +75,7 @@ each ending in CRLF, body) to write at once, or None to run the app for it."""
 
 
 def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
+                  write_timeout: float = WRITE_TIMEOUT,
                   early_refusal: EarlyRefusal | None = None) -> type[asyncio.Protocol]:
     """The protocol class to give uvicorn (`http=`) for `service` (which labels its counts).
 
@@ -79,7 +85,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
     refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
                for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
-                              "head_timeout", "upgrade", "invalid")}
+                              "head_timeout", "upgrade", "invalid", "write_timeout")}
 
     class BoundedHttpTools(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -91,6 +97,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._head_open = False
             self._head_timer: asyncio.TimerHandle | None = None
             self._stopped = False        # refused: nothing more is parsed
+            self._write_timer: asyncio.TimerHandle | None = None
 
         # asyncio.Protocol
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -125,7 +132,29 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            # The answer fills the send buffer: the client must read it within the time.
+            # (uvicorn has no such bound: an answer written whole stays in memory, and the
+            # connection open, for as long as a client never reads.)
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_timeout, self._write_stuck)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _write_stuck(self) -> None:
+            self._write_timer = None
+            refused["write_timeout"].inc()
+            self._stopped = True
+            self.transport.abort()  # (close() would wait for the buffer to drain)
 
         def _feed(self, piece: bytes | memoryview) -> bool:
             """Parse `piece`; False when nothing more of this read is to be parsed."""

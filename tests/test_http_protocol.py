@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import socket
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY
 
 from shared.http_protocol import MAX_HEAD_BYTES, MAX_HEADERS, MAX_PIPELINE, http_protocol
 from tests.conftest import served
+
+BIG = 8 * 1024 * 1024
 
 
 def _app() -> FastAPI:
@@ -22,6 +25,10 @@ def _app() -> FastAPI:
     @app.get("/ping")
     async def ping() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.get("/big")
+    async def big() -> Response:
+        return Response(b"x" * BIG, media_type="application/octet-stream")
 
     @app.post("/body")
     async def body(request: Request) -> dict[str, object]:
@@ -243,3 +250,23 @@ async def test_a_request_that_cannot_be_parsed_is_answered_400_before_the_close(
         assert status == 400 and b"Invalid HTTP request" in body
         assert await _closed(reader)
     assert _rejections("invalid") - before == 1
+
+
+async def test_an_answer_never_read_is_dropped_with_its_connection_after_the_write_timeout():
+    """An answer is written whole into the connection's buffer: a client that asks and
+    never reads kept it in memory, and the connection open, for ever."""
+    before = _rejections("write_timeout")
+    async with served(_app(), http_protocol("test", write_timeout=0.5)) as url:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", _port(url)))
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        await asyncio.sleep(2)  # (not reading)
+        received = 0
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.to_thread(sock.recv, 1 << 20):
+                received += len(chunk)
+        sock.close()
+        assert received < BIG  # (dropped: the whole answer would be more)
+    assert _rejections("write_timeout") - before == 1
