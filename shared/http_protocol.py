@@ -174,7 +174,6 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 if self._should_upgrade():
                     self.handle_websocket_upgrade()
                     return False
-                self._unsupported_upgrade_warning()
                 # llhttp ended the message at its head (a body is the upgraded protocol's)
                 # and would parse what follows as new requests: a body sent later would be
                 # taken for a request of its own. Nothing more is read; the connection
@@ -226,7 +225,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self.on_response_complete()  # (what follows of its body is dropped as it comes)
 
         def _invalid(self) -> None:
-            self.logger.warning("Invalid HTTP request received.")
+            # (counted, not logged: uvicorn's warning per request let any client flood the
+            # logs, as its two warnings per upgrade request did)
             self._refuse(_Refusal(400, "invalid", "Invalid HTTP request received."))
 
         def _refuse(self, refusal: _Refusal) -> None:
