@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -190,9 +191,6 @@ class RequestMetrics:
     def __init__(self, app: Any, service: str):
         self.app = app
         self.service = service
-        # The labelled counters, looked up once each (labels() costs ~1 % of a request);
-        # as few as the routes, methods the parser knows and statuses.
-        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -209,12 +207,17 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counters[key] = metrics.HTTP_REQUESTS.labels(
-                    service=self.service, route=key[0], method=key[1], status=str(status))
-            counter.inc()
+            requests_counter(self.service, getattr(scope.get("route"), "path", "unmatched"),
+                             scope["method"], status).inc()
+
+
+@functools.lru_cache(maxsize=4096)
+def requests_counter(service: str, route: str, method: str, status: int) -> Any:
+    """`giapranh_http_requests_total`'s counter for these labels, looked up once
+    (`labels()` cost ~1 % of a request); as many as routes, methods the parser knows and
+    statuses."""
+    return metrics.HTTP_REQUESTS.labels(service=service, route=route, method=method,
+                                        status=str(status))
 
 
 def install_metrics(app: FastAPI, service: str, *, public: bool = True) -> None:
@@ -369,7 +372,6 @@ class LoadShedding:
         self.in_flight = 0
         self._refusals: dict[Language, tuple[dict[str, Any], dict[str, Any], bytes]] = {}
         self._rejected = metrics.HTTP_REJECTIONS.labels(service=service, reason="overloaded")
-        self._counted: dict[str, Any] = {}  # (HTTP_REQUESTS' children, by method)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
@@ -412,12 +414,7 @@ class LoadShedding:
     def _refusal(self, scope: Any) -> tuple[dict[str, Any], dict[str, Any], bytes]:
         """Counts a refusal; its ASGI messages and its header lines, made once per language."""
         self._rejected.inc()
-        method = scope["method"]
-        counter = self._counted.get(method)
-        if counter is None:
-            counter = self._counted[method] = metrics.HTTP_REQUESTS.labels(
-                service=self.service, route="unmatched", method=method, status="503")
-        counter.inc()
+        requests_counter(self.service, "unmatched", scope["method"], 503).inc()
         language = _scope_language(scope)
         refusal = self._refusals.get(language)
         if refusal is None:

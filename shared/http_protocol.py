@@ -11,12 +11,18 @@ their size in memory) and heads of any length. This protocol bounds each of thos
 
 - **head bytes**: what a message holds besides its body (request line, headers, chunk
   framing, trailers) is counted as it is fed, in slices of at most `SLICE` bytes (asyncio
-  reads up to 256 KiB at once); past `MAX_HEAD_BYTES` the request is refused with 431;
+  reads up to 256 KiB at once); past `MAX_HEAD_BYTES` (plus half the body so far: a body
+  in small chunks carries its framing) the request is refused with 431;
 - **headers**: past `MAX_HEADERS` (Apache's LimitRequestFields), 431; trailers count too,
   and are dropped (ASGI has no request trailers; h11 drops them as well);
 - **pipelining**: at most `MAX_PIPELINE` requests are parsed ahead of the one being
-  answered; the next is not read: those already parsed are answered, then the connection
-  closes (RFC 9112 9.3.2: a client retries requests a closed connection left unanswered);
+  answered (or answered from the parser in one read, `early_refusal`, which also stops
+  answering a client that does not read its answers); the next is not read: those
+  already parsed are answered, then the connection closes (RFC 9112 9.3.2: a client
+  retries requests a closed connection left unanswered); a refusal never cuts into an
+  earlier request's answer;
+- **idle connections**: the keep-alive timeout runs until a request begins (blank lines,
+  which the parser skips, no longer hold it off);
 - **upgrades** (no service speaks another protocol): llhttp ends a request asking for one
   at its head and would parse what follows as new requests, its body included (uvicorn
   answered a body sent a moment later as a request of its own). Such a request with a body
@@ -93,6 +99,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._outside_body = 0       # bytes of the current message besides its body
             self._body_bytes = 0         # body bytes in the slice being fed
             self._completed = False      # a message ended in the slice being fed
+            self._message_body = 0       # body bytes of the current message so far
+            self._answered_in_read = 0   # requests answered from the parser in this read
             self._header_count = 0
             self._head_open = False
             self._head_timer: asyncio.TimerHandle | None = None
@@ -109,7 +117,9 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
         def data_received(self, data: bytes) -> None:
             if self._stopped:
                 return
-            self._unset_keepalive_if_required()
+            # (the keep-alive timeout is cancelled when a request begins, not by any byte:
+            # blank lines, which the parser skips, kept a connection open for ever)
+            self._answered_in_read = 0
             if len(data) <= SLICE:
                 self._feed(data)
             else:
@@ -119,16 +129,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                         break
             if self._stopped:
                 return
-            if self._head_open:
-                if self._head_timer is None:
-                    self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
-            elif (self.timeout_keep_alive_task is None and not self.pipeline
-                  and self.cycle is not None and self.cycle.response_complete
-                  and not self.transport.is_closing()):
-                # The body of a request answered before it was read (a refusal) came after
-                # its answer: the connection is idle again (uvicorn would keep it for ever).
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            if self._head_open and self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
@@ -189,10 +191,13 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             if self._completed:
                 # What follows the end of a message in this slice begins the next: at most
                 # a slice uncounted.
-                self._outside_body = 0
+                self._outside_body = self._message_body = 0
             else:
                 self._outside_body += len(piece) - self._body_bytes
-                if self._outside_body > MAX_HEAD_BYTES:
+                self._message_body += self._body_bytes
+                # (a body sent in small chunks carries framing in proportion: 16-byte
+                # chunks add 6 bytes each; 1-byte chunks, 6 per byte, are refused)
+                if self._outside_body > MAX_HEAD_BYTES + self._message_body // 2:
                     self._refuse(_Refusal(431, "head_too_large",
                                           f"request line, headers and trailers over "
                                           f"{MAX_HEAD_BYTES} bytes"))
@@ -208,6 +213,18 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             super()._start_asgi_task(cycle, app)
 
         def _answer_at_once(self, cycle: Any, status: int, head: bytes, body: bytes) -> None:
+            if self.flow.write_paused:
+                # Its earlier answers unread, a client asking on has no claim to more:
+                # each would stay in memory (an attacker's pipelined flood took 2.6 GB).
+                refused["pipeline_too_deep"].inc()
+                self._stopped = True
+                self.transport.abort()
+                return
+            self._answered_in_read += 1
+            if cycle.waiting_for_100_continue:
+                # (the client may never send the body it announced: what it sends next
+                # could be read as that body)
+                cycle.keep_alive = False
             cycle.response_started = cycle.response_complete = True
             parts = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
@@ -237,6 +254,15 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             if cycle is not None and not cycle.response_complete and not cycle.more_body:
                 # Requests read whole are being answered: answer them, then close.
                 cycle.keep_alive = False
+                self.flow.pause_reading()
+                return
+            if self.pipeline:
+                # An earlier request is being answered: nothing may be written before its
+                # answer ends. The queued ones are dropped unanswered (a client retries
+                # them), and the connection closes once idle.
+                for queued, _ in self.pipeline:
+                    queued.disconnected = True
+                self.pipeline.clear()
                 self.flow.pause_reading()
                 return
             if cycle is not None and not cycle.response_complete:
@@ -283,7 +309,10 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
         # httptools callbacks
         def on_message_begin(self) -> None:
-            if len(self.pipeline) >= MAX_PIPELINE:
+            self._unset_keepalive_if_required()
+            # Requests answered from the parser count too: without, one read could make
+            # thousands of refusals in one callback (the loop stalled over a second).
+            if len(self.pipeline) + self._answered_in_read >= MAX_PIPELINE:
                 raise _Refusal(503, "pipeline_too_deep", "too many pipelined requests")
             self._head_open, self._header_count = True, 0
             super().on_message_begin()

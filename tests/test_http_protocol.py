@@ -270,3 +270,38 @@ async def test_an_answer_never_read_is_dropped_with_its_connection_after_the_wri
         sock.close()
         assert received < BIG  # (dropped: the whole answer would be more)
     assert _rejections("write_timeout") - before == 1
+
+
+async def test_a_body_in_small_chunks_is_not_mistaken_for_a_long_head():
+    payload = bytes(range(256)) * 1200  # 300 KiB in 16-byte chunks: framing over 64 KiB
+    chunks = b"".join(b"10\r\n%s\r\n" % payload[i:i + 16] for i in range(0, len(payload), 16))
+    async with served(_app()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"POST /body HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + chunks + b"0\r\n\r\n")
+        status, _, body = await _read_response(reader)
+        assert status == 200 and json.loads(body)["length"] == len(payload)
+
+
+async def test_blank_lines_do_not_keep_an_idle_connection_open():
+    """The parser skips blank lines between requests; they must not hold the keep-alive
+    timeout (5 s) off."""
+    async with served(_app()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert (await _read_response(reader))[0] == 200
+        closed = False
+        for _ in range(16):
+            await asyncio.sleep(0.5)
+            try:
+                writer.write(b"\r\n")
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            if reader.at_eof() or (reader._buffer == b"" and reader.exception()):
+                closed = True
+                break
+        if not closed:
+            closed = await asyncio.wait_for(reader.read(), 1) == b""
+        assert closed

@@ -143,3 +143,31 @@ async def test_the_protocols_refusal_is_the_apps_own_without_running_it():
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_refusals_from_the_parser_are_bounded_per_connection():
+    """While overloaded, each request is answered from the parser at once; a connection
+    pipelining thousands without reading must not get thousands of answers made (each
+    kept in memory until read: an attacker took an instance to 2.6 GB)."""
+    gate = asyncio.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    shed = LoadShedding(app, limit=1, service="test")
+    async with served(shed) as url, httpx.AsyncClient(base_url=url) as client:
+        holding = asyncio.create_task(client.get("/hold"))
+        await eventually(lambda: _true(shed.in_flight == 1), what="a request in flight")
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n" * 5_000)
+        data = b""
+        while more := await asyncio.wait_for(reader.read(1 << 16), 5):
+            data += more
+        answered = data.count(b"HTTP/1.1 503")
+        assert 0 < answered <= 32, answered
+        gate.set()
+        assert (await holding).status_code == 200
