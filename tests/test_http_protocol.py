@@ -11,6 +11,7 @@ import socket
 import time
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import REGISTRY
 
 from shared.http_protocol import MAX_HEAD_BYTES, MAX_HEADERS, MAX_PIPELINE, http_protocol
@@ -25,6 +26,14 @@ def _app() -> FastAPI:
     @app.get("/ping")
     async def ping() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.get("/slow")
+    async def slow() -> StreamingResponse:
+        async def ticks():
+            for i in range(6):
+                yield b"tick %d\n" % i
+                await asyncio.sleep(0.25)
+        return StreamingResponse(ticks(), media_type="text/plain")
 
     @app.get("/big")
     async def big() -> Response:
@@ -305,3 +314,21 @@ async def test_blank_lines_do_not_keep_an_idle_connection_open():
         if not closed:
             closed = await asyncio.wait_for(reader.read(), 1) == b""
         assert closed
+
+
+async def test_a_refusal_never_cuts_into_an_earlier_requests_answer():
+    """A request pipelined behind a streaming answer, refused while its body is still
+    coming (its trailers past the bound): nothing may be written before that answer ends."""
+    async with served(_app()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # (the stream has begun)
+        writer.write(b"POST /body HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\n" + b"x-t: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n")
+        data = b""
+        with contextlib.suppress(ConnectionError):
+            while more := await asyncio.wait_for(reader.read(1 << 16), 10):
+                data += more
+        assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data
+        assert data.endswith(b"tick 5\n\r\n0\r\n\r\n"), data  # (whole, then closed)
