@@ -182,10 +182,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 # closes once the request is answered.
                 self._stopped = True
                 refused["upgrade"].inc()
-                if self.cycle is not None and not self.cycle.response_complete:
-                    self.cycle.keep_alive = False
-                    self.flow.pause_reading()
-                else:
+                if not self._close_after_answers():
                     self.transport.close()
                 return False
             if self._completed:
@@ -250,12 +247,9 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._stopped = True
             self._cancel_head_timer()
             refused[refusal.reason].inc()
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete and not cycle.more_body:
-                # Requests read whole are being answered: answer them, then close.
-                cycle.keep_alive = False
-                self.flow.pause_reading()
+            if self._close_after_answers():
                 return
+            cycle = self.cycle
             if self.pipeline:
                 # An earlier request is being answered: nothing may be written before its
                 # answer ends. The queued ones are dropped unanswered (a client retries
@@ -279,6 +273,16 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                 % (refusal.status, _PHRASES[refusal.status], len(text), text))
             self._close_gently()
+
+        def _close_after_answers(self) -> bool:
+            """Requests read whole are being answered: answer them, then close (True);
+            False when none is owed."""
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or cycle.more_body:
+                return False
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return True
 
         def _close_gently(self) -> None:
             """Closing with the client's bytes unread would reset the connection, and the
@@ -332,7 +336,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                     (name == b"content-length" and value.strip(b" 0")) or
                     name == b"transfer-encoding" for name, value in self.headers):
                 # llhttp would end it at its head and give its body to the other protocol
-                # (see data_received): the app would get an empty body.
+                # (see _feed): the app would get an empty body.
                 raise _Refusal(400, "upgrade", "a request asking to switch protocols "
                                                "cannot carry a body here")
             super().on_headers_complete()
