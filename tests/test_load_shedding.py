@@ -421,7 +421,10 @@ async def test_a_report_written_is_accepted_when_the_check_of_a_repeated_id_fail
         repeated = report(uuid.uuid4())
         await store.record_many([repeated], spec=SIGHTINGS)  # its retry repeats the id
         proxy.arm(b"request_hash, recorded_at FROM events", "both")  # (the look-up)
-        group = GroupCommit(store, SIGHTINGS, writers=1, write_timeout_seconds=10)
+        # (a write timeout far beyond the test's waits: on a loaded machine the steps up to
+        # the lock took long enough for a 10 s one to end the write first, and the look-up
+        # to be gone before it could wait for the lock)
+        group = GroupCommit(store, SIGHTINGS, writers=1, write_timeout_seconds=120)
         writer = asyncio.create_task(group.run())
         fresh = report()  # a client that sent no event id: ingest made this one
         answers = asyncio.gather(group.record(repeated), group.record(fresh),
@@ -436,9 +439,9 @@ async def test_a_report_written_is_accepted_when_the_check_of_a_repeated_id_fail
             waiting = await eventually(lambda: blocker.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND query LIKE '%request_hash, recorded_at FROM events%'"),
-                what="the look-up waiting for the lock")
+                timeout=60, what="the look-up waiting for the lock")
             await pool.fetchval("SELECT pg_cancel_backend($1)", waiting)
-            again, first = await asyncio.wait_for(answers, timeout=10)
+            again, first = await asyncio.wait_for(answers, timeout=60)
         finally:
             await blocker.close()
             writer.cancel()
