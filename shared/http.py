@@ -29,9 +29,11 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
@@ -144,9 +146,18 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         }
         return JSONResponse({"error": body}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client left before its body ended: nothing is answered (the server drops what
+        is sent to a closed connection), and the request is counted as 499, nginx's "client
+        closed request", not logged as an error of the app with its traceback."""
+        return Response(status_code=499)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Starlette's own refusals (unknown route, wrong method) in our error format."""
+        if isinstance(exc.__cause__, ClientDisconnect):  # (FastAPI's, reading a body)
+            return await _gone(request, exc.__cause__)
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI could not read the body as JSON (not UTF-8, nested too deeply, a number
             # too long to convert): invalid JSON like any other, not a 400 naming nothing.
@@ -261,7 +272,14 @@ def _key_from_headers(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+_PRINCIPAL = "giapranh.principal"
+"""Where a request's scope keeps its caller once authenticated (by `KeyFirstRoute`)."""
+
+
 async def authenticate(request: Request) -> Principal:
+    known = request.scope.get(_PRINCIPAL)
+    if known is not None:  # (authenticated before its body was read: taken once)
+        return known
     key = _key_from_headers(request)
     if key is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
@@ -271,7 +289,34 @@ async def authenticate(request: Request) -> Principal:
         raise Unauthorized("unknown or revoked API key")
     if state.requests is not None:
         state.requests.take(principal.key_id)
+    request.scope[_PRINCIPAL] = principal
     return principal
+
+
+def _needs_key(dependant: Any) -> bool:
+    return any(d.call is authenticate or _needs_key(d) for d in dependant.dependencies)
+
+
+class KeyFirstRoute(APIRoute):
+    """A route whose dependencies authenticate the caller does so before anything else,
+    before its body is read: every router's `route_class`.
+
+    FastAPI reads a request's body before it solves any dependency. A client without a
+    key could announce a body and never send it, and hold its request among those in
+    flight (`LoadShedding`) for as long as it kept the connection open: 512 such
+    connections refused everyone else (an attacking helper, README). Now it is answered
+    401 as soon as its head is read, and the body, if it ever comes, is dropped unread."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not _needs_key(self.dependant):
+            return handler
+
+        async def key_first(request: Request) -> Response:
+            await authenticate(request)
+            return await handler(request)
+
+        return key_first
 
 
 CurrentUnit = Annotated[Principal, Depends(authenticate)]

@@ -32,7 +32,14 @@ their size in memory) and heads of any length. This protocol bounds each of thos
   (the client asks and never reads) drops the connection, and its buffer with it;
 - **slow heads**: a head still unfinished `head_timeout` seconds after a read left it open
   is answered 408 and the connection closed, and a new connection that has not sent a head
-  by then is closed (h11 waits for ever on both).
+  by then is closed (h11 waits for ever on both);
+- **slow bodies**: a body must come at `min_body_rate` bytes a second on average, after a
+  grace of `head_timeout` seconds (Kestrel's MinRequestBodyDataRate): a request whose body
+  stops coming holds its place among the requests in flight, and 512 of them refused
+  everyone else (an attacking helper; h11 waits for ever too). Past it the app reads a
+  disconnect, the client a 408, and the connection closes. (Requests needing a key are
+  refused before their body is read, `shared.http.KeyFirstRoute`: only a key's holder can
+  be that slow.)
 
 Each refusal is counted in `giapranh_http_rejections_total` under its reason.
 """
@@ -58,6 +65,9 @@ MAX_PIPELINE = 16
 """Requests parsed and waiting behind the one being answered on a connection."""
 HEAD_TIMEOUT = 30.0
 """Seconds a begun head may take to end."""
+MIN_BODY_RATE = 1024.0
+"""Bytes a second a request body must average once `head_timeout` has passed (8 kbit/s:
+a 2 MB batch may take half an hour; Kestrel asks for 240 bytes a second)."""
 WRITE_TIMEOUT = 30.0
 """Seconds a connection's answer may stay stuck in its send buffer (a client that asks and
 never reads), after which the connection is dropped."""
@@ -82,6 +92,7 @@ each ending in CRLF, body) to write at once, or None to run the app for it."""
 
 def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                   write_timeout: float = WRITE_TIMEOUT,
+                  min_body_rate: float = MIN_BODY_RATE,
                   early_refusal: EarlyRefusal | None = None) -> type[asyncio.Protocol]:
     """The protocol class to give uvicorn (`http=`) for `service` (which labels its counts).
 
@@ -91,7 +102,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
     refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
                for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
-                              "head_timeout", "upgrade", "invalid", "write_timeout")}
+                              "head_timeout", "body_timeout", "upgrade", "invalid",
+                              "write_timeout")}
 
     class BoundedHttpTools(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -106,6 +118,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._head_timer: asyncio.TimerHandle | None = None
             self._stopped = False        # refused: nothing more is parsed
             self._write_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
+            self._body_started = 0.0
 
         # asyncio.Protocol
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -131,9 +145,14 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 return
             if self._head_open and self._head_timer is None:
                 self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+            elif (self._body_timer is None and self.cycle is not None
+                  and self.cycle.more_body):  # (a body goes on in a later read)
+                self._body_started = self.loop.time()
+                self._body_timer = self.loop.call_later(head_timeout, self._body_too_slow)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_body_timer()
             if self._write_timer is not None:
                 self._write_timer.cancel()
             super().connection_lost(exc)
@@ -306,6 +325,32 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 self._stopped = True
                 self.transport.close()
 
+        def _body_too_slow(self) -> None:
+            self._body_timer = None
+            cycle = self.cycle
+            if self._stopped or self.transport.is_closing() or cycle is None \
+                    or not cycle.more_body:
+                return
+            if self.flow.read_paused:  # (the app has not read what came: not the client's
+                # delay; the grace begins again)
+                self._body_started = self.loop.time()
+            deadline = self._body_started + head_timeout + self._message_body / min_body_rate
+            if self.loop.time() < deadline:  # (fast enough so far: look again then)
+                self._body_timer = self.loop.call_at(deadline, self._body_too_slow)
+                return
+            if cycle.response_complete:  # (answered already, the rest of its body unread)
+                refused["body_timeout"].inc()
+                self._stopped = True
+                self.transport.close()
+                return
+            self._refuse(_Refusal(408, "body_timeout",
+                                  f"request body slower than {min_body_rate:g} bytes a second"))
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
         def _cancel_head_timer(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
@@ -347,6 +392,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
         def on_message_complete(self) -> None:
             self._completed = True
+            self._cancel_body_timer()
             super().on_message_complete()
 
     BoundedHttpTools.__qualname__ = BoundedHttpTools.__name__ = f"BoundedHttpTools[{service}]"

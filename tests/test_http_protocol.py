@@ -332,3 +332,34 @@ async def test_a_refusal_never_cuts_into_an_earlier_requests_answer():
                 data += more
         assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data
         assert data.endswith(b"tick 5\n\r\n0\r\n\r\n"), data  # (whole, then closed)
+
+
+async def test_a_body_that_stops_coming_is_answered_408_and_a_slow_steady_one_arrives():
+    """A body must average `min_body_rate` after a grace of `head_timeout`: one that stops
+    holds a place among the requests in flight for as long as the client likes (512 such
+    refused everyone else). A steady one above the rate arrives whole."""
+    protocol = http_protocol("test", head_timeout=0.5, min_body_rate=200)
+    before = _rejections("body_timeout")
+    async with served(_app(), protocol) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        started = time.monotonic()
+        writer.write(b"POST /body HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n" +
+                     b"x" * 100)
+        await writer.drain()
+        status, _, body = await _read_response(reader)
+        # (the grace, then the 100 bytes' worth at 200 a second)
+        assert status == 408 and time.monotonic() - started >= 0.5 + 0.5, body
+        assert b"body" in body
+        assert await _closed(reader)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"POST /body HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n")
+        for _ in range(10):  # 100 bytes every 0.2 s: 500 a second, for 2 s
+            writer.write(b"y" * 100)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        status, _, body = await _read_response(reader)
+        assert status == 200, body
+        assert json.loads(body)["sha256"] == hashlib.sha256(b"y" * 1000).hexdigest()
+        writer.close()
+    assert _rejections("body_timeout") - before == 1

@@ -37,9 +37,16 @@ from shared.directory import (
 )
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.events import Contract, ShortText
-from shared.http import ProvinceAdminKey, UnitAdminKey, error_responses, service_state
+from shared.http import (
+    KeyFirstRoute,
+    ProvinceAdminKey,
+    UnitAdminKey,
+    error_responses,
+    service_state,
+)
 
-router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429),
+                   route_class=KeyFirstRoute)
 
 MAX_GRACE_HOURS = 24 * 30
 

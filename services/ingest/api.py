@@ -36,11 +36,12 @@ from shared.events import (
     WatchlistEntryFields,
     utcnow,
 )
-from shared.http import error_responses, json_body, json_body_openapi
+from shared.http import KeyFirstRoute, error_responses, json_body, json_body_openapi
 from shared.logs import event_logger
 from shared.topics import SIGHTINGS, TopicSpec
 
-router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429),
+                   route_class=KeyFirstRoute)
 log = logging.getLogger(__name__)
 events_log = event_logger("ingest")
 

@@ -42,11 +42,12 @@ from shared.events import (
     WatchlistEntry,
     utcnow,
 )
-from shared.http import AnswerLanguage, error_responses
+from shared.http import AnswerLanguage, KeyFirstRoute, error_responses
 from shared.i18n import translate
 from shared.topics import SIGHTINGS
 
-router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429),
+                   route_class=KeyFirstRoute)
 
 
 class CheckIn(Contract):

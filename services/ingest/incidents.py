@@ -51,10 +51,11 @@ from shared.events import (
     WatchlistEntryUpserted,
     utcnow,
 )
-from shared.http import DeskKey, error_responses
+from shared.http import DeskKey, KeyFirstRoute, error_responses
 from shared.topics import INCIDENTS, WATCHLIST
 
-router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429),
+                   route_class=KeyFirstRoute)
 
 
 # ------------------------------------------------------------------------------- bodies

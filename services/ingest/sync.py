@@ -39,9 +39,10 @@ from services.ingest.deps import CurrentUnit, Database
 from shared.db import HISTORY_COLUMNS, history_of
 from shared.errors import Unprocessable
 from shared.events import WatchlistEntry, utcnow
-from shared.http import error_responses
+from shared.http import KeyFirstRoute, error_responses
 
-router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429),
+                   route_class=KeyFirstRoute)
 
 CURSOR = re.compile(r"^v3\.(\d{1,19})\.(\d{1,18})\.(\d{1,18})\.((\d{1,20})\.\d{1,10})$", re.ASCII)
 """v3.<transaction id>.<change number>.<directory version>.<history> (`history_of`)."""

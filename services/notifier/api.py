@@ -30,9 +30,10 @@ from shared.audit import Actor
 from shared.auth import Principal
 from shared.errors import NotFound, TooManyRequests
 from shared.events import Contract, LongText, utcnow
-from shared.http import AnswerLanguage, DeskKey, UnitAdminKey, error_responses
+from shared.http import AnswerLanguage, DeskKey, KeyFirstRoute, UnitAdminKey, error_responses
 
-router = APIRouter(prefix="/v1", responses=error_responses(401, 429))
+router = APIRouter(prefix="/v1", responses=error_responses(401, 429),
+                   route_class=KeyFirstRoute)
 CAP_MEDIA_TYPE = "application/cap+xml"
 ATOM_MEDIA_TYPE = "application/atom+xml"
 

@@ -26,10 +26,11 @@ from services.notifier.reports import (
 )
 from shared.errors import NotFound, Overloaded, TooManyRequests
 from shared.events import utcnow
-from shared.http import error_responses
+from shared.http import KeyFirstRoute, error_responses
 
 T = TypeVar("T")
-router = APIRouter(prefix="/v1/reports", responses=error_responses(401, 429, 503))
+router = APIRouter(prefix="/v1/reports", responses=error_responses(401, 429, 503),
+                   route_class=KeyFirstRoute)
 
 Agreement = Annotated[int | None, Query(ge=1, le=2**62, description="An agreement's id.")]
 Pair = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9-]+,[A-Za-z0-9-]+$",
