@@ -39,7 +39,8 @@ their size in memory) and heads of any length. This protocol bounds each of thos
   everyone else (an attacking helper; h11 waits for ever too). Past it the app reads a
   disconnect, the client a 408, and the connection closes. (Requests needing a key are
   refused before their body is read, `shared.http.KeyFirstRoute`: only a key's holder can
-  be that slow.)
+  be that slow.) A body answered before its end (401 before the body, 413) is read and
+  dropped up to `MAX_BODY_DROPPED`, then the connection closes;
 
 Each refusal is counted in `giapranh_http_rejections_total` under its reason.
 """
@@ -72,6 +73,10 @@ a 2 MB batch may take half an hour; Kestrel asks for 240 bytes a second)."""
 WRITE_TIMEOUT = 30.0
 """Seconds a connection's answer may stay stuck in its send buffer (a client that asks and
 never reads), after which the connection is dropped."""
+MAX_BODY_DROPPED = 8 * 1024 * 1024
+"""Bytes of a body read and dropped after its request was answered (401 before the body,
+413 past the size): past them the connection closes, gently, instead of parsing whatever
+a client sends until the keep-alive timeout (5 s: gigabytes on a fast link)."""
 LINGER_SECONDS = 2.0
 """After a refusal, how long what the client still sends is read and dropped."""
 
@@ -81,6 +86,10 @@ def _spread(seconds: float) -> float:
     together (4,000 of an attack) would all fire in one turn of the event loop, and their
     refusals stalled it ~0.4 s for everyone."""
     return seconds * (1.0 + 0.1 * random.random())
+
+
+class _Enough(Exception):
+    """Past `MAX_BODY_DROPPED`: stop reading, close once what is owed is answered."""
 
 
 class _Refusal(Exception):
@@ -110,8 +119,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
     refused = {reason: metrics.HTTP_REJECTIONS.labels(service=service, reason=reason)
                for reason in ("head_too_large", "too_many_headers", "pipeline_too_deep",
-                              "head_timeout", "body_timeout", "upgrade", "invalid",
-                              "write_timeout")}
+                              "head_timeout", "body_timeout", "body_dropped", "upgrade",
+                              "invalid", "write_timeout")}
 
     class BoundedHttpTools(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -128,6 +137,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._write_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
             self._body_started = 0.0
+            self._dropped = 0            # body bytes of an answered request, dropped
 
         # asyncio.Protocol
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -193,6 +203,11 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             except httptools.HttpParserCallbackError as exc:
                 if isinstance(exc.__context__, _Refusal):
                     self._refuse(exc.__context__)
+                elif isinstance(exc.__context__, _Enough):
+                    refused["body_dropped"].inc()
+                    self._stopped = True
+                    self._cancel_body_timer()
+                    self._close_gently()
                 else:  # (as uvicorn answers a request it cannot parse)
                     self._invalid()
                 return False
@@ -371,7 +386,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             # thousands of refusals in one callback (the loop stalled over a second).
             if len(self.pipeline) + self._answered_in_read >= MAX_PIPELINE:
                 raise _Refusal(503, "pipeline_too_deep", "too many pipelined requests")
-            self._head_open, self._header_count = True, 0
+            self._head_open, self._header_count, self._dropped = True, 0, 0
             super().on_message_begin()
 
         def on_header(self, name: bytes, value: bytes) -> None:
@@ -396,11 +411,18 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
         def on_body(self, body: bytes) -> None:
             self._body_bytes += len(body)
+            if self.cycle.response_complete:  # (answered: dropped, up to a bound)
+                self._dropped += len(body)
+                if self._dropped > MAX_BODY_DROPPED:
+                    raise _Enough
+                return
             super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._completed = True
             self._cancel_body_timer()
+            if self.cycle.response_complete:  # (uvicorn leaves it set: no body timer for it)
+                self.cycle.more_body = False
             super().on_message_complete()
 
     BoundedHttpTools.__qualname__ = BoundedHttpTools.__name__ = f"BoundedHttpTools[{service}]"

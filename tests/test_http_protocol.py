@@ -14,7 +14,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import REGISTRY
 
-from shared.http_protocol import MAX_HEAD_BYTES, MAX_HEADERS, MAX_PIPELINE, http_protocol
+from shared.http_protocol import (
+    MAX_BODY_DROPPED,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_PIPELINE,
+    http_protocol,
+)
 from tests.conftest import served
 
 BIG = 8 * 1024 * 1024
@@ -363,3 +369,44 @@ async def test_a_body_that_stops_coming_is_answered_408_and_a_slow_steady_one_ar
         assert json.loads(body)["sha256"] == hashlib.sha256(b"y" * 1000).hexdigest()
         writer.close()
     assert _rejections("body_timeout") - before == 1
+
+
+async def test_a_body_answered_before_its_end_is_dropped_up_to_a_bound_then_the_connection_closes():
+    """A request answered before its body ended (401 before the body, 413) has the rest of
+    its body read and dropped, and the connection stays usable; past `MAX_BODY_DROPPED` it
+    closes, counted, instead of parsing whatever the client sends until the keep-alive
+    timeout."""
+    app = FastAPI()
+
+    @app.post("/refuse")
+    async def refuse() -> Response:  # (answers without reading the body)
+        return Response(b"no", status_code=401)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    before = _rejections("body_dropped")
+    async with served(app) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"POST /refuse HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n")
+        assert (await _read_response(reader))[0] == 401
+        writer.write(b"z" * 1000 + b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        status, _, body = await _read_response(reader)
+        assert status == 200 and json.loads(body) == {"ok": True}  # (the body was no request)
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        writer.write(b"POST /refuse HTTP/1.1\r\nhost: t\r\ncontent-length: 10000000000\r\n\r\n")
+        assert (await _read_response(reader))[0] == 401
+        sent, chunk, closed = 0, b"z" * 65536, False
+        deadline = time.monotonic() + 15  # (past the bound, read and dropped 2 s, then closed)
+        try:
+            while time.monotonic() < deadline:
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent += len(chunk)
+        except ConnectionError:
+            closed = True
+        assert closed and sent > MAX_BODY_DROPPED, ("the server went on reading", sent)
+    assert _rejections("body_dropped") - before == 1
