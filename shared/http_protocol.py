@@ -204,10 +204,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 if isinstance(exc.__context__, _Refusal):
                     self._refuse(exc.__context__)
                 elif isinstance(exc.__context__, _Enough):
-                    refused["body_dropped"].inc()
-                    self._stopped = True
-                    self._cancel_body_timer()
-                    self._close_gently()
+                    self._stop_reading("body_dropped")
                 else:  # (as uvicorn answers a request it cannot parse)
                     self._invalid()
                 return False
@@ -362,12 +359,18 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 self._body_timer = self.loop.call_at(deadline, self._body_too_slow)
                 return
             if cycle.response_complete:  # (answered already, the rest of its body unread)
-                refused["body_timeout"].inc()
-                self._stopped = True
-                self.transport.close()
+                self._stop_reading("body_timeout")
                 return
             self._refuse(_Refusal(408, "body_timeout",
                                   f"request body slower than {min_body_rate:g} bytes a second"))
+
+        def _stop_reading(self, reason: str) -> None:
+            """The request is answered but its body still coming: read no more of it, and
+            close gently (a reset could lose the answer before the client read it)."""
+            refused[reason].inc()
+            self._stopped = True
+            self._cancel_body_timer()
+            self._close_gently()
 
         def _cancel_body_timer(self) -> None:
             if self._body_timer is not None:
