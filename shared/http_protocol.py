@@ -33,7 +33,8 @@ their size in memory) and heads of any length. This protocol bounds each of thos
 - **slow heads**: a head still unfinished `head_timeout` seconds after a read left it open
   is answered 408 and the connection closed, and a new connection that has not sent a head
   by then is closed (h11 waits for ever on both);
-- **slow bodies**: a body must come at `min_body_rate` bytes a second on average, after a
+- **slow bodies**: a body must come at `min_body_rate` bytes a second on average (and never
+  pause longer than the grace), after a
   grace of `head_timeout` seconds (Kestrel's MinRequestBodyDataRate): a request whose body
   stops coming holds its place among the requests in flight, and 512 of them refused
   everyone else (an attacking helper; h11 waits for ever too). Past it the app reads a
@@ -137,6 +138,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._write_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
             self._body_started = 0.0
+            self._body_last = 0.0        # when a byte of the body last came
+            self._expects_continue = False
             self._dropped = 0            # body bytes of an answered request, dropped
 
         # asyncio.Protocol
@@ -165,7 +168,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 self._head_timer = self.loop.call_later(_spread(head_timeout), self._head_too_slow)
             elif (self._body_timer is None and self.cycle is not None
                   and self.cycle.more_body):  # (a body goes on in a later read)
-                self._body_started = self.loop.time()
+                self._body_started = self._body_last = self.loop.time()
                 self._body_timer = self.loop.call_later(_spread(head_timeout), self._body_too_slow)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -231,6 +234,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             else:
                 self._outside_body += len(piece) - self._body_bytes
                 self._message_body += self._body_bytes
+                if self._body_bytes:
+                    self._body_last = self.loop.time()
                 # (a body sent in small chunks carries framing in proportion: 16-byte
                 # chunks add 6 bytes each; 1-byte chunks, 6 per byte, are refused)
                 if self._outside_body > MAX_HEAD_BYTES + self._message_body // 2:
@@ -289,6 +294,11 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             if self._close_after_answers():
                 return
             cycle = self.cycle
+            if cycle is not None and cycle.response_complete and cycle.more_body:
+                # Answered, its body still coming (a 401 before the body): nothing more may
+                # be written for it; a pipelining client would take it for its next answer.
+                self._close_gently()
+                return
             if self.pipeline:
                 # An earlier request is being answered: nothing may be written before its
                 # answer ends. The queued ones are dropped unanswered (a client retries
@@ -351,11 +361,17 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             if self._stopped or self.transport.is_closing() or cycle is None \
                     or not cycle.more_body:
                 return
+            now = self.loop.time()
             if self.flow.read_paused:  # (the app has not read what came: not the client's
-                # delay; the grace begins again)
-                self._body_started = self.loop.time()
-            deadline = self._body_started + head_timeout + self._message_body / min_body_rate
-            if self.loop.time() < deadline:  # (fast enough so far: look again then)
+                # delay; the grace begins again, for what comes from now on)
+                self._body_started = now - self._message_body / min_body_rate
+                self._body_last = now
+            # The average since the start, and no pause longer than the grace: bytes sent
+            # early must not buy a stall (a key's holder sent 1.9 MB at once, then nothing,
+            # and held its 64 places for half an hour).
+            deadline = min(self._body_started + head_timeout + self._message_body / min_body_rate,
+                           self._body_last + head_timeout)
+            if now < deadline:  # (fast enough so far: look again then)
                 self._body_timer = self.loop.call_at(deadline, self._body_too_slow)
                 return
             if cycle.response_complete:  # (answered already, the rest of its body unread)
@@ -402,6 +418,8 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
         def on_headers_complete(self) -> None:
             self._head_open = False
+            self._expects_continue = any(name == b"expect" and value.lower() == b"100-continue"
+                                         for name, value in self.headers)
             self._cancel_head_timer()
             if self.parser.should_upgrade() and any(
                     (name == b"content-length" and value.strip(b" 0")) or
@@ -411,6 +429,17 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 raise _Refusal(400, "upgrade", "a request asking to switch protocols "
                                                "cannot carry a body here")
             super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            cycle = self.cycle
+            super().on_response_complete()
+            if (self._expects_continue and cycle is not None and cycle.more_body
+                    and not self._stopped and not self.transport.is_closing()):
+                # Answered without asking for its body (a 401 before it): the client may
+                # send it or not, and what it sends next could be taken for that body.
+                self._stopped = True
+                self._cancel_body_timer()
+                self._close_gently()
 
         def on_body(self, body: bytes) -> None:
             self._body_bytes += len(body)
