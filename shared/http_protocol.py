@@ -139,7 +139,6 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._body_timer: asyncio.TimerHandle | None = None
             self._body_started = 0.0
             self._body_last = 0.0        # when a byte of the body last came
-            self._expects_continue = False
             self._dropped = 0            # body bytes of an answered request, dropped
 
         # asyncio.Protocol
@@ -380,10 +379,12 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._refuse(_Refusal(408, "body_timeout",
                                   f"request body slower than {min_body_rate:g} bytes a second"))
 
-        def _stop_reading(self, reason: str) -> None:
+        def _stop_reading(self, reason: str | None = None) -> None:
             """The request is answered but its body still coming: read no more of it, and
-            close gently (a reset could lose the answer before the client read it)."""
-            refused[reason].inc()
+            close gently (a reset could lose the answer before the client read it); counted
+            under `reason`, if any."""
+            if reason is not None:
+                refused[reason].inc()
             self._stopped = True
             self._cancel_body_timer()
             self._close_gently()
@@ -418,8 +419,6 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
 
         def on_headers_complete(self) -> None:
             self._head_open = False
-            self._expects_continue = any(name == b"expect" and value.lower() == b"100-continue"
-                                         for name, value in self.headers)
             self._cancel_head_timer()
             if self.parser.should_upgrade() and any(
                     (name == b"content-length" and value.strip(b" 0")) or
@@ -433,13 +432,12 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
         def on_response_complete(self) -> None:
             cycle = self.cycle
             super().on_response_complete()
-            if (self._expects_continue and cycle is not None and cycle.more_body
+            # (uvicorn's flag is this request's: no later head began, its body unended)
+            if (self.expect_100_continue and cycle is not None and cycle.more_body
                     and not self._stopped and not self.transport.is_closing()):
                 # Answered without asking for its body (a 401 before it): the client may
                 # send it or not, and what it sends next could be taken for that body.
-                self._stopped = True
-                self._cancel_body_timer()
-                self._close_gently()
+                self._stop_reading()
 
         def on_body(self, body: bytes) -> None:
             self._body_bytes += len(body)
