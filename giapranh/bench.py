@@ -78,6 +78,8 @@ class Result:
     hops: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds each part of the stack used while the rate ran (`cpu_seconds`)."""
+    desks: dict[str, int] = field(default_factory=dict)
+    """The run's alerts each other desk watching (`--all-desks`) received."""
 
     def quantile(self, q: float) -> float:
         if not self.latencies:
@@ -130,8 +132,21 @@ def unlisted(rng: random.Random) -> dict[str, str]:
             "name": f"Khách {rng.randrange(10**6)}"}
 
 
+async def watch_desk(stack: Stack, unit: str, ours: dict[str, float],
+                     counts: dict[str, int], ready: asyncio.Event) -> None:
+    """Another recipient unit's duty desk: its live stream read to the end, counting the
+    run's alerts (it costs the notifier a view of each alert for this unit too)."""
+    headers = {"Authorization": f"Bearer {stack.keys[unit]}"}
+    async with httpx.AsyncClient(timeout=None) as client, client.stream(
+            "GET", f"{stack.notifier}/v1/alerts/stream", headers=headers) as response:
+        ready.set()
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and json.loads(line[5:])["correlation_id"] in ours:
+                counts[unit] = counts.get(unit, 0) + 1
+
+
 async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
-                   progress: Progress) -> Result:
+                   progress: Progress, desks: list[str] | None = None) -> Result:
     subject = {"name": "NGUYEN VAN HUNG", "national_id": DEMO_ENTRIES[0].national_id}
     rng = random.Random(rate)
     sent_at: dict[str, float] = {}
@@ -165,6 +180,13 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     ready = asyncio.Event()
     listener = asyncio.create_task(listen(ready))
     await ready.wait()
+    desk_counts: dict[str, int] = {}
+    watchers = []
+    for unit in desks or ():
+        opened = asyncio.Event()
+        watchers.append(asyncio.create_task(
+            watch_desk(stack, unit, sent_at, desk_counts, opened)))
+        await opened.wait()
     cpu_before = cpu_seconds(stack)
     per_tick = max(1, round(rate * TICK))
     headers = {"Authorization": f"Bearer {stack.keys[SEER]}"}
@@ -198,10 +220,16 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     except TimeoutError:
         pass
     listener.cancel()
+    settle = time.perf_counter() + 10  # the other desks' last alerts, if still coming
+    while (time.perf_counter() < settle
+           and any(0 < count < total for count in desk_counts.values())):
+        await asyncio.sleep(0.1)
     cpu = {name: used - cpu_before.get(name, 0.0)
            for name, used in cpu_seconds(stack).items()}
+    for watcher in watchers:
+        watcher.cancel()
     hops = await hop_budget(stack, sent_wall, received_wall)
-    return Result(rate, total, len(latencies), latencies, hops, cpu)
+    return Result(rate, total, len(latencies), latencies, hops, cpu, desk_counts)
 
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:
@@ -371,13 +399,15 @@ async def checks(stack: Stack, count: int, progress: Progress) -> list[float]:
 
 
 async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float,
-                hit_ratio: float = 1.0, pursuit_count: int = 20, check_count: int = 200) -> int:
+                hit_ratio: float = 1.0, pursuit_count: int = 20, check_count: int = 200,
+                all_desks: bool = False) -> int:
     stack = Stack.running(data_dir)
     round_trip = await broker_round_trip(stack.broker)
+    desks = sorted(unit for unit in stack.keys if unit != OWNER) if all_desks else []
     results = []
     with Progress(console=console, transient=True) as progress:
         for rate in rates:
-            result = await run_rate(stack, rate, seconds, hit_ratio, progress)
+            result = await run_rate(stack, rate, seconds, hit_ratio, progress, desks)
             results.append(result)
             if not result.sustained(max_p99):
                 break
@@ -391,6 +421,12 @@ async def bench(data_dir: Path, rates: list[int], seconds: float, max_p99: float
         for hop, values in result.hops.items():
             if values:
                 console.print(f"         {hop:<20} {percentiles(values)}")
+        if desks:
+            reached = {unit: count for unit, count in result.desks.items() if count}
+            console.print(f"         other desks watching: {len(desks)}, of which "
+                          f"{len(reached)} received the alerts: " + ", ".join(
+                              f"{unit} {count}/{result.sent}"
+                              for unit, count in sorted(reached.items())))
         if result.cpu and result.received:
             per_alert = {name: 1e6 * used / result.received for name, used in result.cpu.items()}
             console.print("         CPU per alert: " + ", ".join(

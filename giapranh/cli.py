@@ -68,13 +68,16 @@ def bench(
         min=0, help="Checks (POST /v1/checks) to time, one at a time (0: none).")] = 200,
     data_dir: Annotated[Path, typer.Option(help="The running giapranh dev's data directory.",
                                            envvar="GIAPRANH_DEV_DATA_DIR")] = Path(".giapranh"),
+    all_desks: Annotated[bool, typer.Option(
+        help="Every demo unit's duty desk watches its live stream, as in a real province "
+        "(each alert's other recipients too), not only the listing unit's.")] = False,
 ) -> None:
     """Sighting-to-alert latency and the highest sustained rate, the pursuit scenario and
     checks, against `giapranh dev`."""
     from giapranh.bench import bench as run
 
     raise typer.Exit(asyncio.run(run(data_dir, sorted(rate), seconds, max_p99_ms / 1000,
-                                     hit_ratio, pursuits, checks)))
+                                     hit_ratio, pursuits, checks, all_desks)))
 
 
 @app.command()

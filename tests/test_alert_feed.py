@@ -21,15 +21,16 @@ def desk(unit: str, key_id: int) -> Principal:
 
 
 async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env, pool):
-    renders: list[tuple[str, list[UUID], frozenset[str]]] = []
+    renders: list[tuple[dict[str, list[UUID]], dict[str, frozenset[str]]]] = []
 
-    async def render(unit: str, alert_ids: list[UUID],
-                     languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
-        renders.append((unit, alert_ids, languages))
-        return {alert_id: {language: json.dumps({"alert_id": str(alert_id), "for": unit,
-                                                 "in": language})
-                           for language in languages}
-                for alert_id in alert_ids}
+    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
+                     ) -> dict[str, dict[UUID, dict[str, str]]]:
+        renders.append((wanted, languages))
+        return {unit: {alert_id: {language: json.dumps({"alert_id": str(alert_id),
+                                                        "for": unit, "in": language})
+                                  for language in languages[unit]}
+                       for alert_id in alert_ids}
+                for unit, alert_ids in wanted.items()}
 
     keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())
     feed = AlertFeed(env.database_url, render, keys, max_streams_per_key=5)
@@ -49,10 +50,23 @@ async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env,
             items = [await asyncio.wait_for(queue.get(), 5) for queue in queues]
             items_vi = [await asyncio.wait_for(queue.get(), 5) for queue in vietnamese]
             assert elsewhere.empty()
+            # A change for two units with streams: read once for both, not once per unit.
+            shared_id = uuid.uuid4()
+            await pool.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, json.dumps({
+                "alert_id": str(shared_id), "kind": "raised",
+                "units": ["CA-30307", "CA-31212", "CA-22051"]}))
+            there = await asyncio.wait_for(elsewhere.get(), 5)
+            here = await asyncio.wait_for(queues[0].get(), 5)
     finally:
         await feed.stop()
 
-    assert renders == [("CA-30307", [alert_id], frozenset({"en", "vi"}))]
+    assert renders[0] == ({"CA-30307": [alert_id]}, {"CA-30307": frozenset({"en", "vi"})})
+    # (CA-22051 has no stream here: nothing is read for it.)
+    assert renders[1:] == [({"CA-30307": [shared_id], "CA-31212": [shared_id]},
+                            {"CA-30307": frozenset({"en", "vi"}),
+                             "CA-31212": frozenset({"en"})})]
+    assert json.loads(there.frame.split(b"data: ")[1].split(b"\n")[0])["for"] == "CA-31212"
+    assert json.loads(here.frame.split(b"data: ")[1].split(b"\n")[0])["for"] == "CA-30307"
     assert all(item is items[0] for item in [*items, *items_vi])  # one item for every stream
     for language in ("en", "vi"):
         assert items[0].frame_for(language) == (
@@ -61,8 +75,8 @@ async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env,
 
 
 async def test_idle_streams_hear_a_heartbeat(env, pool):
-    async def render(unit: str, alert_ids: list[UUID],
-                     languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
+    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
+                     ) -> dict[str, dict[UUID, dict[str, str]]]:
         return {}
 
     keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())

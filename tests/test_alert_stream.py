@@ -64,11 +64,14 @@ async def test_desks_receive_only_their_alerts_live(env, topics, directory):
         await asyncio.wait_for(asyncio.gather(*readers), timeout=20)
         # The stream writes its JSON straight from the stored alert (not through the
         # model): the same alert as the API gives.
+        # Each unit's own view: the alert's columns read once for both units, each
+        # joined to the unit's own delivery (why it was told, its actions).
         async with httpx.AsyncClient(base_url=url) as client:
-            for event in owner_events:
-                got = await client.get(f"/v1/alerts/{event['id']}",
-                                       headers=bearer(directory["CA-30307"]))
-                assert got.json() == event["data"]
+            for unit, events in (("CA-30307", owner_events), ("CA-22051", outsider_events)):
+                for event in events:
+                    got = await client.get(f"/v1/alerts/{event['id']}",
+                                           headers=bearer(directory[unit]))
+                    assert got.json() == event["data"]
 
     # The listing unit of the first hit, and seen-unit partner of both, gets both live.
     assert [e["data"]["hit_id"] for e in owner_events] == [str(first.hit_id), str(second.hit_id)]

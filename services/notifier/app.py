@@ -108,11 +108,11 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         keys = KeyStore(pool, settings.api_key_pepper.get_secret_value(),
                         cache_seconds=settings.key_cache_seconds)
 
-        async def views(unit_code: str, alert_ids: list[UUID],
-                        languages: frozenset[str]) -> dict[UUID, dict[str, str]]:
-            return await alerts.alert_views_json(
-                unit_code, alert_ids, [language for language in languages
-                                       if language in LANGUAGES])
+        async def views(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
+                        ) -> dict[str, dict[UUID, dict[str, str]]]:
+            return await alerts.alert_views_json(wanted, {
+                unit: [language for language in wanted_languages if language in LANGUAGES]
+                for unit, wanted_languages in languages.items()})
 
         feed = AlertFeed(settings.database_url, views, keys,
                          max_streams_per_key=settings.notifier_max_streams_per_key,

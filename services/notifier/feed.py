@@ -3,10 +3,11 @@
 The transaction that changes an alert also sends `pg_notify('giapranh_alerts', {alert_id,
 kind, units})` (`SseChannel`), so the notification exists exactly when the change does.
 Every instance LISTENs on its own connection; one worker task takes the notifications in
-order, in batches, and for each recipient unit with open streams reads the unit's views of
-the changed alerts with one query and encodes each change once, as the bytes of its
-server-sent event (`FeedItem.frame`): a thousand streams of one unit cost one query, one
-JSON encoding and one SSE encoding per change, and each stream only writes the same bytes
+order, in batches, and for all the recipient units with open streams reads the changed
+alerts once (`Render`: two queries a batch, however many units watch, not one per unit)
+and encodes each unit's change once, as the bytes of its server-sent event
+(`FeedItem.frame`): a thousand streams of one unit cost one JSON encoding and one SSE
+encoding per change, and each stream only writes the same bytes
 (`EventStream`, a plain ASGI response: no per-stream serialising, no helper tasks per
 event). The worker hands an item to `FAN_OUT_SLICE` streams at a time and lets other work
 run in between, so that a change for a thousand desks never holds up everyone else's
@@ -58,9 +59,11 @@ HEARTBEAT_SECONDS = 15.0
 FAN_OUT_SLICE = 100
 """Streams handed one change before the worker lets other tasks (requests) run."""
 
-Render = Callable[[str, list[UUID], frozenset[str]], Awaitable[dict[UUID, dict[str, str]]]]
-"""(unit, alert ids, languages) -> the unit's views of those alerts, as JSON text, by alert
-id and language (each view built once, its texts translated once per language)."""
+Render = Callable[[dict[str, list[UUID]], dict[str, frozenset[str]]],
+                  Awaitable[dict[str, dict[UUID, dict[str, str]]]]]
+"""({unit: alert ids}, {unit: languages}) -> each unit's views of its alerts, as JSON text,
+by unit, alert id and language (each view built once, its texts translated once per
+language; an alert not addressed to a unit has no view for it)."""
 
 
 @dataclass(frozen=True)
@@ -222,12 +225,17 @@ class AlertFeed:
             for unit in units:
                 if unit in self._subscribers:
                     by_unit[unit].append(change)
+        if not by_unit:
+            return
+        views = await self._render(
+            {unit: list({c.alert_id: None for c in changes})
+             for unit, changes in by_unit.items()},
+            {unit: frozenset(s.language for s in self._subscribers.get(unit, ()))
+             or frozenset({"en"}) for unit in by_unit})
         for unit, changes in by_unit.items():
-            languages = frozenset(s.language for s in self._subscribers.get(unit, ()))
-            views = await self._render(unit, list({c.alert_id: None for c in changes}),
-                                       languages or frozenset({"en"}))
-            items = [FeedItem.of(change, views[change.alert_id]) for change in changes
-                     if change.alert_id in views]
+            unit_views = views.get(unit, {})
+            items = [FeedItem.of(change, unit_views[change.alert_id]) for change in changes
+                     if change.alert_id in unit_views]
             if items:
                 await self._offer(unit, items)
 

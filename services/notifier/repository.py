@@ -15,16 +15,19 @@ import asyncpg
 
 from services.notifier.workflow import OPEN, Escalation, StatusFilter
 
-ALERT_COLUMNS = """a.alert_id, a.hit_id, a.entry_id, a.entry_version, a.category,
+_ALERT_OWN_COLUMNS = """a.alert_id, a.hit_id, a.entry_id, a.entry_version, a.category,
     a.owner_unit, a.seen_unit, a.source_event_id, a.correlation_id, a.seen_at, a.score,
     a.late, a.status, a.raised_at, a.hit, a.urgency, a.confirm_by, a.escalation_level,
     a.acknowledged_at AS first_acknowledged_at, a.decided_at, a.decided_by, a.decision_note,
-    a.closed_at, a.outcome, a.updated_at, a.units, a.kind, d.unit_code, d.reasons,
-    d.delivered_at, d.acknowledged_at,
+    a.closed_at, a.outcome, a.updated_at, a.units, a.kind,
     (SELECT i.hit FROM alerts i WHERE i.kind = 'incident'
         AND i.hit_id = (a.hit -> 'entry' ->> 'incident_id')::uuid) AS incident"""
-"""... and, for a hit on an incident's hot list, the incident as it is now (the hit may
-come before the incident: they travel on different topics)."""
+"""An alert's own columns and, for a hit on an incident's hot list, the incident as it is
+now (the hit may come before the incident: they travel on different topics)."""
+_DELIVERY_COLUMNS = "d.unit_code, d.reasons, d.delivered_at, d.acknowledged_at"
+"""What differs between the units an alert was sent to."""
+ALERT_COLUMNS = f"{_ALERT_OWN_COLUMNS}, {_DELIVERY_COLUMNS}"
+"""A unit's view of an alert: the alert's columns and the unit's delivery."""
 
 _STATUS_FILTERS = {
     "all": "TRUE",
@@ -305,6 +308,22 @@ class AlertRepository:
                   FROM deliveries d JOIN alerts a USING (alert_id)
                  WHERE d.unit_code = $1 AND a.alert_id = ANY($2::uuid[])""",
             unit_code, alert_ids)
+
+    async def alerts_and_deliveries(self, alert_ids: list[UUID], units: list[str]
+                                    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """The alerts' own columns, once each, and their deliveries to any of `units`, read
+        in one snapshot: what the views of the alerts for several units are made of,
+        without reading an alert's columns again for each unit it was sent to."""
+        async with self.pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            alerts = await conn.fetch(
+                f"SELECT {_ALERT_OWN_COLUMNS} FROM alerts a "
+                "WHERE a.alert_id = ANY($1::uuid[])", alert_ids)
+            deliveries = await conn.fetch(
+                f"SELECT d.alert_id, {_DELIVERY_COLUMNS} FROM deliveries d "
+                "WHERE d.alert_id = ANY($1::uuid[]) AND d.unit_code = ANY($2::text[])",
+                alert_ids, units)
+        return alerts, deliveries
 
     async def feed_for_unit(self, unit_code: str, limit: int) -> list[asyncpg.Record]:
         """The unit's alerts, latest change first, each with all its recipients."""

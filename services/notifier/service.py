@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -376,14 +376,31 @@ class AlertService:
         directory = await self.directory.get()
         return {row["alert_id"]: self._view(row, unit_code, directory) for row in rows}
 
-    async def alert_views_json(self, unit_code: str, alert_ids: list[UUID],
-                               languages: Iterable[str]) -> dict[UUID, dict[str, str]]:
-        """`alerts_by_id` as JSON text by language (the live streams')."""
-        rows = await self._repo.alerts_by_id(unit_code, alert_ids)
+    async def alert_views_json(
+            self, wanted: Mapping[str, Iterable[UUID]], languages: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[UUID, dict[str, str]]]:
+        """Each unit's views of the alerts wanted for it (those addressed to it), as JSON
+        text by language (`languages[unit]`), by unit and alert id: the live streams'. Two
+        reads for all the units, whatever their number: each alert's columns once, then
+        the units' deliveries (an alert goes to six units or more, each desk watching)."""
+        pairs = {(unit, alert_id) for unit, alert_ids in wanted.items()
+                 for alert_id in alert_ids}
+        if not pairs:
+            return {}
+        alerts, deliveries = await self._repo.alerts_and_deliveries(
+            list({alert_id for _, alert_id in pairs}), list(wanted))
+        own = {row["alert_id"]: dict(row) for row in alerts}
         directory = await self.directory.get()
         now = self._clock.now()
-        return {row["alert_id"]: alert_view_json(row, unit_code, now, directory, languages)
-                for row in rows}
+        views: dict[str, dict[UUID, dict[str, str]]] = {}
+        for delivery in deliveries:
+            unit, alert_id = delivery["unit_code"], delivery["alert_id"]
+            if (unit, alert_id) not in pairs or alert_id not in own:
+                continue
+            row = own[alert_id] | dict(delivery)
+            views.setdefault(unit, {})[alert_id] = alert_view_json(
+                row, unit, now, directory, languages[unit])
+        return views
 
     async def history(self, alert_id: UUID, unit_code: str,
                       language: Language = "en") -> list[HistoryStep]:
