@@ -109,7 +109,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                         cache_seconds=settings.key_cache_seconds)
 
         async def views(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
-                        ) -> dict[str, dict[UUID, dict[str, str]]]:
+                        ) -> dict[str, dict[UUID, dict[str, bytes]]]:
             return await alerts.alert_views_json(wanted, {
                 unit: [language for language in wanted_languages if language in LANGUAGES]
                 for unit, wanted_languages in languages.items()})

@@ -60,9 +60,9 @@ FAN_OUT_SLICE = 100
 """Streams handed one change before the worker lets other tasks (requests) run."""
 
 Render = Callable[[dict[str, list[UUID]], dict[str, frozenset[str]]],
-                  Awaitable[dict[str, dict[UUID, dict[str, str]]]]]
-"""({unit: alert ids}, {unit: languages}) -> each unit's views of its alerts, as JSON text,
-by unit, alert id and language (each view built once, its texts translated once per
+                  Awaitable[dict[str, dict[UUID, dict[str, bytes]]]]]
+"""({unit: alert ids}, {unit: languages}) -> each unit's views of its alerts, as JSON
+(UTF-8), by unit, alert id and language (each view built once, its texts translated once per
 language; an alert not addressed to a unit has no view for it)."""
 
 
@@ -88,11 +88,11 @@ class FeedItem:
     """The event with its texts in another language, by language."""
 
     @classmethod
-    def of(cls, change: Change, data: dict[str, str]) -> FeedItem:
+    def of(cls, change: Change, data: dict[str, bytes]) -> FeedItem:
         raised = change.kind == "raised"
-        frames = {language: format_sse_event(
-            data_str=text, event="alert" if raised else "update", id=str(change.alert_id))
-            for language, text in data.items()}
+        frames = {language: sse_event(b"alert" if raised else b"update", text,
+                                      str(change.alert_id).encode())
+                  for language, text in data.items()}
         first = frames.get("en") or next(iter(frames.values()))
         return cls(first, change.alert_id, change.reported_at if raised else None,
                    frames if len(frames) > 1 or "en" not in frames else None)
@@ -101,6 +101,17 @@ class FeedItem:
         if self.translated is None:
             return self.frame
         return self.translated.get(language, self.frame)
+
+
+def sse_event(event: bytes, data: bytes, event_id: bytes) -> bytes:
+    """A server-sent event, as `fastapi.sse.format_sse_event` writes it, without decoding
+    and splitting the data when it is one line (JSON from orjson always is: it escapes
+    every control character), which took a tenth of the notifier's time with every
+    recipient's desk watching."""
+    if b"\n" in data or b"\r" in data:
+        return format_sse_event(data_str=data.decode(), event=event.decode(),
+                                id=event_id.decode())
+    return b"event: " + event + b"\ndata: " + data + b"\nid: " + event_id + b"\n\n"
 
 
 HEARTBEAT = FeedItem(b": ping\n\n")

@@ -378,9 +378,9 @@ class AlertService:
 
     async def alert_views_json(
             self, wanted: Mapping[str, Iterable[UUID]], languages: Mapping[str, Iterable[str]]
-    ) -> dict[str, dict[UUID, dict[str, str]]]:
+    ) -> dict[str, dict[UUID, dict[str, bytes]]]:
         """Each unit's views of the alerts wanted for it (those addressed to it), as JSON
-        text by language (`languages[unit]`), by unit and alert id: the live streams'. Two
+        (UTF-8) by language (`languages[unit]`), by unit and alert id: the live streams'. Two
         reads for all the units, whatever their number: each alert's columns once, then
         the units' deliveries (an alert goes to six units or more, each desk watching)."""
         pairs = {(unit, alert_id) for unit, alert_ids in wanted.items()
@@ -392,7 +392,7 @@ class AlertService:
         own = {row["alert_id"]: dict(row) for row in alerts}
         directory = await self.directory.get()
         now = self._clock.now()
-        views: dict[str, dict[UUID, dict[str, str]]] = {}
+        views: dict[str, dict[UUID, dict[str, bytes]]] = {}
         for delivery in deliveries:
             unit, alert_id = delivery["unit_code"], delivery["alert_id"]
             if (unit, alert_id) not in pairs or alert_id not in own:
