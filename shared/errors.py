@@ -68,6 +68,12 @@ class TooManyRequests(GiapranhError):
         self.retry_after = retry_after
 
 
+class KeyBusy(TooManyRequests):
+    """The key has as many requests in flight as one key may (`shared.http.KeySlots`)."""
+
+    code = "key_busy"
+
+
 class ServiceUnavailable(GiapranhError):
     """A service this request needs cannot answer now: try again shortly (after
     `retry_after` seconds, the `Retry-After` header, when known)."""

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -41,6 +42,7 @@ from shared.db import DATABASE_ERRORS, database_history
 from shared.errors import (
     Forbidden,
     GiapranhError,
+    KeyBusy,
     Overloaded,
     PayloadTooLarge,
     Unauthorized,
@@ -313,10 +315,64 @@ class KeyFirstRoute(APIRoute):
             return handler
 
         async def key_first(request: Request) -> Response:
-            await authenticate(request)
-            return await handler(request)
+            principal = await authenticate(request)
+            slots: KeySlots | None = getattr(request.app.state, "key_slots", None)
+            if slots is None:
+                return await handler(request)
+            with slots.hold(principal):
+                return await handler(request)
 
         return key_first
+
+
+KEY_BUSY_LOG_SECONDS = 60.0
+
+
+class KeySlots:
+    """At most `limit` requests of one API key in flight on this instance: its body read,
+    its work done (a live stream's until its response starts; streams have their own caps).
+
+    Without it, a key's holder, broken or hostile, could take every place `LoadShedding`
+    counts, with bodies trickled at just over the least rate a body must keep (a third
+    attack, README): now the other keys keep the rest. Refused at once: 429 `key_busy`
+    with `Retry-After`, naming the setting."""
+
+    def __init__(self, limit: int, retry_after: int = 1):
+        self.limit = limit
+        self.retry_after = retry_after
+        self._held: dict[int, int] = {}
+        self._told: dict[int, float] = {}  # key id -> when its refusals were last logged
+
+    def held(self, key_id: int) -> int:
+        return self._held.get(key_id, 0)
+
+    @contextlib.contextmanager
+    def hold(self, principal: Principal) -> Iterator[None]:
+        key_id = principal.key_id
+        held = self._held.get(key_id, 0)
+        if held >= self.limit:
+            now = time.monotonic()
+            if now - self._told.get(key_id, -KEY_BUSY_LOG_SECONDS) >= KEY_BUSY_LOG_SECONDS:
+                if len(self._told) > 10_000:
+                    self._told.clear()
+                self._told[key_id] = now
+                log.warning("key %s of unit %s has %d requests in flight, the most one key "
+                            "may (GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY): refusing its "
+                            "next ones 429 key_busy (logged once a minute per key)",
+                            key_id, principal.unit_code, held)
+            raise KeyBusy(
+                f"{held} requests of this key are being handled, the most one key may have "
+                f"at once (GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY): try again after "
+                f"{self.retry_after} s", retry_after=self.retry_after, field="Authorization")
+        self._held[key_id] = held + 1
+        try:
+            yield
+        finally:
+            left = self._held[key_id] - 1
+            if left:
+                self._held[key_id] = left
+            else:
+                del self._held[key_id]
 
 
 CurrentUnit = Annotated[Principal, Depends(authenticate)]
@@ -531,6 +587,9 @@ def create_http_app(
             return app.state.load_shedding
 
         app.build_middleware_stack = build_with_shedding  # type: ignore[method-assign]
+        per_key = (getattr(settings, "max_requests_in_flight_per_key", None)
+                   or max(1, limit // 2))
+        app.state.key_slots = KeySlots(per_key)
     install_openapi(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -119,3 +119,57 @@ def _requests(service: str, route: str, status: str) -> float:
 
 async def _counted(service: str, route: str, status: str, at_least: float) -> bool:
     return _requests(service, route, status) >= at_least
+
+
+async def test_one_key_holds_at_most_its_share_of_the_requests_in_flight(
+        env, topics, directory, caplog):
+    """A key's client trickling bodies (each fast enough not to be cut off) holds at most
+    `max_requests_in_flight_per_key` places: its next request is refused at once, 429
+    `key_busy` naming the setting, while another key's request is taken in; and the places
+    are given back as its requests end."""
+    app = create_ingest(env.settings(IngestSettings, max_requests_in_flight=8,
+                                     max_requests_in_flight_per_key=2))
+    hostile = bearer(directory["CA-31212"])["Authorization"]
+    other = bearer(directory["CA-30307"])["Authorization"]
+
+    async def start(key: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """A request whose head and first bytes came, the rest of its body not yet."""
+        payload = json.dumps(sighting()).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /v1/sightings HTTP/1.1\r\nHost: test\r\nAuthorization: {key}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}"
+                     f"\r\n\r\n".encode() + payload[:10])
+        await writer.drain()
+        return reader, writer, payload[10:]
+
+    async with served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [await start(hostile) for _ in range(2)]
+        await asyncio.sleep(0.3)  # (both are being read)
+        reader, writer, _ = await start(hostile)
+        status = await asyncio.wait_for(reader.readline(), 5)
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).lower()
+        body = json.loads(await asyncio.wait_for(reader.read(2000), 5))
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 429 "), status
+        assert b"retry-after: 1" in head, head
+        assert body["error"]["code"] == "key_busy", body
+        assert body["error"]["field"] == "Authorization", body
+        assert "GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY" in body["error"]["message"], body
+        # The operator learns which key it is (once a minute per key).
+        told = [r.getMessage() for r in caplog.records if "key_busy" in r.getMessage()]
+        assert len(told) == 1 and "of unit CA-31212 has 2 requests" in told[0], told
+        # Another unit's key is not refused because of it.
+        reader, writer, rest = await start(other)
+        writer.write(rest)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 202 ")
+        writer.close()
+        # The held requests end normally, and give their places back.
+        for reader, writer, rest in held:
+            writer.write(rest)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 202 ")
+            writer.close()
+        reader, writer, rest = await start(hostile)
+        writer.write(rest)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 202 ")
+        writer.close()

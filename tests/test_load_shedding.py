@@ -455,7 +455,8 @@ async def test_a_report_written_is_accepted_when_the_check_of_a_repeated_id_fail
 async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_after(
     env, topics, directory, pool
 ):
-    settings = env.settings(IngestSettings, max_requests_in_flight=3)
+    settings = env.settings(IngestSettings, max_requests_in_flight=3,
+                            max_requests_in_flight_per_key=3)  # (one key sends them all)
     async for client in _serve(create_ingest(settings)):
         key = bearer(directory["CA-31212"])
         blocker = await asyncpg.connect(env.database_url)
