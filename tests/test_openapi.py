@@ -82,6 +82,29 @@ async def test_both_documents_are_valid_openapi_whose_references_resolve(ingest,
                     assert operation["security"], (method, path)
 
 
+async def test_the_document_is_served_as_fastapi_would_under_any_root_path(env, topics):
+    """Encoded once (`install_openapi`), the document is still FastAPI's own: the same
+    bytes, and served under a root path (behind a proxy) it names that path as its
+    server, as FastAPI's route does, whatever path was asked for first."""
+    app = create_ingest(env.settings(IngestSettings))
+    async with app.router.lifespan_context(app):
+        plain = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://test")
+        behind = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, root_path="/gr"),
+                                   base_url="http://test")
+        async with plain, behind:
+            under = await behind.get("/openapi.json")
+            first, again = await plain.get("/openapi.json"), await plain.get("/openapi.json")
+    assert first.status_code == under.status_code == 200
+    assert first.headers["content-type"] == "application/json"
+    assert first.content == again.content == json.dumps(
+        app.openapi(), ensure_ascii=False, allow_nan=False, indent=None,
+        separators=(",", ":")).encode()
+    assert "servers" not in first.json()
+    assert under.json()["servers"] == [{"url": "/gr"}]
+    assert {**under.json(), "servers": None} == {**first.json(), "servers": None}
+
+
 # ------------------------------------------------------------------------- schemathesis
 
 
