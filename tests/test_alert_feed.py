@@ -8,14 +8,21 @@ import asyncio
 import contextlib
 import json
 import uuid
+from datetime import timedelta
 from uuid import UUID
 
 from fastapi.sse import format_sse_event
 
-from services.notifier.channels import ALERTS_CHANNEL
+from services.notifier.channels import ALERTS_CHANNEL, SseChannel
+from services.notifier.clock import SystemClock
 from services.notifier.feed import HEARTBEAT, AlertFeed, sse_event
+from services.notifier.service import AlertService
+from services.notifier.webhooks import WebhookChannel
+from services.notifier.workflow import Deadlines
 from shared.auth import KeyStore, Principal
 from shared.settings import CommonSettings
+from tests.conftest import eventually
+from tests.notifier_helpers import WANTED, make_hit
 
 
 def desk(unit: str, key_id: int) -> Principal:
@@ -23,11 +30,12 @@ def desk(unit: str, key_id: int) -> Principal:
 
 
 async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env, pool):
-    renders: list[tuple[dict[str, list[UUID]], dict[str, frozenset[str]]]] = []
+    renders: list[tuple[dict[str, list[UUID]], dict[str, frozenset[str]],
+                        frozenset[UUID]]] = []
 
-    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
-                     ) -> dict[str, dict[UUID, dict[str, bytes]]]:
-        renders.append((wanted, languages))
+    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]],
+                     just_raised: frozenset[UUID]) -> dict[str, dict[UUID, dict[str, bytes]]]:
+        renders.append((wanted, languages, just_raised))
         return {unit: {alert_id: {language: json.dumps({"alert_id": str(alert_id),
                                                         "for": unit, "in": language}).encode()
                                   for language in languages[unit]}
@@ -62,11 +70,12 @@ async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env,
     finally:
         await feed.stop()
 
-    assert renders[0] == ({"CA-30307": [alert_id]}, {"CA-30307": frozenset({"en", "vi"})})
+    assert renders[0] == ({"CA-30307": [alert_id]}, {"CA-30307": frozenset({"en", "vi"})},
+                          frozenset({alert_id}))
     # (CA-22051 has no stream here: nothing is read for it.)
     assert renders[1:] == [({"CA-30307": [shared_id], "CA-31212": [shared_id]},
                             {"CA-30307": frozenset({"en", "vi"}),
-                             "CA-31212": frozenset({"en"})})]
+                             "CA-31212": frozenset({"en"})}, frozenset({shared_id}))]
     assert json.loads(there.frame.split(b"data: ")[1].split(b"\n")[0])["for"] == "CA-31212"
     assert json.loads(here.frame.split(b"data: ")[1].split(b"\n")[0])["for"] == "CA-30307"
     assert all(item is items[0] for item in [*items, *items_vi])  # one item for every stream
@@ -77,8 +86,8 @@ async def test_a_change_is_read_and_encoded_once_for_all_of_a_units_streams(env,
 
 
 async def test_idle_streams_hear_a_heartbeat(env, pool):
-    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
-                     ) -> dict[str, dict[UUID, dict[str, bytes]]]:
+    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]],
+                     just_raised: frozenset[UUID]) -> dict[str, dict[UUID, dict[str, bytes]]]:
         return {}
 
     keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())
@@ -102,3 +111,66 @@ def test_an_event_is_written_as_fastapi_writes_it():
         for event in ("alert", "update"):
             assert sse_event(event.encode(), data.encode(), alert_id.encode()) == \
                 format_sse_event(data_str=data, event=event, id=alert_id)
+
+
+async def test_a_new_alert_is_shown_as_written_and_as_read_back_alike(env, pool, directory):
+    """The live streams show an alert this instance just raised from what it wrote, not
+    from reading it back (`AlertService._keep_raised_views`): the same view, unit by unit,
+    as the database's; none for a unit it was not sent to; and an alert changed since its
+    raising (not "just raised") is read."""
+    alerts = AlertService(pool, clock=SystemClock(), channels=[SseChannel(), WebhookChannel()],
+                          deadlines=Deadlines(timedelta(minutes=10), timedelta(hours=1)),
+                          radius_km=30)
+    alerts.watching = lambda units: True
+    hit = make_hit().model_copy(update={"score": 0.9321})  # (changed as `real` keeps it)
+    [created] = await alerts.store_hits([hit])
+    recipients = [r.unit_code for r in created.recipients]
+    outsider = "CA-22051"
+    assert outsider not in recipients and len(recipients) >= 2
+    wanted = {unit: [created.alert_id] for unit in [*recipients, outsider]}
+    languages = {unit: ["en", "vi"] for unit in wanted}
+
+    read = await alerts.alert_views_json(wanted, languages)
+    written = await alerts.alert_views_json(wanted, languages, {created.alert_id})
+    assert sorted(read) == sorted(written) == sorted(recipients)  # (not the outsider's)
+    for unit in recipients:
+        for language in ("en", "vi"):
+            assert json.loads(written[unit][created.alert_id][language]) == json.loads(
+                read[unit][created.alert_id][language]), (unit, language)
+
+    # Acknowledged since: the change's views are read, whatever was kept.
+    [again] = await alerts.store_hits([make_hit()])
+    await alerts.acknowledge(again.alert_id, WANTED.owner_unit)
+    views = await alerts.alert_views_json({WANTED.owner_unit: [again.alert_id]},
+                                          {WANTED.owner_unit: ["en"]})
+    view = json.loads(views[WANTED.owner_unit][again.alert_id]["en"])
+    assert view["status"] == "acknowledged" and view["acknowledged_at"] is not None
+
+
+async def test_an_alert_raised_and_changed_in_one_batch_is_not_just_raised(env, pool):
+    """Its raising and a change come together: its views must be read as they are now."""
+    calls: list[frozenset[UUID]] = []
+
+    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]],
+                     just_raised: frozenset[UUID]) -> dict[str, dict[UUID, dict[str, bytes]]]:
+        calls.append(just_raised)
+        return {}
+
+    keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())
+    feed = AlertFeed(env.database_url, render, keys, max_streams_per_key=5)
+    await feed.start()
+    changed, raised = uuid.uuid4(), uuid.uuid4()
+    try:
+        with feed.subscribe(desk("CA-30307", 1)):
+            # (one statement: the notifications arrive, and are taken, together)
+            await pool.execute(
+                "SELECT pg_notify($1, $2), pg_notify($1, $3), pg_notify($1, $4)",
+                ALERTS_CHANNEL, *(json.dumps({"alert_id": str(alert_id), "kind": kind,
+                                              "units": ["CA-30307"]})
+                                  for alert_id, kind in ((changed, "raised"),
+                                                         (raised, "raised"),
+                                                         (changed, "updated"))))
+            await eventually(lambda: asyncio.sleep(0, bool(calls)), what="a rendering")
+    finally:
+        await feed.stop()
+    assert calls == [frozenset({raised})]

@@ -38,7 +38,8 @@ def hit(n: int, owner: str) -> HitFound:
     entry = DEMO_ENTRIES[0].model_copy(update={"entry_id": f"E-{n}", "owner_unit": owner})
     return HitFound.model_validate(HITS.example()).model_copy(update={
         "hit_id": uuid.uuid5(uuid.NAMESPACE_URL, f"stream-hit-{n}"), "entry": entry,
-        "place": Place(unit_code="CA-31212")})
+        "place": Place(unit_code="CA-31212"),
+        "score": 0.9321})  # (not exact as PostgreSQL's `real` keeps it: as read back)
 
 
 async def test_desks_receive_only_their_alerts_live(env, topics, directory):

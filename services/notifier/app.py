@@ -108,16 +108,17 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
         keys = KeyStore(pool, settings.api_key_pepper.get_secret_value(),
                         cache_seconds=settings.key_cache_seconds)
 
-        async def views(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]]
-                        ) -> dict[str, dict[UUID, dict[str, bytes]]]:
+        async def views(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]],
+                        just_raised: frozenset[UUID]) -> dict[str, dict[UUID, dict[str, bytes]]]:
             return await alerts.alert_views_json(wanted, {
                 unit: [language for language in wanted_languages if language in LANGUAGES]
-                for unit, wanted_languages in languages.items()})
+                for unit, wanted_languages in languages.items()}, just_raised)
 
         feed = AlertFeed(settings.database_url, views, keys,
                          max_streams_per_key=settings.notifier_max_streams_per_key,
                          max_streams_per_unit=settings.notifier_max_streams_per_unit)
         await feed.start()
+        alerts.watching = feed.watches_any
         app.state.settings = settings
         app.state.alerts = alerts
         app.state.feed = feed

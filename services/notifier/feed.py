@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -59,11 +59,13 @@ HEARTBEAT_SECONDS = 15.0
 FAN_OUT_SLICE = 100
 """Streams handed one change before the worker lets other tasks (requests) run."""
 
-Render = Callable[[dict[str, list[UUID]], dict[str, frozenset[str]]],
+Render = Callable[[dict[str, list[UUID]], dict[str, frozenset[str]], frozenset[UUID]],
                   Awaitable[dict[str, dict[UUID, dict[str, bytes]]]]]
-"""({unit: alert ids}, {unit: languages}) -> each unit's views of its alerts, as JSON
-(UTF-8), by unit, alert id and language (each view built once, its texts translated once per
-language; an alert not addressed to a unit has no view for it)."""
+"""({unit: alert ids}, {unit: languages}, just raised) -> each unit's views of its alerts,
+as JSON (UTF-8), by unit, alert id and language (each view built once, its texts translated
+once per language; an alert not addressed to a unit has no view for it). "Just raised": the
+alerts whose only change in the batch is their raising (the renderer may show those as it
+wrote them)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ class AlertFeed:
             await self._connection.close()
             self._connection = None
 
+    def watches_any(self, units: Iterable[str]) -> bool:
+        """Whether a stream here watches any of these units."""
+        return any(unit in self._subscribers for unit in units)
+
     def streams_of_unit(self, unit_code: str) -> int:
         return len(self._subscribers.get(unit_code, ()))
 
@@ -238,11 +244,15 @@ class AlertFeed:
                     by_unit[unit].append(change)
         if not by_unit:
             return
+        kinds: dict[UUID, set[str]] = defaultdict(set)
+        for change in batch:
+            kinds[change.alert_id].add(change.kind)
         views = await self._render(
             {unit: list({c.alert_id: None for c in changes})
              for unit, changes in by_unit.items()},
             {unit: frozenset(s.language for s in self._subscribers.get(unit, ()))
-             or frozenset({"en"}) for unit in by_unit})
+             or frozenset({"en"}) for unit in by_unit},
+            frozenset(alert_id for alert_id, kind in kinds.items() if kind == {"raised"}))
         for unit, changes in by_unit.items():
             unit_views = views.get(unit, {})
             items = [FeedItem.of(change, unit_views[change.alert_id]) for change in changes

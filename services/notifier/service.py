@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -67,6 +69,16 @@ class _Planned:
     names: dict[str, str]
 
 
+RAISED_VIEWS_KEPT = 10_000
+"""New alerts' views kept for the live streams at most (those never shown, their
+notification handled when no stream watched any more, go first)."""
+
+
+def _as_real(value: float) -> float:
+    """`value` as a PostgreSQL `real` (4 bytes) keeps it, and reads it back."""
+    return struct.unpack("f", struct.pack("f", value))[0]  # type: ignore[no-any-return]
+
+
 class AlertService:
     def __init__(self, pool: asyncpg.Pool, *, clock: Clock, channels: list[Channel],
                  deadlines: Deadlines, radius_km: float, pursuit_km: float = 30.0):
@@ -77,6 +89,14 @@ class AlertService:
         self._deadlines = deadlines
         self._radius_km = radius_km
         self.directory = DirectoryCache(pool)
+        self.watching: Callable[[Iterable[str]], bool] | None = None
+        """Whether a live stream on this instance watches any of these units (the feed's
+        `watches_any`): only then is a new alert's view kept (`_raised_views`)."""
+        self._raised_views: OrderedDict[UUID, tuple[dict[str, Any], dict[str, dict[str, Any]]]]
+        self._raised_views = OrderedDict()
+        """Alerts this instance raised, as their views' columns (the alert's own, and each
+        recipient's delivery) would be read back: the live streams show a new alert from
+        them, not from a read of what was just written (`alert_views_json`)."""
 
     # ------------------------------------------------------------------ hits in
 
@@ -137,6 +157,7 @@ class AlertService:
         fresh = [plan for hit_id, plan in planned.items() if hit_id in inserted]
         if not fresh:
             return []
+        self._keep_raised_views(columns, inserted, fresh, now)
         await self._repo.insert_deliveries(conn, [
             (plan.alert_id, r.unit_code, list(r.reasons), plan.names.get(r.unit_code), now)
             for plan in fresh for r in plan.recipients])
@@ -149,6 +170,38 @@ class AlertService:
                         tuple(r.unit_code for r in plan.recipients), plan.hit.reported_at)
             for plan in fresh], now)
         return [NewAlert(plan.alert_id, plan.hit, tuple(plan.recipients)) for plan in fresh]
+
+    def _keep_raised_views(self, columns: dict[str, list[object]], inserted: set[UUID],
+                           fresh: list[_Planned], now: datetime) -> None:
+        """Keep the view columns of the new alerts a live stream here watches, exactly as
+        `repository.ALERT_COLUMNS` would read them back once committed (the same types:
+        times in UTC, the score as PostgreSQL's `real` keeps it, the hit as its JSON).
+        Not for a hit on an incident's hot list: its view shows the incident as it is
+        then, read from the database. tests/test_alert_stream.py compares the views."""
+        if self.watching is None:
+            return
+        for index, hit_id in enumerate(columns["hit_id"]):
+            if hit_id not in inserted:
+                continue
+            plan = next(p for p in fresh if p.hit.hit_id == hit_id)
+            if not self.watching(r.unit_code for r in plan.recipients):
+                continue
+            hit_json = columns["hit"][index]
+            if hit_json["entry"].get("incident_id") is not None:  # type: ignore[index]
+                continue
+            own: dict[str, Any] = {name: columns[name][index] for name in ALERT_INSERT_COLUMNS}
+            own.update(
+                seen_at=plan.hit.seen_at.astimezone(UTC),
+                score=_as_real(plan.hit.score), status="raised", raised_at=now,
+                updated_at=now, escalation_level=0, first_acknowledged_at=None,
+                decided_at=None, decided_by=None, decision_note=None, closed_at=None,
+                outcome=None, incident=None)
+            self._raised_views[plan.alert_id] = (own, {
+                r.unit_code: {"unit_code": r.unit_code, "reasons": list(r.reasons),
+                              "delivered_at": now, "acknowledged_at": None}
+                for r in plan.recipients})
+        while len(self._raised_views) > RAISED_VIEWS_KEPT:
+            self._raised_views.popitem(last=False)  # (raised, never shown: nobody watched)
 
     async def _withdraw(self, conn: asyncpg.Connection, event: HitsWithdrawn,
                         now: datetime) -> None:
@@ -377,29 +430,39 @@ class AlertService:
         return {row["alert_id"]: self._view(row, unit_code, directory) for row in rows}
 
     async def alert_views_json(
-            self, wanted: Mapping[str, Iterable[UUID]], languages: Mapping[str, Iterable[str]]
+            self, wanted: Mapping[str, Iterable[UUID]], languages: Mapping[str, Iterable[str]],
+            just_raised: Collection[UUID] = frozenset()
     ) -> dict[str, dict[UUID, dict[str, bytes]]]:
         """Each unit's views of the alerts wanted for it (those addressed to it), as JSON
-        (UTF-8) by language (`languages[unit]`), by unit and alert id: the live streams'. Two
-        reads for all the units, whatever their number: each alert's columns once, then
+        (UTF-8) by language (`languages[unit]`), by unit and alert id: the live streams'.
+
+        An alert in `just_raised` (no change since its raising) that this instance raised
+        is shown from what it wrote (`_keep_raised_views`); the others are read, in two
+        queries for all the units whatever their number: each alert's columns once, then
         the units' deliveries (an alert goes to six units or more, each desk watching)."""
         pairs = {(unit, alert_id) for unit, alert_ids in wanted.items()
                  for alert_id in alert_ids}
         if not pairs:
             return {}
-        alerts, deliveries = await self._repo.alerts_and_deliveries(
-            list({alert_id for _, alert_id in pairs}), list(wanted))
-        own = {row["alert_id"]: dict(row) for row in alerts}
+        kept = {alert_id: views for alert_id in just_raised
+                if (views := self._raised_views.pop(alert_id, None)) is not None}
+        rows: list[tuple[dict[str, Any], Mapping[str, Any]]] = [
+            (own, deliveries[unit]) for alert_id, (own, deliveries) in kept.items()
+            for unit in deliveries if (unit, alert_id) in pairs]
+        unread = list({alert_id for _, alert_id in pairs if alert_id not in kept})
+        if unread:
+            alerts, deliveries = await self._repo.alerts_and_deliveries(unread, list(wanted))
+            read = {row["alert_id"]: dict(row) for row in alerts}
+            rows += [(read[delivery["alert_id"]], delivery) for delivery in deliveries
+                     if (delivery["unit_code"], delivery["alert_id"]) in pairs
+                     and delivery["alert_id"] in read]
         directory = await self.directory.get()
         now = self._clock.now()
         views: dict[str, dict[UUID, dict[str, bytes]]] = {}
-        for delivery in deliveries:
-            unit, alert_id = delivery["unit_code"], delivery["alert_id"]
-            if (unit, alert_id) not in pairs or alert_id not in own:
-                continue
-            row = own[alert_id] | dict(delivery)
-            views.setdefault(unit, {})[alert_id] = alert_view_json(
-                row, unit, now, directory, languages[unit])
+        for own, delivery in rows:
+            unit = delivery["unit_code"]
+            views.setdefault(unit, {})[own["alert_id"]] = alert_view_json(
+                own | dict(delivery), unit, now, directory, languages[unit])
         return views
 
     async def history(self, alert_id: UUID, unit_code: str,
