@@ -104,8 +104,8 @@ async def benchmark(args: argparse.Namespace, dsn: str, bootstrap: str, tmp: Pat
                 # report again after 30 s, in the middle of the measures.
                 GIAPRANH_RECONCILE_AFTER_SECONDS="3600",
                 GIAPRANH_MAX_REQUESTS_IN_FLIGHT=str(args.max_in_flight),
-                # ... and its cap on requests in flight, what the instance's would be.
-                GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY=str(args.max_in_flight or 100_000)) as port:
+                # ... and its unit's cap on requests in flight, none but the instance's.
+                GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT="0") as port:
             if args.client_nice:
                 # The service, PostgreSQL and the broker started at the usual priority; the
                 # load generator (this process, and `ab` started from it) yields to them.

@@ -133,16 +133,28 @@ def unlisted(rng: random.Random) -> dict[str, str]:
 
 
 async def watch_desk(stack: Stack, unit: str, ours: dict[str, float],
-                     counts: dict[str, int], ready: asyncio.Event) -> None:
-    """Another recipient unit's duty desk: its live stream read to the end, counting the
-    run's alerts (it costs the notifier a view of each alert for this unit too)."""
+                     seen: dict[str, set[str]], ready: asyncio.Event) -> None:
+    """Another recipient unit's duty desk: its live stream read to the end, noting the
+    run's new alerts (`event: alert`) it received (it costs the notifier a view of each
+    alert for this unit too)."""
     headers = {"Authorization": f"Bearer {stack.keys[unit]}"}
-    async with httpx.AsyncClient(timeout=None) as client, client.stream(
-            "GET", f"{stack.notifier}/v1/alerts/stream", headers=headers) as response:
-        ready.set()
-        async for line in response.aiter_lines():
-            if line.startswith("data:") and json.loads(line[5:])["correlation_id"] in ours:
-                counts[unit] = counts.get(unit, 0) + 1
+    try:
+        async with httpx.AsyncClient(timeout=None) as client, client.stream(
+                "GET", f"{stack.notifier}/v1/alerts/stream", headers=headers) as response:
+            if response.status_code != 200:
+                raise SystemExit(f"{unit}'s stream was refused: {response.status_code} "
+                                 f"{(await response.aread()).decode()}")
+            ready.set()
+            event = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "alert":
+                    correlation = json.loads(line[5:])["correlation_id"]
+                    if correlation in ours:
+                        seen.setdefault(unit, set()).add(correlation)
+    finally:
+        ready.set()  # (a stream that failed must not leave the run waiting for it)
 
 
 async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
@@ -180,13 +192,15 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     ready = asyncio.Event()
     listener = asyncio.create_task(listen(ready))
     await ready.wait()
-    desk_counts: dict[str, int] = {}
+    desk_seen: dict[str, set[str]] = {}
     watchers = []
     for unit in desks or ():
         opened = asyncio.Event()
         watchers.append(asyncio.create_task(
-            watch_desk(stack, unit, sent_at, desk_counts, opened)))
+            watch_desk(stack, unit, sent_at, desk_seen, opened)))
         await opened.wait()
+        if watchers[-1].done():
+            watchers[-1].result()  # (its failure, said)
     cpu_before = cpu_seconds(stack)
     per_tick = max(1, round(rate * TICK))
     headers = {"Authorization": f"Bearer {stack.keys[SEER]}"}
@@ -220,16 +234,17 @@ async def run_rate(stack: Stack, rate: int, seconds: float, hit_ratio: float,
     except TimeoutError:
         pass
     listener.cancel()
-    settle = time.perf_counter() + 10  # the other desks' last alerts, if still coming
-    while (time.perf_counter() < settle
-           and any(0 < count < total for count in desk_counts.values())):
-        await asyncio.sleep(0.1)
     cpu = {name: used - cpu_before.get(name, 0.0)
            for name, used in cpu_seconds(stack).items()}
+    settle = time.perf_counter() + 10  # the other desks' last alerts, if still coming
+    while (time.perf_counter() < settle
+           and any(0 < len(seen) < total for seen in desk_seen.values())):
+        await asyncio.sleep(0.1)
     for watcher in watchers:
         watcher.cancel()
     hops = await hop_budget(stack, sent_wall, received_wall)
-    return Result(rate, total, len(latencies), latencies, hops, cpu, desk_counts)
+    return Result(rate, total, len(latencies), latencies, hops, cpu,
+                  {unit: len(seen) for unit, seen in desk_seen.items()})
 
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:

@@ -68,10 +68,11 @@ class TooManyRequests(GiapranhError):
         self.retry_after = retry_after
 
 
-class KeyBusy(TooManyRequests):
-    """The key has as many requests in flight as one key may (`shared.http.KeySlots`)."""
+class UnitBusy(TooManyRequests):
+    """The key's unit has as many requests in flight as one unit may
+    (`shared.http.UnitSlots`)."""
 
-    code = "key_busy"
+    code = "unit_busy"
 
 
 class ServiceUnavailable(GiapranhError):

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from shared import metrics
 from shared.auth import KeyStore, Principal
@@ -43,10 +44,10 @@ from shared.db import DATABASE_ERRORS, database_history
 from shared.errors import (
     Forbidden,
     GiapranhError,
-    KeyBusy,
     Overloaded,
     PayloadTooLarge,
     Unauthorized,
+    UnitBusy,
 )
 from shared.i18n import Language, negotiate, translate
 from shared.ratelimit import RateLimit
@@ -308,7 +309,10 @@ class KeyFirstRoute(APIRoute):
     key could announce a body and never send it, and hold its request among those in
     flight (`LoadShedding`) for as long as it kept the connection open: 512 such
     connections refused everyone else (an attacking helper, README). Now it is answered
-    401 as soon as its head is read, and the body, if it ever comes, is dropped unread."""
+    401 as soon as its head is read, and the body, if it ever comes, is dropped unread.
+
+    The request then takes one of its unit's places (`UnitSlots`) until its answer is
+    written (a live stream's until it starts)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -317,63 +321,95 @@ class KeyFirstRoute(APIRoute):
 
         async def key_first(request: Request) -> Response:
             principal = await authenticate(request)
-            slots: KeySlots | None = getattr(request.app.state, "key_slots", None)
-            if slots is None:
-                return await handler(request)
-            with slots.hold(principal):
-                return await handler(request)
+            slots: UnitSlots | None = getattr(request.app.state, "unit_slots", None)
+            if slots is not None:
+                request.scope[_SLOT] = slots.take(principal)
+            return await handler(request)
 
         return key_first
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route, its unit's place given back once its answer is written (FastAPI
+        writes it after the handler returns), or when a live stream starts."""
+        if scope.get("path") in STREAM_PATHS:
+            async def started(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    _give_back(scope)
+                await send(message)
+        else:
+            started = send
+        try:
+            await super().handle(scope, receive, started)
+        finally:
+            _give_back(scope)
 
-KEY_BUSY_LOG_SECONDS = 60.0
+
+_SLOT = "giapranh.slot"
 
 
-class KeySlots:
-    """At most `limit` requests of one API key in flight on this instance: its body read,
-    its work done (a live stream's until its response starts; streams have their own caps).
+def _give_back(scope: Scope) -> None:
+    release = scope.pop(_SLOT, None)
+    if release is not None:
+        release()
+
+
+UNIT_BUSY_LOG_SECONDS = 60.0
+
+
+class UnitSlots:
+    """At most `limit` requests of one unit's keys in flight on this instance, from its
+    authentication until its answer is written: its body read, its work done, its answer
+    sent (a live stream's until it starts; streams have their own caps).
 
     Without it, a key's holder, broken or hostile, could take every place `LoadShedding`
-    counts, with bodies trickled at just over the least rate a body must keep (a third
-    attack, README): now the other keys keep the rest. Refused at once: 429 `key_busy`
-    with `Retry-After`, naming the setting."""
+    counts, with bodies trickled at just over the least rate a body must keep, or answers
+    left unread (a third attack and a review, README): now the other units keep the rest.
+    Per unit, not per key: a unit admin mints keys at will. Refused at once: 429
+    `unit_busy` with `Retry-After`, naming the setting."""
 
     def __init__(self, limit: int, retry_after: int = 1):
         self.limit = limit
         self.retry_after = retry_after
-        self._held: dict[int, int] = {}
-        self._told: dict[int, float] = {}  # key id -> when its refusals were last logged
+        self._held: dict[str, int] = {}
+        self._told: dict[str, float] = {}  # unit -> when its refusals were last logged
 
-    def held(self, key_id: int) -> int:
-        return self._held.get(key_id, 0)
+    def held(self, unit: str) -> int:
+        return self._held.get(unit, 0)
 
-    @contextlib.contextmanager
-    def hold(self, principal: Principal) -> Iterator[None]:
-        key_id = principal.key_id
-        held = self._held.get(key_id, 0)
+    def take(self, principal: Principal) -> Callable[[], None]:
+        """One of the unit's places, or `UnitBusy`; the callable gives it back (once)."""
+        unit = principal.unit_code
+        held = self._held.get(unit, 0)
         if held >= self.limit:
             now = time.monotonic()
-            if now - self._told.get(key_id, -KEY_BUSY_LOG_SECONDS) >= KEY_BUSY_LOG_SECONDS:
+            if now - self._told.get(unit, -UNIT_BUSY_LOG_SECONDS) >= UNIT_BUSY_LOG_SECONDS:
                 if len(self._told) > 10_000:
                     self._told.clear()
-                self._told[key_id] = now
-                log.warning("key %s of unit %s has %d requests in flight, the most one key "
-                            "may (GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY): refusing its "
-                            "next ones 429 key_busy (logged once a minute per key)",
-                            key_id, principal.unit_code, held)
-            raise KeyBusy(
-                f"{held} requests of this key are being handled, the most one key may have "
-                f"at once (GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY): try again after "
-                f"{self.retry_after} s", retry_after=self.retry_after, field="Authorization")
-        self._held[key_id] = held + 1
-        try:
-            yield
-        finally:
-            left = self._held[key_id] - 1
+                self._told[unit] = now
+                log.warning("unit %s has %d requests in flight, the most one unit's keys may "
+                            "(GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT); refusing its next "
+                            "ones 429 unit_busy, this one on key %s (logged once a minute "
+                            "per unit)", unit, held, principal.key_id)
+            raise UnitBusy(
+                f"{held} requests of this unit are being handled, the most one unit's keys "
+                f"may have at once (GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT): try again "
+                f"after {self.retry_after} s", retry_after=self.retry_after,
+                field="Authorization")
+        self._held[unit] = held + 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            left = self._held[unit] - 1
             if left:
-                self._held[key_id] = left
+                self._held[unit] = left
             else:
-                del self._held[key_id]
+                del self._held[unit]
+
+        return give_back
 
 
 CurrentUnit = Annotated[Principal, Depends(authenticate)]
@@ -588,9 +624,12 @@ def create_http_app(
             return app.state.load_shedding
 
         app.build_middleware_stack = build_with_shedding  # type: ignore[method-assign]
-        per_key = (getattr(settings, "max_requests_in_flight_per_key", None)
-                   or max(1, limit // 2))
-        app.state.key_slots = KeySlots(per_key)
+    per_unit = getattr(settings, "max_requests_in_flight_per_unit", None)
+    if per_unit is None:  # (unset: a quarter of the instance's, none if it has none)
+        in_flight = getattr(settings, "max_requests_in_flight", 0)
+        per_unit = max(1, in_flight // 4) if in_flight else 0
+    if settings is not None and per_unit:
+        app.state.unit_slots = UnitSlots(per_unit)
     install_openapi(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -732,7 +771,9 @@ _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
           "than it takes on (`overloaded`): try again after `Retry-After` seconds.",
           {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": False,
                            "description": "Seconds to wait, when known."}}),
-    429: ("Over a rate limit of the key: try again after `Retry-After` seconds.",
+    429: ("Over a rate limit of the key (`rate_limited`), or as many requests of its unit "
+          "in flight as one unit may have (`unit_busy`): try again after `Retry-After` "
+          "seconds.",
           {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True,
                            "description": "Seconds to wait."}}),
 }
@@ -789,8 +830,11 @@ def install_openapi(app: FastAPI) -> None:
 
     for index, route in enumerate(app.router.routes):
         if isinstance(route, Route) and route.path == app.openapi_url:
-            app.router.routes[index] = Route(route.path, openapi_json,
+            app.router.routes[index] = Route(route.path, openapi_json, name=route.name,
                                              include_in_schema=False)
+            break
+    else:
+        raise RuntimeError(f"FastAPI's {app.openapi_url} route was not found to replace")
 
 
 def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:

@@ -128,11 +128,13 @@ class CommonSettings(BaseSettings):
         description="Requests an instance handles at once (live streams counted until they "
         "start); "
         "beyond it, 503 `overloaded` with Retry-After at once (0: no limit).")
-    max_requests_in_flight_per_key: int | None = Field(
-        None, ge=1, le=100_000,
-        description="Requests one API key may have in flight at once on an instance (unset: "
-        "half of GIAPRANH_MAX_REQUESTS_IN_FLIGHT); beyond it, 429 with Retry-After at once, so "
-        "that one key's client, broken or hostile, cannot take every place.")
+    max_requests_in_flight_per_unit: int | None = Field(
+        None, ge=0, le=100_000,
+        description="Requests one unit's API keys together may have in flight at once on an "
+        "instance, from authentication until the answer is written (unset: a quarter of "
+        "GIAPRANH_MAX_REQUESTS_IN_FLIGHT; 0: no limit); beyond it, 429 `unit_busy` with "
+        "Retry-After at once, so that one unit's clients, broken or hostile, cannot take "
+        "every place.")
     key_cache_seconds: float = Field(
         10.0, ge=0, le=300,
         description="Seconds a resolved API key is kept in memory (0: ask the database on "

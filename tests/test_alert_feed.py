@@ -174,3 +174,36 @@ async def test_an_alert_raised_and_changed_in_one_batch_is_not_just_raised(env, 
     finally:
         await feed.stop()
     assert calls == [frozenset({raised})]
+
+
+async def test_a_change_that_cannot_be_handed_out_closes_the_streams_not_the_feed(env, pool):
+    """Whatever fails in handing out a change (here the rendering), its streams are closed
+    for their desks to reload, and the feed goes on with the next changes."""
+    failing = True
+
+    async def render(wanted: dict[str, list[UUID]], languages: dict[str, frozenset[str]],
+                     just_raised: frozenset[UUID]) -> dict[str, dict[UUID, dict[str, bytes]]]:
+        if failing:
+            raise ValueError("a rendering that fails")
+        return {unit: {alert_id: {"en": b"{}"} for alert_id in alert_ids}
+                for unit, alert_ids in wanted.items()}
+
+    keys = KeyStore(pool, env.settings(CommonSettings).api_key_pepper.get_secret_value())
+    feed = AlertFeed(env.database_url, render, keys, max_streams_per_key=5)
+    await feed.start()
+
+    async def notify(alert_id: UUID) -> None:
+        await pool.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, json.dumps({
+            "alert_id": str(alert_id), "kind": "raised", "units": ["CA-30307"]}))
+
+    try:
+        with feed.subscribe(desk("CA-30307", 1)) as closed:
+            await notify(uuid.uuid4())
+            assert await asyncio.wait_for(closed.get(), 5) is None  # (DISCONNECT)
+        failing = False
+        with feed.subscribe(desk("CA-30307", 2)) as queue:
+            later = uuid.uuid4()
+            await notify(later)
+            assert (await asyncio.wait_for(queue.get(), 5)).alert_id == later
+    finally:
+        await feed.stop()

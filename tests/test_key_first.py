@@ -9,8 +9,12 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
 
@@ -18,7 +22,9 @@ from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from services.notifier.app import create_app as create_notifier
 from services.notifier.settings import NotifierSettings
-from shared.http import KeyFirstRoute
+from shared.auth import issue_api_key
+from shared.http import CurrentUnit, KeyFirstRoute
+from shared.settings import CommonSettings
 from tests.conftest import bearer, eventually, served
 from tests.test_load_shedding import sighting
 
@@ -121,15 +127,18 @@ async def _counted(service: str, route: str, status: str, at_least: float) -> bo
     return _requests(service, route, status) >= at_least
 
 
-async def test_one_key_holds_at_most_its_share_of_the_requests_in_flight(
-        env, topics, directory, caplog):
-    """A key's client trickling bodies (each fast enough not to be cut off) holds at most
-    `max_requests_in_flight_per_key` places: its next request is refused at once, 429
-    `key_busy` naming the setting, while another key's request is taken in; and the places
-    are given back as its requests end."""
+async def test_one_unit_holds_at_most_its_share_of_the_requests_in_flight(
+        env, topics, directory, pool, caplog):
+    """A unit's clients trickling bodies (each fast enough not to be cut off), on two of its
+    keys, hold at most `max_requests_in_flight_per_unit` places together: its next request
+    is refused at once, 429 `unit_busy` naming the setting, while another unit's request is
+    taken in; and the places are given back as its requests end."""
     app = create_ingest(env.settings(IngestSettings, max_requests_in_flight=8,
-                                     max_requests_in_flight_per_key=2))
+                                     max_requests_in_flight_per_unit=2))
+    pepper = env.settings(CommonSettings).api_key_pepper.get_secret_value()
     hostile = bearer(directory["CA-31212"])["Authorization"]
+    second = bearer(await issue_api_key(pool, "CA-31212", pepper,
+                                        role="reporter"))["Authorization"]
     other = bearer(directory["CA-30307"])["Authorization"]
 
     async def start(key: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
@@ -144,21 +153,21 @@ async def test_one_key_holds_at_most_its_share_of_the_requests_in_flight(
 
     async with served(app) as url:
         port = int(url.rsplit(":", 1)[1])
-        held = [await start(hostile) for _ in range(2)]
+        held = [await start(hostile), await start(second)]
         await asyncio.sleep(0.3)  # (both are being read)
-        reader, writer, _ = await start(hostile)
+        reader, writer, _ = await start(second)
         status = await asyncio.wait_for(reader.readline(), 5)
         head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).lower()
         body = json.loads(await asyncio.wait_for(reader.read(2000), 5))
         writer.close()
         assert status.startswith(b"HTTP/1.1 429 "), status
         assert b"retry-after: 1" in head, head
-        assert body["error"]["code"] == "key_busy", body
+        assert body["error"]["code"] == "unit_busy", body
         assert body["error"]["field"] == "Authorization", body
-        assert "GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_KEY" in body["error"]["message"], body
-        # The operator learns which key it is (once a minute per key).
-        told = [r.getMessage() for r in caplog.records if "key_busy" in r.getMessage()]
-        assert len(told) == 1 and "of unit CA-31212 has 2 requests" in told[0], told
+        assert "GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT" in body["error"]["message"], body
+        # The operator learns which unit it is (once a minute per unit).
+        told = [r.getMessage() for r in caplog.records if "unit_busy" in r.getMessage()]
+        assert len(told) == 1 and "unit CA-31212 has 2 requests" in told[0], told
         # Another unit's key is not refused because of it.
         reader, writer, rest = await start(other)
         writer.write(rest)
@@ -173,3 +182,40 @@ async def test_one_key_holds_at_most_its_share_of_the_requests_in_flight(
         writer.write(rest)
         assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 202 ")
         writer.close()
+
+
+async def test_a_units_place_is_held_until_its_answer_is_written(env, topics, directory):
+    """FastAPI writes an answer after the route's handler returned: a client leaving its
+    answers unread must keep its unit's place while they are written, and give it back
+    once they are (or the client is gone), whatever the answer."""
+    app = create_ingest(env.settings(IngestSettings, max_requests_in_flight=8,
+                                     max_requests_in_flight_per_unit=1))
+    writing = asyncio.Event()
+    finish = asyncio.Event()
+    router = APIRouter(route_class=KeyFirstRoute)
+
+    @router.get("/test/slow-answer")
+    async def slow_answer(principal: CurrentUnit) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first "
+            writing.set()
+            await finish.wait()
+            yield b"last"
+        return StreamingResponse(chunks())
+
+    app.include_router(router)
+    key = bearer(directory["CA-31212"])
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        slow = asyncio.create_task(client.get("/test/slow-answer", headers=key))
+        await asyncio.wait_for(writing.wait(), 10)
+        refused = await client.post("/v1/sightings", json=sighting(), headers=key)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "unit_busy"
+        finish.set()
+        assert (await slow).content == b"first last"
+        assert app.state.unit_slots.held("CA-31212") == 0
+        accepted = await client.post("/v1/sightings", json=sighting(), headers=key)
+        assert accepted.status_code == 202, accepted.text
+        # A failing request gives its place back too.
+        bad = await client.post("/v1/sightings", json={"subject": 1}, headers=key)
+        assert bad.status_code == 422
+        assert app.state.unit_slots.held("CA-31212") == 0

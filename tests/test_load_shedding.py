@@ -43,8 +43,16 @@ async def stored(pool: asyncpg.Pool, ids: list[str]) -> tuple[int, int]:
 
 
 async def test_concurrent_single_sightings_share_transactions_and_keep_their_answers(
-    ingest, directory, pool
+    env, topics, directory, pool
 ):
+    # (one key sends them all at once: more than its unit's share of the places)
+    settings = env.settings(IngestSettings, max_requests_in_flight_per_unit=0)
+    async for ingest in _serve(create_ingest(settings)):
+        await _share_transactions(ingest, directory, pool)
+
+
+async def _share_transactions(ingest: Any, directory: dict[str, str],
+                              pool: asyncpg.Pool) -> None:
     key = bearer(directory["CA-31212"])
     taken = uuid.uuid4()
     first = await ingest.post("/v1/sightings", json=sighting(taken), headers=key)
@@ -456,7 +464,7 @@ async def test_beyond_its_requests_in_flight_a_service_answers_503_with_retry_af
     env, topics, directory, pool
 ):
     settings = env.settings(IngestSettings, max_requests_in_flight=3,
-                            max_requests_in_flight_per_key=3)  # (one key sends them all)
+                            max_requests_in_flight_per_unit=0)  # (one key sends them all)
     async for client in _serve(create_ingest(settings)):
         key = bearer(directory["CA-31212"])
         blocker = await asyncpg.connect(env.database_url)

@@ -112,7 +112,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock | None = None) -> Fas
                         just_raised: frozenset[UUID]) -> dict[str, dict[UUID, dict[str, bytes]]]:
             return await alerts.alert_views_json(wanted, {
                 unit: [language for language in wanted_languages if language in LANGUAGES]
-                for unit, wanted_languages in languages.items()}, just_raised)
+                or ["en"] for unit, wanted_languages in languages.items()}, just_raised)
 
         feed = AlertFeed(settings.database_url, views, keys,
                          max_streams_per_key=settings.notifier_max_streams_per_key,

@@ -226,9 +226,17 @@ class AlertFeed:
             except DATABASE_ERRORS as exc:
                 log.warning("could not read %d alert change(s) for the open streams: %r; "
                             "their desks are disconnected to reload", len(batch), exc)
-                for subscriptions in self._subscribers.values():
-                    for subscription in subscriptions:
-                        subscription.close()
+                self._close_all()
+            except Exception:  # noqa: BLE001 - the feed goes on for the next changes
+                log.exception("could not hand out %d alert change(s) to the open streams; "
+                              "their desks are disconnected to reload", len(batch))
+                self._close_all()
+
+    def _close_all(self) -> None:
+        """Every open stream closes: its desk reconnects and reloads the list."""
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.close()
 
     async def _hand_out(self, batch: list[Change]) -> None:
         if not self._subscribers:
