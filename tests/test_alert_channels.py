@@ -334,3 +334,21 @@ async def test_incident_alerts_and_flagged_hits_are_valid_cap_with_their_instruc
     atom = etree.fromstring(feed.content)
     for entry in atom.findall(f"{ATOM}entry"):
         cap_schema.assertValid(entry.find(f"{ATOM}content")[0])
+
+
+async def test_the_atom_feed_links_to_the_configured_address_whatever_the_host(
+        env, topics, directory):
+    """With `GIAPRANH_NOTIFIER_PUBLIC_URL` set, the feed's links name it, not the `Host`
+    a client sent; unset, they follow the request's address."""
+    key = bearer(directory["CA-30307"])
+    for public, expected in (("https://canhbao.example.vn/notifier/",
+                              "https://canhbao.example.vn/notifier/v1/feeds/alerts.atom"),
+                             (None, "http://evil.example/v1/feeds/alerts.atom")):
+        app = create_app(env.settings(NotifierSettings, notifier_public_url=public))
+        async for client in _serve(app):
+            feed = await client.get("/v1/feeds/alerts.atom",
+                                    headers={**key, "Host": "evil.example"})
+            assert feed.status_code == 200, feed.text
+            [link] = [link for link in etree.fromstring(feed.content).findall(f"{ATOM}link")
+                      if link.get("rel") == "self"]
+            assert link.get("href") == expected

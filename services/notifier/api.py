@@ -159,7 +159,8 @@ async def atom_feed(unit: CurrentUnit, alerts: Alerts, settings: Settings, reque
     body = render_atom(unit.unit_code, row["name"] if row else unit.unit_code,
                        [(view.model_dump(), recipients) for view, recipients in entries],
                        sender=settings.cap_sender,
-                       base_url=str(request.base_url).rstrip("/"), now=utcnow())
+                       base_url=(settings.notifier_public_url
+                                 or str(request.base_url)).rstrip("/"), now=utcnow())
     return Response(body, media_type=ATOM_MEDIA_TYPE)
 
 

@@ -41,6 +41,11 @@ class NotifierSettings(CommonSettings):
     cap_sender: str = Field(
         "giapranh", pattern=r"^[^\s,<&]+$",
         description="CAP `sender` of this deployment's messages (no spaces or commas).")
+    notifier_public_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="The notifier's address as desks and receivers reach it (e.g. "
+        "`https://canhbao.congan.example.vn`), for the links of the Atom feed; unset: the "
+        "address each request came to (its `Host` header, which a client chooses).")
     notifier_max_streams_per_key: int = Field(
         5, ge=1, le=1000,
         description="Live alert streams (SSE) one API key may hold open at once (429 above).")
