@@ -157,7 +157,7 @@ class AlertService:
         fresh = [plan for hit_id, plan in planned.items() if hit_id in inserted]
         if not fresh:
             return []
-        self._keep_raised_views(columns, inserted, fresh, now)
+        self._keep_raised_views(columns, fresh, now)
         await self._repo.insert_deliveries(conn, [
             (plan.alert_id, r.unit_code, list(r.reasons), plan.names.get(r.unit_code), now)
             for plan in fresh for r in plan.recipients])
@@ -171,8 +171,8 @@ class AlertService:
             for plan in fresh], now)
         return [NewAlert(plan.alert_id, plan.hit, tuple(plan.recipients)) for plan in fresh]
 
-    def _keep_raised_views(self, columns: dict[str, list[object]], inserted: set[UUID],
-                           fresh: list[_Planned], now: datetime) -> None:
+    def _keep_raised_views(self, columns: dict[str, list[object]], fresh: list[_Planned],
+                           now: datetime) -> None:
         """Keep the view columns of the new alerts a live stream here watches, exactly as
         `repository.ALERT_COLUMNS` would read them back once committed (the same types:
         times in UTC, the score as PostgreSQL's `real` keeps it, the hit as its JSON).
@@ -180,10 +180,11 @@ class AlertService:
         then, read from the database. tests/test_alert_stream.py compares the views."""
         if self.watching is None:
             return
+        plans = {plan.hit.hit_id: plan for plan in fresh}
         for index, hit_id in enumerate(columns["hit_id"]):
-            if hit_id not in inserted:
+            plan = plans.get(hit_id)  # type: ignore[call-overload]
+            if plan is None:  # (not inserted: its alert existed already)
                 continue
-            plan = next(p for p in fresh if p.hit.hit_id == hit_id)
             if not self.watching(r.unit_code for r in plan.recipients):
                 continue
             hit_json = columns["hit"][index]
