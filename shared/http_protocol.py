@@ -136,6 +136,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._head_timer: asyncio.TimerHandle | None = None
             self._stopped = False        # refused: nothing more is parsed
             self._write_timer: asyncio.TimerHandle | None = None
+            self._running: Any = None  # the request whose answer runs (the last started)
             self._body_timer: asyncio.TimerHandle | None = None
             self._body_started = 0.0
             self._body_last = 0.0        # when a byte of the body last came
@@ -175,6 +176,15 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
             self._cancel_body_timer()
             if self._write_timer is not None:
                 self._write_timer.cancel()
+            running = self._running
+            if (running is not None and running is not self.cycle
+                    and not running.response_complete):
+                # uvicorn tells only the latest request parsed (`self.cycle`): one pipelined
+                # behind a running answer took the news, and the running one, a live stream,
+                # never learnt its client had gone (its place among the unit's streams
+                # held until a restart: an attacking helper).
+                running.disconnected = True
+                running.message_event.set()
             super().connection_lost(exc)
 
         def pause_writing(self) -> None:
@@ -250,6 +260,7 @@ def http_protocol(service: str, *, head_timeout: float = HEAD_TIMEOUT,
                 if answer is not None:
                     self._answer_at_once(cycle, *answer)
                     return
+            self._running = cycle  # (pipelined requests run one at a time, in order)
             super()._start_asgi_task(cycle, app)
 
         def _answer_at_once(self, cycle: Any, status: int, head: bytes, body: bytes) -> None:

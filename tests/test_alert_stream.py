@@ -198,3 +198,27 @@ async def test_a_stream_its_client_closed_no_longer_counts_against_the_key(
                 return response.status_code == 200
 
         await eventually(reopened, what="the key's one stream to be free again")
+
+
+async def test_a_stream_with_a_request_pipelined_behind_it_ends_when_its_client_goes(
+        env, topics, directory):
+    """uvicorn tells only the latest request parsed that the connection is lost: with a
+    request pipelined behind a live stream, the stream never learnt its client had gone,
+    and held its place among the key's and the unit's streams until a restart."""
+    app = create_app(env.settings(NotifierSettings))
+    key = directory["CA-30307"]
+    async with served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write((f"GET /v1/alerts/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                          f"{key}\r\n\r\nGET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                          f"Bearer {key}\r\n\r\n").encode())
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+            writer.close()
+        feed = app.state.feed
+
+        async def all_closed() -> bool:
+            return feed.streams_of_unit("CA-30307") == 0
+
+        await eventually(all_closed, timeout=10, what="the streams whose clients went to end")
