@@ -205,6 +205,13 @@ class Place(Contract):
     lon: float | None = Field(None, ge=-180, le=180)
     address: LongText | None = None
 
+    @field_validator("lat", "lon")
+    @classmethod
+    def _no_negative_zero(cls, value: float | None) -> float | None:
+        """-0.0 is 0.0: PostgreSQL's jsonb keeps no negative zero, so a place stored and
+        read back must not differ from the place as it came."""
+        return None if value is None else value + 0.0
+
     @model_validator(mode="after")
     def _lat_and_lon_together(self) -> Place:
         if (self.lat is None) != (self.lon is None):

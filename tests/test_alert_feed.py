@@ -138,13 +138,25 @@ async def test_a_new_alert_is_shown_as_written_and_as_read_back_alike(env, pool,
             assert json.loads(written[unit][created.alert_id][language]) == json.loads(
                 read[unit][created.alert_id][language]), (unit, language)
 
-    # Acknowledged since: the change's views are read, whatever was kept.
+    # Acknowledged here before its raising is shown: what was kept is dropped, the view
+    # is read as it is now, even when asked for as just raised (its notifications came in
+    # different batches).
     [again] = await alerts.store_hits([make_hit()])
     await alerts.acknowledge(again.alert_id, WANTED.owner_unit)
     views = await alerts.alert_views_json({WANTED.owner_unit: [again.alert_id]},
-                                          {WANTED.owner_unit: ["en"]})
+                                          {WANTED.owner_unit: ["en"]}, {again.alert_id})
     view = json.loads(views[WANTED.owner_unit][again.alert_id]["en"])
     assert view["status"] == "acknowledged" and view["acknowledged_at"] is not None
+
+    # A place at -0.0 (which jsonb keeps as 0): the same view written and read.
+    at_zero = make_hit(lat=-0.0, lon=-0.0)
+    [zero] = await alerts.store_hits([at_zero])
+    ask = {WANTED.owner_unit: [zero.alert_id]}, {WANTED.owner_unit: ["en"]}
+    read_zero = await alerts.alert_views_json(*ask)
+    written_zero = await alerts.alert_views_json(*ask, {zero.alert_id})
+    written_text = written_zero[WANTED.owner_unit][zero.alert_id]["en"]
+    assert b'"lat":0.0,"lon":0.0' in read_zero[WANTED.owner_unit][zero.alert_id]["en"]
+    assert b'"lat":0.0,"lon":0.0' in written_text, written_text  # (-0.0 == 0.0 in Python)
 
 
 async def test_an_alert_raised_and_changed_in_one_batch_is_not_just_raised(env, pool):

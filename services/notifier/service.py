@@ -534,6 +534,12 @@ class AlertService:
 
     async def _publish(self, conn: asyncpg.Connection, changes: list[AlertChange],
                        now: datetime) -> None:
+        for change in changes:
+            if change.kind != "raised":
+                # Changed here: its raising is no longer shown as written, but read as it
+                # is (an acknowledgement answered, then the alert streamed unacknowledged:
+                # an attacking helper).
+                self._raised_views.pop(change.alert_id, None)
         for channel in self._channels:
             await channel.enqueue(conn, changes, now)
 
