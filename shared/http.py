@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -359,17 +359,24 @@ UNIT_BUSY_LOG_SECONDS = 60.0
 class UnitSlots:
     """At most `limit` requests of one unit's keys in flight on this instance, from its
     authentication until its answer is written: its body read, its work done, its answer
-    sent (a live stream's until it starts; streams have their own caps).
+    sent (a live stream's until it starts; streams have their own caps). And the last
+    `reserve` of the instance's places (`instance_limit`) are kept for units with fewer
+    than `reserve` requests in flight.
 
     Without it, a key's holder, broken or hostile, could take every place `LoadShedding`
     counts, with bodies trickled at just over the least rate a body must keep, or answers
     left unread (a third attack and a review, README): now the other units keep the rest.
-    Per unit, not per key: a unit admin mints keys at will. Refused at once: 429
-    `unit_busy` with `Retry-After`, naming the setting."""
+    Per unit, not per key: a unit admin mints keys at will. With the cap alone, four
+    units took every place (a fourth attack); with the reserve, units holding many keep
+    clear of the last places, which a unit asking for few still gets. Refused at once:
+    429 `unit_busy` with `Retry-After`, naming the setting."""
 
-    def __init__(self, limit: int, retry_after: int = 1):
+    def __init__(self, limit: int, instance_limit: int = 0, retry_after: int = 1):
         self.limit = limit
+        self.instance_limit = instance_limit
+        self.reserve = max(1, limit // 4) if instance_limit else 0
         self.retry_after = retry_after
+        self.total = 0
         self._held: dict[str, int] = {}
         self._told: dict[str, float] = {}  # unit -> when its refusals were last logged
 
@@ -381,21 +388,13 @@ class UnitSlots:
         unit = principal.unit_code
         held = self._held.get(unit, 0)
         if held >= self.limit:
-            now = time.monotonic()
-            if now - self._told.get(unit, -UNIT_BUSY_LOG_SECONDS) >= UNIT_BUSY_LOG_SECONDS:
-                if len(self._told) > 10_000:
-                    self._told.clear()
-                self._told[unit] = now
-                log.warning("unit %s has %d requests in flight, the most one unit's keys may "
-                            "(GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT); refusing its next "
-                            "ones 429 unit_busy, this one on key %s (logged once a minute "
-                            "per unit)", unit, held, principal.key_id)
-            raise UnitBusy(
-                f"{held} requests of this unit are being handled, the most one unit's keys "
-                f"may have at once (GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT): try again "
-                f"after {self.retry_after} s", retry_after=self.retry_after,
-                field="Authorization")
+            self._refuse(principal, held, "the most one unit's keys may have at once")
+        if (self.reserve and held >= self.reserve
+                and self.total >= self.instance_limit - self.reserve):
+            self._refuse(principal, held, f"and the last {self.reserve} places of this "
+                         f"instance are kept for units with fewer")
         self._held[unit] = held + 1
+        self.total += 1
         given_back = False
 
         def give_back() -> None:
@@ -403,6 +402,7 @@ class UnitSlots:
             if given_back:
                 return
             given_back = True
+            self.total -= 1
             left = self._held[unit] - 1
             if left:
                 self._held[unit] = left
@@ -410,6 +410,21 @@ class UnitSlots:
                 del self._held[unit]
 
         return give_back
+
+    def _refuse(self, principal: Principal, held: int, why: str) -> NoReturn:
+        unit, now = principal.unit_code, time.monotonic()
+        if now - self._told.get(unit, -UNIT_BUSY_LOG_SECONDS) >= UNIT_BUSY_LOG_SECONDS:
+            if len(self._told) > 10_000:
+                self._told.clear()
+            self._told[unit] = now
+            log.warning("unit %s has %d requests in flight, %s "
+                        "(GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT); refusing its next ones 429 "
+                        "unit_busy, this one on key %s (logged once a minute per unit)",
+                        unit, held, why, principal.key_id)
+        raise UnitBusy(f"{held} requests of this unit are being handled, {why} "
+                       f"(GIAPRANH_MAX_REQUESTS_IN_FLIGHT_PER_UNIT): try again after "
+                       f"{self.retry_after} s", retry_after=self.retry_after,
+                       field="Authorization")
 
 
 CurrentUnit = Annotated[Principal, Depends(authenticate)]
@@ -629,7 +644,8 @@ def create_http_app(
         in_flight = getattr(settings, "max_requests_in_flight", 0)
         per_unit = max(1, in_flight // 4) if in_flight else 0
     if settings is not None and per_unit:
-        app.state.unit_slots = UnitSlots(per_unit)
+        app.state.unit_slots = UnitSlots(per_unit,
+                                         getattr(settings, "max_requests_in_flight", 0))
     install_openapi(app)
 
     @app.get("/healthz", include_in_schema=False)

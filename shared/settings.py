@@ -134,7 +134,8 @@ class CommonSettings(BaseSettings):
         "instance, from authentication until the answer is written (unset: a quarter of "
         "GIAPRANH_MAX_REQUESTS_IN_FLIGHT; 0: no limit); beyond it, 429 `unit_busy` with "
         "Retry-After at once, so that one unit's clients, broken or hostile, cannot take "
-        "every place.")
+        "every place. The instance's last places, a quarter of this, go only to units with "
+        "fewer than that in flight.")
     key_cache_seconds: float = Field(
         10.0, ge=0, le=300,
         description="Seconds a resolved API key is kept in memory (0: ask the database on "

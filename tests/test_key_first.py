@@ -141,18 +141,12 @@ async def test_one_unit_holds_at_most_its_share_of_the_requests_in_flight(
                                         role="reporter"))["Authorization"]
     other = bearer(directory["CA-30307"])["Authorization"]
 
-    async def start(key: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-        """A request whose head and first bytes came, the rest of its body not yet."""
-        payload = json.dumps(sighting()).encode()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"POST /v1/sightings HTTP/1.1\r\nHost: test\r\nAuthorization: {key}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}"
-                     f"\r\n\r\n".encode() + payload[:10])
-        await writer.drain()
-        return reader, writer, payload[10:]
-
     async with served(app) as url:
         port = int(url.rsplit(":", 1)[1])
+
+        async def start(key: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+            return await _begin(port, key)
+
         held = [await start(hostile), await start(second)]
         await asyncio.sleep(0.3)  # (both are being read)
         reader, writer, _ = await start(second)
@@ -182,6 +176,53 @@ async def test_one_unit_holds_at_most_its_share_of_the_requests_in_flight(
         writer.write(rest)
         assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 202 ")
         writer.close()
+
+
+async def _begin(port: int, key: str
+                 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A sighting whose head and first bytes were sent, the rest of its body (returned)
+    not yet."""
+    payload = json.dumps(sighting()).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST /v1/sightings HTTP/1.1\r\nHost: test\r\nAuthorization: {key}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}"
+                 f"\r\n\r\n".encode() + payload[:10])
+    await writer.drain()
+    return reader, writer, payload[10:]
+
+
+async def _status(reader: asyncio.StreamReader) -> bytes:
+    return (await asyncio.wait_for(reader.readline(), 10))[:12]
+
+
+async def test_units_holding_many_places_leave_the_last_ones_to_others(
+        env, topics, directory):
+    """Two units each filling their share could leave nobody else a place (four did at
+    the default shares): the last places (a quarter of a unit's share, here 1 of 8) are
+    kept for units with fewer requests in flight."""
+    app = create_ingest(env.settings(IngestSettings, max_requests_in_flight=8,
+                                     max_requests_in_flight_per_unit=4))
+    first, second, third = (bearer(directory[unit])["Authorization"]
+                            for unit in ("CA-31212", "CA-30307", "CA-22051"))
+    async with served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [await _begin(port, first) for _ in range(4)]
+        held += [await _begin(port, second) for _ in range(3)]
+        await asyncio.sleep(0.3)  # (7 of 8 places taken, the last one kept)
+        reader, writer, _ = await _begin(port, second)
+        assert await _status(reader) == b"HTTP/1.1 429"
+        body = (await asyncio.wait_for(reader.read(4000), 5)).decode()
+        assert "unit_busy" in body and "last 1 places of this instance" in body, body
+        writer.close()
+        reader, writer, rest = await _begin(port, third)  # (holding none: it gets it)
+        writer.write(rest)
+        assert await _status(reader) == b"HTTP/1.1 202"
+        writer.close()
+        for reader, writer, rest in held:
+            writer.write(rest)
+            assert await _status(reader) == b"HTTP/1.1 202"
+            writer.close()
+    assert app.state.unit_slots.total == 0
 
 
 async def test_a_units_place_is_held_until_its_answer_is_written(env, topics, directory):
