@@ -11,7 +11,10 @@ class NotifierSettings(CommonSettings):
     notifier_group_id: str = Field(
         "giapranh-notifier", description="Consumer group of the notifier instances."
     )
-    notifier_batch_size: int = Field(500, ge=1, le=10_000, description="Hits per batch.")
+    notifier_batch_size: int = Field(
+        2000, ge=1, le=10_000,
+        description="Most hits taken and stored at once (fewer when fewer are waiting): a "
+        "notifier behind catches up in larger transactions.")
     notifier_radius_km: float = Field(
         5.0, ge=0, le=200,
         description="Units within this distance of a sighting's coordinates receive its "
