@@ -302,13 +302,6 @@ class AlertRepository:
                   FROM deliveries d JOIN alerts a USING (alert_id)
                  WHERE d.unit_code = $1 AND a.alert_id = $2""", unit_code, alert_id)
 
-    async def alerts_by_id(self, unit_code: str, alert_ids: list[UUID]) -> list[asyncpg.Record]:
-        return await self.pool.fetch(
-            f"""SELECT {ALERT_COLUMNS}
-                  FROM deliveries d JOIN alerts a USING (alert_id)
-                 WHERE d.unit_code = $1 AND a.alert_id = ANY($2::uuid[])""",
-            unit_code, alert_ids)
-
     async def alerts_and_deliveries(self, alert_ids: list[UUID], units: list[str]
                                     ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
         """The alerts' own columns, once each, and their deliveries to any of `units`, read

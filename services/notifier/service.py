@@ -424,12 +424,6 @@ class AlertService:
             raise _not_found(alert_id, unit_code)
         return self._view(row, unit_code, await self.directory.get())
 
-    async def alerts_by_id(self, unit_code: str, alert_ids: list[UUID]) -> dict[UUID, AlertView]:
-        """The unit's views of these alerts (those addressed to it), by alert id."""
-        rows = await self._repo.alerts_by_id(unit_code, alert_ids)
-        directory = await self.directory.get()
-        return {row["alert_id"]: self._view(row, unit_code, directory) for row in rows}
-
     async def alert_views_json(
             self, wanted: Mapping[str, Iterable[UUID]], languages: Mapping[str, Iterable[str]],
             just_raised: Collection[UUID] = frozenset()
