@@ -331,17 +331,27 @@ class KeyFirstRoute(APIRoute):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The route, its unit's place given back once its answer is written (FastAPI
         writes it after the handler returns), or when a live stream starts."""
-        if scope.get("path") in STREAM_PATHS:
-            async def started(message: Any) -> None:
-                if message["type"] == "http.response.start":
-                    _give_back(scope)
-                await send(message)
-        else:
-            started = send
+        give_back = functools.partial(_give_back, scope)
         try:
-            await super().handle(scope, receive, started)
+            await super().handle(scope, receive,
+                                 released_as_stream_starts(scope, send, give_back))
         finally:
-            _give_back(scope)
+            give_back()
+
+
+def released_as_stream_starts(scope: Scope, send: Send, release: Callable[[], None]) -> Send:
+    """`send`, calling `release` as the response of a long-lived stream (`STREAM_PATHS`)
+    starts: what counts requests in flight stops counting a live stream there. `release`
+    may be called again when the request ends, and must then do nothing."""
+    if scope.get("path") not in STREAM_PATHS:
+        return send
+
+    async def started(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            release()
+        await send(message)
+
+    return started
 
 
 _SLOT = "giapranh.slot"
@@ -533,20 +543,17 @@ class LoadShedding:
             return await self.refuse(scope, send)
         self.in_flight += 1
         counted = True
-        if scope["path"] in STREAM_PATHS:
-            async def started(message: Any) -> None:
-                nonlocal counted
-                if counted and message["type"] == "http.response.start":
-                    counted = False
-                    self.in_flight -= 1
-                await send(message)
-        else:
-            started = send
-        try:
-            await self.app(scope, receive, started)
-        finally:
+
+        def uncount() -> None:
+            nonlocal counted
             if counted:
+                counted = False
                 self.in_flight -= 1
+
+        try:
+            await self.app(scope, receive, released_as_stream_starts(scope, send, uncount))
+        finally:
+            uncount()
 
     async def refuse(self, scope: Any, send: Any) -> None:
         start, body, _ = self._refusal(scope)

@@ -222,3 +222,25 @@ async def test_a_stream_with_a_request_pipelined_behind_it_ends_when_its_client_
             return feed.streams_of_unit("CA-30307") == 0
 
         await eventually(all_closed, timeout=10, what="the streams whose clients went to end")
+
+
+async def test_open_streams_leave_the_requests_in_flight_once_they_start(
+        env, topics, directory):
+    """A live stream counts among the instance's requests in flight, and its unit's, only
+    until it starts: more streams than either limit stay open, and the unit's requests
+    are still served."""
+    settings = env.settings(NotifierSettings, max_requests_in_flight=4,
+                            notifier_max_streams_per_key=5)  # (1 place for the unit)
+    key = directory["CA-30307"]
+    async with served(create_app(settings)) as url:
+        streams, opened = [], []
+        for _ in range(5):
+            opened.append(asyncio.Event())
+            streams.append(asyncio.create_task(
+                _open_stream(url, key, opened[-1], asyncio.Event())))
+            await asyncio.wait_for(opened[-1].wait(), 10)  # (else refused: 503 or 429)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            me = await client.get("/v1/me", headers=bearer(key))
+        assert me.status_code == 200, me.text
+        for stream in streams:
+            stream.cancel()
