@@ -202,8 +202,10 @@ class LogWatch:
     and recreated) goes on acknowledging sends, so producers and consumers see nothing
     wrong. A watch remembers how long each partition's log is known to be (the offsets a
     producer had acknowledged) and `check` compares that with the broker's metadata: a
-    topic missing, or a partition whose log ends before what was known, is a loss. What was published and not yet confirmed consumed must then
-    be published again from PostgreSQL (each caller knows what that is).
+    topic missing, or a partition whose log ends before what was known, is a loss. What was
+    published and not yet confirmed consumed must then be published again from PostgreSQL
+    (each caller knows what that is), or, when only what was acknowledged since the last
+    whole check is gone (`wholly_lost`), that alone (`shared.stream.StreamRunner`).
     """
 
     def __init__(self, settings: CommonSettings, client_id: str, interval: float = 2.0):
@@ -211,10 +213,18 @@ class LogWatch:
         self._client_id = client_id
         self.interval = interval
         self._known: dict[TopicPartition, int] = {}
+        self._verified: dict[TopicPartition, int] = {}
+        """Where each partition's log was known to end at the last check that found it
+        whole."""
         self._client: AIOKafkaConsumer | None = None
         self._next_check = 0.0
         self.last_ok: float | None = None
         """Wall-clock time (epoch seconds) of the last check that found the log whole."""
+        self.wholly_lost: set[str] = set()
+        """Of the topics the last check found lost, those gone altogether or shorter than
+        the last whole check had found them (a broker that lost its log: what it held
+        before that check is gone too). The others lost only what was acknowledged since
+        the last whole check (Tansu may acknowledge a batch and drop it)."""
 
     def expect(self, partition: TopicPartition, end_offset: int) -> None:
         """The log of `partition` is known to hold offsets below `end_offset`."""
@@ -228,6 +238,9 @@ class LogWatch:
         """The topics whose log was lost since the last check (empty: none). Forgets what
         it knew of them, so one loss is reported once."""
         self._next_check = time.monotonic() + self.interval
+        # What was known before asking: sends acknowledged while the broker answers (other
+        # tasks publish meanwhile) may end beyond the ends it reports, and are no loss.
+        known = dict(self._known)
         if self._client is None:
             client = AIOKafkaConsumer(client_id=self._client_id, enable_auto_commit=False,
                                       request_timeout_ms=5000,
@@ -235,14 +248,21 @@ class LogWatch:
             await client.start()
             self._client = client
         listed = await self._client.topics()
-        wanted = set(topics) | {tp.topic for tp in self._known}
+        wanted = set(topics) | {tp.topic for tp in known}
         lost = {topic for topic in wanted if topic not in listed}
-        present = [tp for tp in self._known if tp.topic not in lost]
+        wholly = set(lost)
+        present = [tp for tp in known if tp.topic not in lost]
         if present:
             ends = await self._client.end_offsets(present)
-            lost |= {tp.topic for tp in present if ends.get(tp, 0) < self._known[tp]}
+            lost |= {tp.topic for tp in present if ends.get(tp, 0) < known[tp]}
+            wholly |= {tp.topic for tp in present
+                       if ends.get(tp, 0) < self._verified.get(tp, 0)}
         for tp in [tp for tp in self._known if tp.topic in lost]:
             del self._known[tp]
+        for tp in [tp for tp in self._verified if tp.topic in lost]:
+            del self._verified[tp]
+        self._verified.update((tp, end) for tp, end in known.items() if tp.topic not in lost)
+        self.wholly_lost = wholly
         if not lost:
             self.last_ok = time.time()
         return lost

@@ -166,3 +166,83 @@ async def test_a_runner_stops_when_cancelled_even_if_a_library_turns_the_cancell
     done, _ = await asyncio.wait({task}, timeout=5)
     assert task in done, "the runner went on retrying after it was cancelled"
     assert task.cancelled()
+
+
+async def _checked(runner: StreamRunner) -> None:
+    """Have the runner's log watch check now, and wait until it found the log whole."""
+    watch = runner._watch
+    before = watch.last_ok
+    watch._next_check = 0.0
+    await eventually(lambda: _true(watch.last_ok != before), what="a whole check of the log")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _dropped_by_the_broker(runner: StreamRunner, topic: str, *, since_checked: bool):
+    """After its batch was acknowledged, make the watch believe the broker acknowledged
+    more than its log holds, as Tansu does when it drops a batch it acknowledged: only
+    what was sent since the last whole check (`since_checked`), or the log before too."""
+    async def drop() -> None:
+        watch = runner._watch
+        for partition in [tp for tp in watch._known if tp.topic == topic]:
+            watch._known[partition] += 10_000
+            if not since_checked:
+                watch._verified[partition] = watch._known[partition]
+    return drop
+
+
+async def test_what_the_broker_dropped_after_acknowledging_it_is_published_again_alone(
+    settings, env
+):
+    """Under load Tansu may acknowledge a batch and drop it. The runner's log watch
+    notices the output's log shorter than what was acknowledged; when all it held at the
+    last whole check is still there, only what was sent since is published again (kept in
+    memory), not the stream's whole `on_log_lost` window from PostgreSQL (the notifier's:
+    five minutes of alerts, 42,400 of them at 2,000 alerts/s). When the log is shorter than
+    at that check, it was lost wholly, and `on_log_lost` is asked."""
+    out = settings.topic(HITS.name)
+    asked: list[set[str]] = []
+
+    async def on_log_lost(topics: set[str]):
+        asked.append(topics)
+        return [(HITS, withdrawal_for(sighting("FROM-POSTGRESQL")))]
+
+    async def handle(batch: Iterable[Message]) -> Outcome:
+        messages = list(batch)
+        names = {m.event.subject.name for m in messages}
+        after = None
+        if names & {"D", "E"}:
+            after = _dropped_by_the_broker(runner, out, since_checked=True)
+        elif "F" in names:
+            after = _dropped_by_the_broker(runner, out, since_checked=False)
+        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages],
+                       after_ack=after)
+
+    group = f"{settings.topic_prefix}dropped"
+    runner = StreamRunner(settings, Stream("test.dropped", "test", (SIGHTINGS,), group,
+                                           on_log_lost=on_log_lost), handle)
+    runner._watch.interval = 3600  # (checks only when the test asks)
+
+    def names(records) -> list[str]:
+        return sorted(HITS.decode(r.value).entry_id for r in records)
+
+    async with running(runner):
+        await produce(settings, sighting("A"), sighting("B"), sighting("C"))
+        await read_topic(env, out, 3)
+        await _checked(runner)
+        assert runner._watch.wholly_lost == set()
+        await produce(settings, sighting("D"), sighting("E"))
+        await read_topic(env, out, 5)
+        runner._watch._next_check = 0.0  # (it finds a loss)
+        assert names(await read_topic(env, out, 7, settle=1.0)) == [
+            "E-A", "E-B", "E-C", "E-D", "E-D", "E-E", "E-E"]
+        assert asked == []
+        await _checked(runner)  # (what was sent again is in the log: a whole check)
+        await produce(settings, sighting("F"))
+        await read_topic(env, out, 8)
+        runner._watch._next_check = 0.0
+        await eventually(lambda: _true(bool(asked)), what="on_log_lost")
+        assert asked == [{out}]
+        assert "E-FROM-POSTGRESQL" in names(await read_topic(env, out, 9, settle=0.5))
