@@ -565,3 +565,65 @@ async def test_a_delivery_written_while_its_alert_changes_keeps_the_change(env, 
         "SELECT decision FROM deliveries WHERE alert_id = $1 AND unit_code = $2",
         alert_id, unit) == "confirmed"
     assert await pool.fetchval(STALE_SQL) == 0
+
+
+async def test_a_delivery_names_an_alert_that_exists_without_a_key_checked_per_row(env, pool):
+    """Migration 0012 dropped the per-row foreign key from deliveries to alerts (its cost on
+    the hot path); the same guarantees hold: a delivery of no alert is refused by either
+    writer's path, an alert's deletion takes its deliveries with it, and an alert's id
+    cannot change under its deliveries."""
+    from benchmarks.reports import fill
+    from services.notifier.repository import AlertRepository
+    async with pool.acquire() as conn:
+        await fill(conn, 4)
+        gone, kept = [row["alert_id"] for row in await conn.fetch(
+            "SELECT alert_id FROM alerts ORDER BY raised_at LIMIT 2")]
+        nowhere = uuid.uuid4()
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute("INSERT INTO deliveries (alert_id, unit_code, reasons) "
+                               "VALUES ($1, 'CA-39999', '{}')", nowhere)
+        async with conn.transaction():
+            with pytest.raises(asyncpg.NotNullViolationError):
+                await AlertRepository.insert_deliveries(
+                    conn, [(nowhere, "CA-39999", ["adjacent"], None, datetime.now(ICT))])
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE alert_id = $1",
+                                   nowhere) == 0
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE alert_id = $1",
+                                   gone) > 0
+        await conn.execute("DELETE FROM alerts WHERE alert_id = $1", gone)
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE alert_id = $1",
+                                   gone) == 0
+        assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE alert_id = $1",
+                                   kept) > 0
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await conn.execute("UPDATE alerts SET alert_id = $2 WHERE alert_id = $1",
+                               kept, uuid.uuid4())
+
+
+async def test_the_overdue_count_reads_past_deadlines_and_escalations_through_indexes(pool):
+    """The overdue gauge counts open alerts past their deadline or escalated, and does not
+    read every open alert to do so (over 80,000 unacknowledged alerts it took ~100 ms)."""
+    from benchmarks.reports import fill
+    from services.notifier.repository import AlertRepository
+    async with pool.acquire() as conn:
+        await fill(conn, 40)
+        await conn.execute("UPDATE alerts SET status = 'raised', escalation_level = 0, "
+                           "confirm_by = now() + interval '1 hour'")
+        ids = [row["alert_id"] for row in await conn.fetch(
+            "SELECT alert_id FROM alerts ORDER BY alert_id LIMIT 4")]
+        await conn.execute("UPDATE alerts SET confirm_by = now() - interval '1 minute' "
+                           "WHERE alert_id = $1", ids[0])
+        await conn.execute("UPDATE alerts SET escalation_level = 1 WHERE alert_id = $1", ids[1])
+        await conn.execute("UPDATE alerts SET escalation_level = 2, confirm_by = NULL "
+                           "WHERE alert_id = $1", ids[2])
+        await conn.execute("UPDATE alerts SET status = 'confirmed', escalation_level = 1, "
+                           "confirm_by = now() - interval '1 minute' WHERE alert_id = $1",
+                           ids[3])
+        await conn.execute("ANALYZE alerts")
+        repo = AlertRepository(pool)
+        assert await repo.count_overdue(datetime.now(ICT)) == 3
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(row[0] for row in await conn.fetch(
+            "EXPLAIN SELECT count(*) FROM alerts WHERE status IN ('raised', 'acknowledged') "
+            "AND escalation_level > 0 AND (confirm_by > now() OR confirm_by IS NULL)"))
+        assert "alerts_escalated_open" in plan

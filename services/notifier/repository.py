@@ -262,9 +262,14 @@ class AlertRepository:
             {step.target: target_name} if step.target else {})
 
     async def count_overdue(self, now: datetime) -> int:
+        """Open alerts past their deadline or escalated, each half read through its own
+        index (migrations 0002 and 0012), not every open alert."""
         return await self.pool.fetchval(
-            "SELECT count(*) FROM alerts WHERE status IN ('raised', 'acknowledged') "
-            "AND (escalation_level > 0 OR confirm_by <= $1)", now)
+            """SELECT (SELECT count(*) FROM alerts
+                        WHERE status IN ('raised', 'acknowledged') AND confirm_by <= $1)
+                    + (SELECT count(*) FROM alerts
+                        WHERE status IN ('raised', 'acknowledged') AND escalation_level > 0
+                          AND (confirm_by > $1 OR confirm_by IS NULL))""", now)
 
     @staticmethod
     async def add_history(conn: asyncpg.Connection, alert_id: UUID, at: datetime, action: str,
