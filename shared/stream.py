@@ -169,6 +169,12 @@ class Stream:
     on_log_lost: Callable[[set[str]], Awaitable[list[tuple[TopicSpec, Any]]]] | None = None
     """Called with the full names of the output topics whose log was lost; returns what to
     publish again (from PostgreSQL)."""
+    resend_dropped: bool = False
+    """When an output's log lost only what the broker acknowledged since the last whole
+    check (Tansu may drop a batch it acknowledged), publish that again from memory instead
+    of calling `on_log_lost`. Only for outputs read in any order: what is sent again comes
+    after what was sent since (a hit after the withdrawal of its entry, say), so a stream
+    whose readers need the order leaves this off and rebuilds from PostgreSQL."""
 
 
 KEPT_UNCHECKED = 100_000
@@ -192,9 +198,11 @@ class StreamRunner:
         assigned); cleared while it reconnects."""
         self._watch = LogWatch(settings, client_id=f"giapranh-{stream.name}-logwatch")
         self._backoff = 0.1
-        self._published: list[tuple[str, bytes | None, bytes]] | None = []
-        """What the broker acknowledged since the log watch's last check began (None: more
-        than `KEPT_UNCHECKED`), to publish again if the check finds only that lost."""
+        self._published: list[tuple[str, bytes | None, bytes]] | None = (
+            [] if stream.resend_dropped else None)
+        """What the broker acknowledged since the log watch's last check began (None: not
+        kept, or more than `KEPT_UNCHECKED`), to publish again if the check finds only that
+        lost (`Stream.resend_dropped`)."""
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff after any broker failure."""
@@ -302,7 +310,9 @@ class StreamRunner:
                 self._published = None
 
     async def _check_log(self, producer: AIOKafkaProducer) -> None:
-        checking, self._published = self._published, []
+        checking = self._published
+        if self._stream.resend_dropped:
+            self._published = []
         try:
             lost = await self._watch.check(self._specs)
         except BaseException:

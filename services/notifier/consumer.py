@@ -49,6 +49,7 @@ def hit_stream(settings: NotifierSettings, alerts: AlertService) -> StreamRunner
         name="notifier.hits", service="notifier", specs=(HITS,),
         group_id=settings.notifier_group_id, batch_size=settings.notifier_batch_size,
         on_log_lost=announce_again,
+        resend_dropped=True,  # (its readers drop repeats by alert id, in any order)
     ), handle)
 
 
