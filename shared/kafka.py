@@ -220,6 +220,7 @@ class LogWatch:
         self._next_check = 0.0
         self.last_ok: float | None = None
         """Wall-clock time (epoch seconds) of the last check that found the log whole."""
+        self._forgotten: dict[TopicPartition, tuple[int, int]] = {}
         self.wholly_lost: set[str] = set()
         """Of the topics the last check found lost, those gone altogether or shorter than
         the last whole check had found them (a broker that lost its log: what it held
@@ -257,15 +258,23 @@ class LogWatch:
             lost |= {tp.topic for tp in present if ends.get(tp, 0) < known[tp]}
             wholly |= {tp.topic for tp in present
                        if ends.get(tp, 0) < self._verified.get(tp, 0)}
-        for tp in [tp for tp in self._known if tp.topic in lost]:
-            del self._known[tp]
-        for tp in [tp for tp in self._verified if tp.topic in lost]:
-            del self._verified[tp]
+        self._forgotten = {tp: (self._known.pop(tp, 0), self._verified.pop(tp, 0))
+                           for tp in set(self._known) | set(self._verified) if tp.topic in lost}
         self._verified.update((tp, end) for tp, end in known.items() if tp.topic not in lost)
         self.wholly_lost = wholly
         if not lost:
             self.last_ok = time.time()
         return lost
+
+    def unforget(self) -> None:
+        """What the last check forgot of the topics it found lost, remembered again: the
+        caller could not publish again what they lost, and the next check must find the
+        loss again."""
+        for tp, (known, verified) in self._forgotten.items():
+            self.expect(tp, known)
+            if verified > self._verified.get(tp, 0):
+                self._verified[tp] = verified
+        self._forgotten = {}
 
     async def close(self) -> None:
         client, self._client = self._client, None

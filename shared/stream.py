@@ -327,25 +327,32 @@ class StreamRunner:
             metrics.LOG_LOSSES.labels(service=service, topic=topic).inc()
         log.warning("stream %s: the broker lost the log of %s", self._stream.name,
                     ", ".join(sorted(lost)))
-        await ensure_topics(self._settings)
         outputs = lost - set(self._specs)
         # A log that lost only what was acknowledged since the last whole check gets that
         # again, from memory; one lost wholly (or when too much was sent since to keep),
         # what the stream's `on_log_lost` reads from PostgreSQL.
         wholly = outputs if checking is None else outputs & self._watch.wholly_lost
         tail = [record for record in checking or () if record[0] in outputs - wholly]
-        if tail:
-            await self._publish(producer, tail)
-            log.warning("stream %s: published %d event(s) again (sent since the last whole "
-                        "check of %s)", self._stream.name, len(tail),
-                        ", ".join(sorted(outputs - wholly)))
-        if wholly and self._stream.on_log_lost is not None:
-            again = await self._stream.on_log_lost(wholly)
-            if again:
-                await self._publish(producer, [spec.record(self._settings, event)
-                                               for spec, event in again])
-                log.warning("stream %s: published %d event(s) again from PostgreSQL",
-                            self._stream.name, len(again))
+        try:
+            await ensure_topics(self._settings)
+            if tail:
+                await self._publish(producer, tail)
+                log.warning("stream %s: published %d event(s) again (sent since the last "
+                            "whole check of %s)", self._stream.name, len(tail),
+                            ", ".join(sorted(outputs - wholly)))
+            if wholly and self._stream.on_log_lost is not None:
+                again = await self._stream.on_log_lost(wholly)
+                if again:
+                    await self._publish(producer, [spec.record(self._settings, event)
+                                                   for spec, event in again])
+                    log.warning("stream %s: published %d event(s) again from PostgreSQL",
+                                self._stream.name, len(again))
+        except BaseException:
+            # Not published again: the next check finds the loss again, and sends it.
+            self._watch.unforget()
+            if self._published is not None:
+                self._published = tail + self._published
+            raise
         if lost & set(self._specs):
             raise LogLost(f"the log of {', '.join(sorted(lost & set(self._specs)))} was lost")
 

@@ -282,3 +282,45 @@ async def test_a_stream_whose_readers_need_the_order_rebuilds_what_was_dropped(s
         await eventually(lambda: _true(bool(asked)), what="on_log_lost")
         assert asked == [{out}]
         assert len(await read_topic(env, out, 2, settle=1.0)) == 2
+
+
+async def test_a_loss_not_published_again_is_found_again_at_the_next_check(settings, env):
+    """When what a lost log held cannot be published again (PostgreSQL unreachable for
+    `on_log_lost`, the broker gone again), the loss is not forgotten: the next check finds
+    it again and asks again."""
+    out = settings.topic(HITS.name)
+    asked: list[set[str]] = []
+
+    async def on_log_lost(topics: set[str]):
+        asked.append(topics)
+        if len(asked) == 1:
+            raise ConnectionRefusedError("database unreachable")
+        return [(HITS, withdrawal_for(sighting("FROM-POSTGRESQL")))]
+
+    async def handle(batch: Iterable[Message]) -> Outcome:
+        messages = list(batch)
+        after = None
+        if "B" in {m.event.subject.name for m in messages}:
+            after = _dropped_by_the_broker(runner, out, since_checked=False)
+        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages],
+                       after_ack=after)
+
+    runner = StreamRunner(settings, Stream("test.again", "test", (SIGHTINGS,),
+                                           f"{settings.topic_prefix}again",
+                                           on_log_lost=on_log_lost, resend_dropped=True),
+                          handle)
+    runner._watch.interval = 3600
+    async with running(runner):
+        await produce(settings, sighting("A"))
+        await read_topic(env, out, 1)
+        await _checked(runner)
+        await produce(settings, sighting("B"))
+        await read_topic(env, out, 2)
+        runner._watch._next_check = 0.0
+        await eventually(lambda: _true(bool(asked)), what="on_log_lost")
+        await eventually(lambda: _true(runner.ready.is_set()), what="the runner back")
+        runner._watch._next_check = 0.0
+        await eventually(lambda: _true(len(asked) == 2), what="on_log_lost asked again")
+        assert asked == [{out}, {out}]
+        assert "E-FROM-POSTGRESQL" in [HITS.decode(r.value).entry_id
+                                       for r in await read_topic(env, out, 3, settle=0.5)]
