@@ -131,3 +131,36 @@ async def test_the_page_and_its_files_are_served_as_an_installable_app(env, topi
         missing = await client.get("/field/../settings.py")
         assert missing.status_code == 404
         assert (await client.get("/field/secrets.txt")).status_code == 404
+
+
+async def test_what_is_typed_while_a_report_is_saved_is_kept(env, topics, pool, directory,
+                                                            browser):  # noqa: F811
+    """An officer filing sightings one after another types the next while the last is still
+    being saved on the phone: the form is cleared as a report is taken, not once it is
+    saved (which wiped what was typed meanwhile, and the next report was refused as empty
+    or went without its name: the offline test lost one of three that way)."""
+    async with served(create_ingest(env.settings(IngestSettings))) as url:
+        context = await browser.new_context(**PHONE)
+        page = await context.new_page()
+        await page.goto(f"{url}/field/")
+        await page.fill("#key", directory["CA-31212"])
+        await page.click("#signin-button")
+        await expect(page.locator("#who")).to_contain_text("(CA-31212)")
+        await context.set_offline(True)
+        form = page.locator("#sighting")
+        await form.locator("[name=name]").fill("NGUYEN VAN HUNG")
+        # Submitted, and the next name typed at once, while the first is being saved.
+        await page.evaluate("""() => {
+            const form = document.querySelector('#sighting');
+            form.requestSubmit();
+            form.elements.name.value = 'TRAN VAN KHACH';
+        }""")
+        await page.click("nav button[data-tab=queue]")
+        await expect(page.locator("#reports li")).to_have_count(1)
+        await page.click("nav button[data-tab=sighting]")
+        await expect(form.locator("[name=name]")).to_have_value("TRAN VAN KHACH")
+        await form.locator("button[type=submit]").click()
+        await page.click("nav button[data-tab=queue]")
+        await expect(page.locator("#reports li")).to_have_count(2)
+        await expect(page.locator("#reports li").first).to_contain_text("TRAN VAN KHACH")
+        await context.close()

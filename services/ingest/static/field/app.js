@@ -186,9 +186,11 @@ $("#sighting").addEventListener("submit", async (event) => {
   const when = form.elements.when.value ? new Date(form.elements.when.value) : new Date();
   const body = { event_id: crypto.randomUUID(), occurred_at: isoWithOffset(when), subject,
                  place: placeOf(form) };
+  // Cleared before the report is saved, not after: what an officer types for the next
+  // report meanwhile is theirs, and a reset after the save wiped it.
+  form.reset();
   await queue("sighting", "/v1/sightings", body,
               [subject.name, subject.national_id, subject.plate].filter(Boolean).join(" · "));
-  form.reset();
 });
 
 $("#incident").addEventListener("submit", async (event) => {
@@ -201,8 +203,8 @@ $("#incident").addEventListener("submit", async (event) => {
   if (trimmed(form, "suspect")) body.suspects = [{ name: trimmed(form, "suspect") }];
   if (trimmed(form, "vehicle")) body.vehicles = [{ plate: trimmed(form, "vehicle") }];
   if (form.elements.bearing.value) body.fled_bearing = parseInt(form.elements.bearing.value, 10);
+  form.reset();  // (before the save: see the sighting's)
   await queue("incident", "/v1/incidents", body, body.incident_type);
-  form.reset();
 });
 
 $("#check").addEventListener("submit", async (event) => {
