@@ -193,6 +193,29 @@ def _dropped_by_the_broker(runner: StreamRunner, topic: str, *, since_checked: b
     return drop
 
 
+def _dropping_runner(settings: CommonSettings, name: str, on_log_lost, *,
+                     drops: dict[str, bool], resend_dropped: bool) -> StreamRunner:
+    """A runner publishing a withdrawal per sighting, whose batch holding a sighting named
+    in `drops` is then dropped by the broker (`_dropped_by_the_broker`, `since_checked` the
+    name's value); its log watch checks only when a test asks."""
+    async def handle(batch: Iterable[Message]) -> Outcome:
+        messages = list(batch)
+        after = None
+        for m in messages:
+            if m.event.subject.name in drops:
+                after = _dropped_by_the_broker(runner, settings.topic(HITS.name),
+                                               since_checked=drops[m.event.subject.name])
+        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages],
+                       after_ack=after)
+
+    runner = StreamRunner(settings, Stream(f"test.{name}", "test", (SIGHTINGS,),
+                                           f"{settings.topic_prefix}{name}",
+                                           on_log_lost=on_log_lost,
+                                           resend_dropped=resend_dropped), handle)
+    runner._watch.interval = 3600
+    return runner
+
+
 async def test_what_the_broker_dropped_after_acknowledging_it_is_published_again_alone(
     settings, env
 ):
@@ -209,22 +232,8 @@ async def test_what_the_broker_dropped_after_acknowledging_it_is_published_again
         asked.append(topics)
         return [(HITS, withdrawal_for(sighting("FROM-POSTGRESQL")))]
 
-    async def handle(batch: Iterable[Message]) -> Outcome:
-        messages = list(batch)
-        names = {m.event.subject.name for m in messages}
-        after = None
-        if names & {"D", "E"}:
-            after = _dropped_by_the_broker(runner, out, since_checked=True)
-        elif "F" in names:
-            after = _dropped_by_the_broker(runner, out, since_checked=False)
-        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages],
-                       after_ack=after)
-
-    group = f"{settings.topic_prefix}dropped"
-    runner = StreamRunner(settings, Stream("test.dropped", "test", (SIGHTINGS,), group,
-                                           on_log_lost=on_log_lost, resend_dropped=True),
-                          handle)
-    runner._watch.interval = 3600  # (checks only when the test asks)
+    runner = _dropping_runner(settings, "dropped", on_log_lost, resend_dropped=True,
+                              drops={"D": True, "E": True, "F": False})
 
     def names(records) -> list[str]:
         return sorted(HITS.decode(r.value).entry_id for r in records)
@@ -260,18 +269,8 @@ async def test_a_stream_whose_readers_need_the_order_rebuilds_what_was_dropped(s
         asked.append(topics)
         return []
 
-    async def handle(batch: Iterable[Message]) -> Outcome:
-        messages = list(batch)
-        after = None
-        if "B" in {m.event.subject.name for m in messages}:
-            after = _dropped_by_the_broker(runner, out, since_checked=True)
-        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages],
-                       after_ack=after)
-
-    runner = StreamRunner(settings, Stream("test.ordered", "test", (SIGHTINGS,),
-                                           f"{settings.topic_prefix}ordered",
-                                           on_log_lost=on_log_lost), handle)
-    runner._watch.interval = 3600
+    runner = _dropping_runner(settings, "ordered", on_log_lost, resend_dropped=False,
+                              drops={"B": True})
     async with running(runner):
         await produce(settings, sighting("A"))
         await read_topic(env, out, 1)
@@ -297,19 +296,8 @@ async def test_a_loss_not_published_again_is_found_again_at_the_next_check(setti
             raise ConnectionRefusedError("database unreachable")
         return [(HITS, withdrawal_for(sighting("FROM-POSTGRESQL")))]
 
-    async def handle(batch: Iterable[Message]) -> Outcome:
-        messages = list(batch)
-        after = None
-        if "B" in {m.event.subject.name for m in messages}:
-            after = _dropped_by_the_broker(runner, out, since_checked=False)
-        return Outcome(publish=[(HITS, withdrawal_for(m.event)) for m in messages],
-                       after_ack=after)
-
-    runner = StreamRunner(settings, Stream("test.again", "test", (SIGHTINGS,),
-                                           f"{settings.topic_prefix}again",
-                                           on_log_lost=on_log_lost, resend_dropped=True),
-                          handle)
-    runner._watch.interval = 3600
+    runner = _dropping_runner(settings, "again", on_log_lost, resend_dropped=True,
+                              drops={"B": False})
     async with running(runner):
         await produce(settings, sighting("A"))
         await read_topic(env, out, 1)
