@@ -216,6 +216,20 @@ def _dropping_runner(settings: CommonSettings, name: str, on_log_lost, *,
     return runner
 
 
+async def _b_dropped_after_a_whole_check(settings: CommonSettings, env, runner: StreamRunner,
+                                         asked: list[set[str]]) -> None:
+    """A handled and its output checked whole; then B, whose output the broker drops;
+    a check, until it asked `on_log_lost`."""
+    out = settings.topic(HITS.name)
+    await produce(settings, sighting("A"))
+    await read_topic(env, out, 1)
+    await _checked(runner)
+    await produce(settings, sighting("B"))
+    await read_topic(env, out, 2)
+    runner._watch._next_check = 0.0
+    await eventually(lambda: _true(bool(asked)), what="on_log_lost")
+
+
 async def test_what_the_broker_dropped_after_acknowledging_it_is_published_again_alone(
     settings, env
 ):
@@ -272,13 +286,7 @@ async def test_a_stream_whose_readers_need_the_order_rebuilds_what_was_dropped(s
     runner = _dropping_runner(settings, "ordered", on_log_lost, resend_dropped=False,
                               drops={"B": True})
     async with running(runner):
-        await produce(settings, sighting("A"))
-        await read_topic(env, out, 1)
-        await _checked(runner)
-        await produce(settings, sighting("B"))
-        await read_topic(env, out, 2)
-        runner._watch._next_check = 0.0
-        await eventually(lambda: _true(bool(asked)), what="on_log_lost")
+        await _b_dropped_after_a_whole_check(settings, env, runner, asked)
         assert asked == [{out}]
         assert len(await read_topic(env, out, 2, settle=1.0)) == 2
 
@@ -299,13 +307,7 @@ async def test_a_loss_not_published_again_is_found_again_at_the_next_check(setti
     runner = _dropping_runner(settings, "again", on_log_lost, resend_dropped=True,
                               drops={"B": False})
     async with running(runner):
-        await produce(settings, sighting("A"))
-        await read_topic(env, out, 1)
-        await _checked(runner)
-        await produce(settings, sighting("B"))
-        await read_topic(env, out, 2)
-        runner._watch._next_check = 0.0
-        await eventually(lambda: _true(bool(asked)), what="on_log_lost")
+        await _b_dropped_after_a_whole_check(settings, env, runner, asked)
         await eventually(lambda: _true(runner.ready.is_set()), what="the runner back")
         runner._watch._next_check = 0.0
         await eventually(lambda: _true(len(asked) == 2), what="on_log_lost asked again")
